@@ -70,7 +70,11 @@ typedef enum canopy_err_class {
         X(CANOPY_ERR_DELETE_HELD, 81, "DELETE_HELD", RETRIABLE, "delete held by the deletion threshold") \
         X(CANOPY_ERR_LEASE_LOST, 82, "LEASE_LOST", FATAL, "leadership lease lost")          \
         X(CANOPY_ERR_SHUTDOWN, 90, "SHUTDOWN", NONE, "shutting down")                       \
-        X(CANOPY_ERR_UNSUPPORTED, 91, "UNSUPPORTED", PERMANENT, "not supported")
+        X(CANOPY_ERR_UNSUPPORTED, 91, "UNSUPPORTED", PERMANENT, "not supported") \
+        X(CANOPY_ERR_GRAPH_PROTOCOL, 160, "GRAPH_PROTOCOL", RETRIABLE, "Graph answered something that is not valid (bad JSON, missing field)") \
+        X(CANOPY_ERR_GRAPH_CERT, 161, "GRAPH_CERT", FATAL, "Graph client certificate or private key cannot be loaded") \
+        X(CANOPY_ERR_GRAPH_TOO_LARGE, 162, "GRAPH_TOO_LARGE", PERMANENT, "Graph response exceeds the size cap") \
+        X(CANOPY_ERR_GRAPH_TOKEN, 163, "GRAPH_TOKEN", RETRIABLE, "Graph token endpoint failed (not a credential rejection)")
 
 typedef enum canopy_err {
 #define CANOPY_ERR_ENUM_(code, val, name, cls, text) code = val,
