@@ -1,5 +1,5 @@
 /* canopy/event.h: the in-memory event model shared by producers, workers,
- * the guard and the codec (canopy/avro.h). Schemas: schemas/*.avsc,
+ * the guard and the codec (canopy/avro.h). Schemas: schemas/<Record>.avsc,
  * documented in docs/EVENTS.md.
  *
  * Ownership: an event owns every pointer it holds; canopy_*_free() releases
