@@ -1,12 +1,16 @@
 /* canopy/expr.h: Entra attribute-mapping expressions.
  *
  * Syntax (as in Entra provisioning / cloud sync attribute mappings):
- *   [attribute]            attribute reference (name case-insensitive)
+ *   [attribute]            attribute reference (name case-insensitive);
+ *                          [dn] is the object's DN, [sourceAnchor] its anchor
+ *                          bytes, when the view has no such attribute
  *   "text"                 string literal, \" and \\ escapes
  *   123  -5                integer literal (64-bit)
  *   True  False            booleans (case-insensitive)
  *   Func(arg, ...)         function call (name case-insensitive)
- *   a = b, a <> b          comparisons (inside IIF conditions etc.)
+ *   &HF7                   hexadecimal integer literal
+ *   a = b, a <> b, < <= > >=  comparisons;  a & b  string concatenation
+ *   Func(a, , c)           an empty argument is "not given" 
  * Functions and their null / multi-valued semantics: docs/RULES.md.
  *
  * An expression is compiled once (canopy_expr_compile) to a typed tree and
@@ -40,7 +44,7 @@ extern "C" {
 
 typedef enum canopy_vtype {
         CANOPY_V_NULL = 0, /* absent attribute, or a function's null result */
-        CANOPY_V_STR,      /* UTF-8 text, s/len (NUL-terminated too) */
+        CANOPY_V_STR,      /* UTF-8 text, s/len (not necessarily NUL-terminated) */
         CANOPY_V_BIN,      /* binary bytes, s/len (objectGUID, ...) */
         CANOPY_V_INT,      /* 64-bit integer */
         CANOPY_V_BOOL,

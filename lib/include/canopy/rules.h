@@ -136,9 +136,10 @@ const canopy_rules_connector *canopy_rules_connector_find(const canopy_rules *r,
 const char *canopy_rules_object_type(const canopy_rules *r, const canopy_obj_view *obj);
 
 /* Source anchor bytes of `obj`: obj->anchor when set, else the first of the
- * connector's anchor attributes present. Sets *ret borrowed from obj;
- * CANOPY_ERR_NOT_FOUND when none. */
-canopy_err canopy_rules_anchor(const canopy_rules *r, const canopy_obj_view *obj, canopy_bytes *ret);
+ * connector's anchor attributes present (a textual entryUUID/GUID
+ * "xxxxxxxx-xxxx-..." is converted to its 16 bytes, in arena `a`). *ret is
+ * borrowed from obj or owned by `a`. CANOPY_ERR_NOT_FOUND when none. */
+canopy_err canopy_rules_anchor(const canopy_rules *r, const canopy_obj_view *obj, canopy_arena *a, canopy_bytes *ret);
 
 /* ---- scoping ---------------------------------------------------------- */
 
