@@ -1,0 +1,246 @@
+/* canopy/state.h: the workers' shared state in Redis.
+ *
+ * Redis is a cache of what the topics imply: everything here can be rebuilt
+ * by replaying `changes` (and the export stage hard-matches what already
+ * exists in Entra). Every key carries a hash tag so that Redis Cluster can
+ * shard them; operations that must be atomic touch keys of one tag only and
+ * run as Lua scripts. The key layout is documented in docs/STATE.md.
+ *
+ * Concepts (Entra Connect words):
+ *   connector-space record  (connector, anchor) -> DN, object class,
+ *                           attributes, mv id, in-scope flag, last scan id;
+ *                           group members are a separate set of references
+ *                           ("a:<anchor b64>" once resolved, "d:<normalised
+ *                           DN>" while the member was never seen);
+ *   DN index                (connector, normalised DN) -> anchor;
+ *   metaverse               mv id -> object type + contributors;
+ *   join index              (type, join attribute, value) -> mv id;
+ *   export state            mv id -> Entra id, immutable id, hash and JSON of
+ *                           the last exported properties, exported members,
+ *                           create intent;
+ *   pending references      member mv id (or member DN) -> groups waiting;
+ *   errors                  mv id -> conflict / error description;
+ *   staged                  mv ids with a difference recorded in staging mode.
+ *
+ * One canopy_state holds one Redis connection: use one per thread.
+ * Every function returns CANOPY_OK, CANOPY_ERR_NOT_FOUND where said, or
+ * CANOPY_ERR_REDIS / CANOPY_ERR_REDIS_UNREACHABLE (retriable; the caller
+ * must not commit its offset), CANOPY_ERR_NOMEM.
+ */
+#ifndef CANOPY_STATE_H
+#define CANOPY_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "canopy/err.h"
+#include "canopy/event.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct canopy_state canopy_state;
+
+/* Caps on what one record may hold in Redis. */
+#define CANOPY_STATE_MAX_MEMBERS 250000u /* references per group (Entra Connect's limit) */
+#define CANOPY_STATE_MAX_CONTRIBS 64u    /* connectors joined to one mv object */
+#define CANOPY_STATE_MV_ID_LEN 32u       /* hex characters of a metaverse id */
+
+/* Connect. prefix (copied) starts every key, e.g. "canopy:" (NULL: "canopy:").
+ * *ret owned, free with canopy_state_free(). */
+canopy_err canopy_state_new(const char *host, int port, const char *password, const char *prefix,
+                            int timeout_ms, canopy_state **ret);
+/* Close and free. NULL allowed. */
+void canopy_state_free(canopy_state *st);
+/* Text of the last Redis error (borrowed, valid until the next call). */
+const char *canopy_state_errstr(const canopy_state *st);
+
+/* ---- helpers ---------------------------------------------------------- */
+
+/* Base64 of an anchor into buf (NUL-terminated). buf needs 4*((len+2)/3)+1
+ * bytes; returns CANOPY_ERR_LIMIT when it is too small. */
+canopy_err canopy_state_anchor_b64(const canopy_bytes *anchor, char *buf, size_t buflen);
+/* Normalised DN (lower case, no blanks around ',' '=' '+'); *ret owned (free). */
+canopy_err canopy_state_dn_norm(const char *dn, char **ret);
+/* Deterministic metaverse id for an object projected from (connector,
+ * anchor): 32 hex characters of SHA-256(connector NUL anchor). Replaying the
+ * same changes therefore projects the same mv ids. out: 33 bytes. */
+void canopy_state_mv_id_for(const char *connector, const canopy_bytes *anchor, char out[33]);
+
+/* ---- connector space ---------------------------------------------------- */
+
+typedef struct canopy_cs_record {
+        char *connector;
+        canopy_bytes anchor;
+        char *dn;           /* as last seen */
+        char *object_class; /* user | group | contact */
+        char *mv_id;        /* NULL: disconnector */
+        bool in_scope;
+        char *scan_id;      /* last full scan the object was seen in; may be NULL */
+        int64_t source_ts_ms;
+        canopy_attr *attrs; /* full value sets (no deltas); reference attributes excluded */
+        size_t nattrs;
+} canopy_cs_record;
+
+/* Free a record and all it holds. NULL allowed. */
+void canopy_cs_record_free(canopy_cs_record *rec);
+/* Replace the values of attribute `name` in rec (copied); NULL values/0 removes it. */
+canopy_err canopy_cs_record_set_attr(canopy_cs_record *rec, const char *name, bool binary,
+                                     const canopy_bytes *values, size_t nvalues);
+/* Attribute by case-insensitive name, NULL if absent (borrowed). */
+const canopy_attr *canopy_cs_record_attr(const canopy_cs_record *rec, const char *name);
+
+/* Read the record of (connector, anchor). *ret owned; CANOPY_ERR_NOT_FOUND
+ * when there is none (then *ret is untouched). */
+canopy_err canopy_state_cs_get(canopy_state *st, const char *connector, const canopy_bytes *anchor,
+                               canopy_cs_record **ret);
+/* Write the whole record atomically (replaces what was there, keeps the
+ * member set) and adds the anchor to the connector's index. rec borrowed. */
+canopy_err canopy_state_cs_put(canopy_state *st, const canopy_cs_record *rec);
+/* Delete the record, its member set and its connector-index entry. */
+canopy_err canopy_state_cs_delete(canopy_state *st, const char *connector, const canopy_bytes *anchor);
+
+/* Apply member references to a group's set: when `replace`, the set becomes
+ * `add` exactly; else add `add` and remove `remove`. refs borrowed. */
+canopy_err canopy_state_cs_members_apply(canopy_state *st, const char *connector, const canopy_bytes *anchor,
+                                         bool replace, const char *const *add, size_t nadd,
+                                         const char *const *remove, size_t nremove);
+/* All member references of a group. *ret is a NULL-terminated array of
+ * owned strings (free with canopy_state_strv_free), *ret_n its length. */
+canopy_err canopy_state_cs_members(canopy_state *st, const char *connector, const canopy_bytes *anchor,
+                                   char ***ret, size_t *ret_n);
+/* Free an array returned by this module. NULL allowed. */
+void canopy_state_strv_free(char **v);
+
+/* Iterate the anchors of one connector: start with *cursor = 0, call until
+ * it comes back 0. *ret: owned array of owned anchors (free with
+ * canopy_state_anchors_free). */
+canopy_err canopy_state_cs_scan(canopy_state *st, const char *connector, uint64_t *cursor,
+                                canopy_bytes **ret, size_t *ret_n);
+void canopy_state_anchors_free(canopy_bytes *v, size_t n);
+
+/* ---- DN index ----------------------------------------------------------- */
+
+/* Map (connector, DN) -> anchor. dn is normalised inside. */
+canopy_err canopy_state_dn_set(canopy_state *st, const char *connector, const char *dn,
+                               const canopy_bytes *anchor);
+/* Anchor of (connector, DN); CANOPY_ERR_NOT_FOUND when unknown. ret->data owned. */
+canopy_err canopy_state_dn_get(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret);
+/* Remove the mapping only if it still points at `anchor` (a rename may
+ * have given the DN to another object already). */
+canopy_err canopy_state_dn_del(canopy_state *st, const char *connector, const char *dn,
+                               const canopy_bytes *anchor);
+
+/* ---- metaverse ---------------------------------------------------------- */
+
+typedef struct canopy_mv_record {
+        char *mv_id;
+        char *object_type;
+        canopy_mv_contrib *contribs; /* owned */
+        size_t ncontribs;
+} canopy_mv_record;
+
+void canopy_mv_record_free(canopy_mv_record *mv);
+/* Read an mv object; CANOPY_ERR_NOT_FOUND when it has no type and no
+ * contributor. *ret owned. */
+canopy_err canopy_state_mv_get(canopy_state *st, const char *mv_id, canopy_mv_record **ret);
+/* Add a contributor (idempotent); sets the type if the object is new. */
+canopy_err canopy_state_mv_add_contrib(canopy_state *st, const char *mv_id, const char *object_type,
+                                       const char *connector, const canopy_bytes *anchor);
+/* Remove a contributor (idempotent). *ret_remaining: contributors left. */
+canopy_err canopy_state_mv_remove_contrib(canopy_state *st, const char *mv_id, const char *connector,
+                                          const canopy_bytes *anchor, size_t *ret_remaining);
+/* Remember a join key claimed for this mv object (to release it later). */
+canopy_err canopy_state_mv_note_join_key(canopy_state *st, const char *mv_id, const char *join_key);
+/* Delete the mv object and release every join key it still holds. */
+canopy_err canopy_state_mv_delete(canopy_state *st, const char *mv_id);
+
+/* ---- join index --------------------------------------------------------- */
+
+/* Build the canonical join key "type\x1fattr\x1fvalue" (value lower-cased).
+ * *ret owned (free). */
+canopy_err canopy_state_join_key(const char *object_type, const char *attr, const char *value, char **ret);
+/* The mv id holding join_key; CANOPY_ERR_NOT_FOUND when free. out: 33 bytes. */
+canopy_err canopy_state_join_lookup(canopy_state *st, const char *join_key, char out[33]);
+/* Atomically claim join_key for candidate, unless some mv id holds it
+ * already. out (33 bytes) receives the holder: candidate if the claim won,
+ * the other mv id otherwise. Two workers racing on one key get one id. */
+canopy_err canopy_state_join_claim(canopy_state *st, const char *join_key, const char *candidate, char out[33]);
+/* Release join_key if mv_id holds it (compare and delete). */
+canopy_err canopy_state_join_release(canopy_state *st, const char *join_key, const char *mv_id);
+
+/* ---- export state ------------------------------------------------------- */
+
+typedef struct canopy_export_state {
+        char *entra_id;       /* NULL: never exported */
+        char *immutable_id;   /* onPremisesImmutableId written at create */
+        char *props_hash;     /* hex SHA-256 of props_json */
+        char *props_json;     /* last exported properties (JSON object) */
+        char *intent;         /* create intent: immutable id being created; NULL if none */
+        bool deleted;         /* object was deleted in Entra */
+} canopy_export_state;
+
+void canopy_export_state_free(canopy_export_state *es);
+/* Read; CANOPY_ERR_NOT_FOUND when nothing was ever recorded. *ret owned. */
+canopy_err canopy_state_exp_get(canopy_state *st, const char *mv_id, canopy_export_state **ret);
+/* Record a create intent before the create call. */
+canopy_err canopy_state_exp_intent(canopy_state *st, const char *mv_id, const char *immutable_id);
+/* Record a successful export: entra id, immutable id, properties (JSON
+ * text; its hash is computed here). Clears the intent and the deleted flag. */
+canopy_err canopy_state_exp_record(canopy_state *st, const char *mv_id, const char *entra_id,
+                                   const char *immutable_id, const char *props_json);
+/* Record that the object was deleted in Entra (keeps nothing else). */
+canopy_err canopy_state_exp_deleted(canopy_state *st, const char *mv_id);
+/* Exported member set (Entra ids) of a group: add/remove (idempotent). */
+canopy_err canopy_state_exp_members_apply(canopy_state *st, const char *mv_id, bool replace,
+                                          const char *const *add, size_t nadd,
+                                          const char *const *remove, size_t nremove);
+/* Exported member Entra ids, NULL-terminated owned array. */
+canopy_err canopy_state_exp_members(canopy_state *st, const char *mv_id, char ***ret, size_t *ret_n);
+/* Hex SHA-256 of a text (out: 65 bytes). */
+void canopy_state_hash_hex(const char *text, char out[65]);
+
+/* ---- pending references ------------------------------------------------- */
+
+/* Group `group_mv` waits for member `member_key` (a member mv id, or
+ * "d:<connector>\x1f<normalised DN>" for a DN never seen). */
+canopy_err canopy_state_pending_add(canopy_state *st, const char *member_key, const char *group_mv);
+/* Atomically take (read and delete) the groups waiting for member_key. */
+canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, char ***ret, size_t *ret_n);
+/* Number of members that groups are waiting for. */
+canopy_err canopy_state_pending_count(canopy_state *st, int64_t *ret);
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* Put mv_id in the errors set with a JSON description (copied), e.g.
+ * {"code":"GRAPH_CONFLICT","property":"userPrincipalName","value":"x@y",
+ *  "other":"<entra id>","message":"..."}. */
+canopy_err canopy_state_error_set(canopy_state *st, const char *mv_id, const char *json);
+/* Remove mv_id from the errors set (idempotent). */
+canopy_err canopy_state_error_clear(canopy_state *st, const char *mv_id);
+/* The description of mv_id's error (owned), CANOPY_ERR_NOT_FOUND if none. */
+canopy_err canopy_state_error_get(canopy_state *st, const char *mv_id, char **ret);
+canopy_err canopy_state_error_count(canopy_state *st, int64_t *ret);
+
+/* ---- staging ------------------------------------------------------------ */
+
+/* Record what staging mode would export for mv_id (JSON, copied). */
+canopy_err canopy_state_staged_set(canopy_state *st, const char *mv_id, const char *json);
+/* Forget a staged difference (after it was exported). */
+canopy_err canopy_state_staged_clear(canopy_state *st, const char *mv_id);
+/* The staged JSON of mv_id (owned), CANOPY_ERR_NOT_FOUND if none. */
+canopy_err canopy_state_staged_get(canopy_state *st, const char *mv_id, char **ret);
+/* Iterate staged mv ids: *cursor = 0 first, until it returns 0. */
+canopy_err canopy_state_staged_scan(canopy_state *st, uint64_t *cursor, char ***ret, size_t *ret_n);
+
+/* ---- misc --------------------------------------------------------------- */
+
+/* Counter incremented by name (metrics shared by all workers). */
+canopy_err canopy_state_counter_incr(canopy_state *st, const char *name, int64_t by, int64_t *ret);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
