@@ -15,12 +15,25 @@
  *   BOOL        -> bool
  *   LIST        -> char **       (NULL-terminated list of strings, owned)
  *   DURATION    -> int64_t ms    (YAML "250ms", "5s", "2m", "1h" or a number of ms)
+ *   ENUM        -> char *        (one of `choices`)
+ * Bounds apply to INT, DOUBLE and DURATION only when min < max (a table that
+ * leaves both at 0 has no bounds).
+ * LIST values are a YAML sequence, or a comma-separated string (the only form
+ * in the environment and --set). At most 4096 items.
  * A SECRET key `x.y` may instead be given as `x.y_file: /path` (the file's
- * content, trailing newline stripped) or through its env variable; its value
- * is registered with canopy_log_secret() and never printed.
+ * content, trailing newline stripped; a relative path is relative to the YAML
+ * file), through its env variable, or through `<ENV>_FILE`; its value (and its
+ * JSON-escaped form) is registered with canopy_log_secret() and never printed:
+ * canopy_conf_dump shows "[REDACTED]" and error messages never quote it.
  *
  * Precedence, lowest to highest: default, YAML file, environment, --set.
- * Errors name file:line:column (or "env NAME" / "--set") and what to do.
+ * Errors name file:line:column (or "env NAME" / "--set KEY") and what to do.
+ * Caps: file 1 MiB, value 64 KiB, nesting depth 16.
+ *
+ * Registering a table: define `const canopy_conf_table canopy_conf_<name>` in
+ * lib/src/conf_<name>.c and add the line `X(<name>) \` to lib/src/conf_tables.c;
+ * then run `make docs` to regenerate docs/CONFIG.md (a unit test fails when it
+ * is stale).
  */
 #ifndef CANOPY_CONFIG_H
 #define CANOPY_CONFIG_H
@@ -53,7 +66,7 @@ typedef struct canopy_conf_def {
         const char *key;     /* dotted path */
         canopy_conf_type type;
         const char *defval;  /* default as text; NULL = none */
-        double min, max;     /* bounds for INT/DOUBLE/DURATION(ms); ignored when min > max */
+        double min, max;     /* bounds for INT/DOUBLE/DURATION(ms); applied only when min < max */
         unsigned flags;      /* CANOPY_CONF_* */
         const char *env;     /* environment override, e.g. "CANOPY_GRAPH_CLIENT_SECRET"; NULL = none */
         const char *choices; /* ENUM: "a|b|c" */
@@ -77,10 +90,18 @@ typedef struct canopy_conf_table {
 canopy_err canopy_conf_load(const canopy_conf_table *t, void *out, const char *path,
                             const char *const *sets, size_t nsets, char *errbuf, size_t errlen);
 
+/* Check a table for programmer errors: key syntax, duplicate keys, a key that
+ * is both a value and a section, defaults that do not parse or are out of
+ * bounds, ENUM without choices, REQUIRED or SECRET keys with a default,
+ * offsets beyond `size`. Returns CANOPY_ERR_CONFIG with a message in errbuf.
+ * canopy-confdoc and the unit tests run it on every registered table. */
+canopy_err canopy_conf_check(const canopy_conf_table *t, char *errbuf, size_t errlen);
+
 /* Free every owned value in `out`. NULL allowed. */
 void canopy_conf_free(const canopy_conf_table *t, void *out);
 
-/* Write the Markdown reference for the given tables (docs/CONFIG.md). */
+/* Write the Markdown reference for the given tables (docs/CONFIG.md).
+ * Deterministic: the same tables always give the same bytes. */
 canopy_err canopy_conf_write_doc(FILE *f, const canopy_conf_table *const *tables, size_t ntables);
 
 /* Print the effective config as YAML, secrets shown as "[REDACTED]". */
@@ -88,6 +109,9 @@ void canopy_conf_dump(FILE *f, const canopy_conf_table *t, const void *cfg);
 
 /* All service tables known to libcanopy, NULL-terminated (for the doc generator). */
 extern const canopy_conf_table *const canopy_conf_all_tables[];
+
+/* Find a table of canopy_conf_all_tables by service name; NULL if none. */
+const canopy_conf_table *canopy_conf_find_table(const char *service);
 
 #ifdef __cplusplus
 }
