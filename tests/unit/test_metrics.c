@@ -234,7 +234,7 @@ static int vsample(struct vstate *v, const char *line, int lineno) {
         if (!strcmp(v->fams[fi].type, "counter") && (d < 0 || isnan(d)))
                 return vfail(v, lineno, "negative counter");
         /* No series twice (buckets are told apart by le). */
-        char full[1200];
+        char full[1600];
         snprintf(full, sizeof(full), "%s%s|%s", key, suffix, le);
         for (size_t i = 0; i < v->nseen; i++)
                 if (!strcmp(v->seen[i], full))
