@@ -46,17 +46,19 @@ _h_fail() {
 _h_upper() { printf '%s' "$1" | tr 'a-z' 'A-Z' | tr -c 'A-Z0-9_\n' '_'; }
 
 # Start time of PID in clock ticks (field 22 of /proc/PID/stat), to tell a
-# process from a later one that reuses its PID.
+# process from a later one that reuses its PID. Fails for a zombie.
 _h_starttime() {
         local s
         s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
         s=${s##*) }
         # shellcheck disable=SC2086
         set -- $s
+        [ "$1" != Z ] || return 1
         printf '%s' "${20}"
 }
 
-# _h_alive PID [STARTTIME]
+# _h_alive PID [STARTTIME]: PID runs (not a zombie) and, when STARTTIME is
+# given, is the process that was recorded.
 _h_alive() {
         local st
         st=$(_h_starttime "$1") || return 1
@@ -233,18 +235,23 @@ _h_cert() {
 # the harness process is gone and DIR still exists (no cleanup happened),
 # kill every recorded process and remove DIR.
 _h_reaper() {
-        local hp=$1 hst=$2 dir=$3 key pid st
+        local hp=$1 hst=$2 dir=$3 key pid st tick
         trap '' INT HUP TERM
         echo "$BASHPID" >"$dir/.harness/reaper.pid"
+        # Sleep with read -t on a FIFO: no child process to leave behind.
+        mkfifo "$dir/.harness/tick" && exec {tick}<>"$dir/.harness/tick" || tick=
         while [ -d "$dir" ] && _h_alive "$hp" "$hst"; do
-                sleep 1
+                if [ -n "$tick" ]; then
+                        read -r -t 1 -u "$tick" _
+                else
+                        sleep 1
+                fi
         done
         [ -d "$dir" ] || exit 0
         if [ -f "$dir/.harness/procs" ]; then
                 while read -r key pid st; do
                         _h_alive "$pid" "$st" && kill -s TERM "$pid" 2>/dev/null
                 done <"$dir/.harness/procs"
-                sleep 1
                 while read -r key pid st; do
                         _h_kill "$pid" TERM "$st"
                 done <"$dir/.harness/procs"
@@ -290,7 +297,10 @@ harness_cleanup() {
         [ -n "${HARNESS_READY:-}" ] && [ -n "$dir" ] && [ -d "$dir" ] || return 0
         if [ -f "$dir/.harness/procs" ]; then
                 # The wrapped command first, then the servers in reverse order.
-                tac "$dir/.harness/procs" | while read -r key pid st; do
+                local lines=() l
+                mapfile -t lines < <(tac "$dir/.harness/procs")
+                for l in ${lines[@]+"${lines[@]}"}; do
+                        read -r key pid st <<<"$l"
                         _h_kill "$pid" TERM "$st"
                 done
                 : >"$dir/.harness/procs"
@@ -301,7 +311,11 @@ harness_cleanup() {
         else
                 rm -rf "$dir"
         fi
-        [ -z "$rpid" ] || kill "$rpid" 2>/dev/null
+        # The reaper ignores TERM (it must outlive a killed process group).
+        if [ -n "$rpid" ]; then
+                kill -s KILL "$rpid" 2>/dev/null
+                wait "$rpid" 2>/dev/null
+        fi
         HARNESS_READY=
 }
 
@@ -314,6 +328,7 @@ _h_redis_start() {
                 --appendonly no --daemonize no --logfile '' --databases 16 \
                 </dev/null >>"$d/redis.log" 2>&1 &
         _h_record redis $!
+        disown $! 2>/dev/null  # no job notices; bash still reaps it
         _h_wait_ready "redis-server on port $port" "$!" "$d/redis.log" \
                 _h_redis_ping "$port"
 }
@@ -366,6 +381,7 @@ harness_kafka() {
                 --control 127.0.0.1:0 --control-file "$d/control" \
                 </dev/null >>"$d/devkafka.log" 2>&1 &
         _h_record kafka $!
+        disown $! 2>/dev/null  # no job notices; bash still reaps it
         _h_wait_ready "canopy-devkafka" "$!" "$d/devkafka.log" test -s "$d/bootstrap" || return 1
         export CANOPY_TEST_KAFKA_BOOTSTRAP CANOPY_TEST_KAFKA_CONTROL CANOPY_TEST_KAFKA_PID
         CANOPY_TEST_KAFKA_BOOTSTRAP=$(cat "$d/bootstrap")
@@ -388,6 +404,7 @@ harness_restart_kafka() {
                 --control 127.0.0.1:0 --control-file "$d/control" \
                 </dev/null >>"$d/devkafka.log" 2>&1 &
         _h_record kafka $!
+        disown $! 2>/dev/null  # no job notices; bash still reaps it
         _h_wait_ready "canopy-devkafka" "$!" "$d/devkafka.log" test -s "$d/bootstrap" || return 1
         CANOPY_TEST_KAFKA_BOOTSTRAP=$(cat "$d/bootstrap")
         CANOPY_TEST_KAFKA_CONTROL=$(cat "$d/control")
@@ -510,6 +527,7 @@ _h_slapd_start() {
                 -h "ldap://127.0.0.1:$port/ ldaps://127.0.0.1:$sport/ $ldapi" \
                 </dev/null >>"$d/slapd.log" 2>&1 &
         _h_record "$key" $!
+        disown $! 2>/dev/null  # no job notices; bash still reaps it
         _h_wait_ready "slapd $key on ports $port/$sport" "$!" "$d/slapd.log" \
                 ldapsearch -x -H "ldap://127.0.0.1:$port" -b '' -s base -l 5 namingContexts
 }
@@ -592,7 +610,7 @@ _h_samba_version() { samba --version 2>/dev/null | tr -c 'A-Za-z0-9.\n' '_'; }
 _h_samba_template() {
         local name=$1 up root t tmp pw
         up=$(_h_upper "$name")
-        root=${CANOPY_SAMBA_TEMPLATE_DIR:-${TMPDIR:-/tmp}/canopy-samba-template-$(id -u)}
+        root=${CANOPY_SAMBA_TEMPLATE_DIR:-/tmp/canopy-samba-template-$(id -u)}
         t="$root/$name-$HARNESS_SAMBA_TAG-$(_h_samba_version)"
         mkdir -p "$root" && chmod 0700 "$root" || return 1
         (
@@ -685,6 +703,7 @@ _h_samba_start() {
         samba -i -M single -s "$d/etc/smb.conf" --option='server services=ldap' \
                 --option='disable netbios=yes' </dev/null >>"$d/samba.out" 2>&1 &
         _h_record "$key" $!
+        disown $! 2>/dev/null  # no job notices; bash still reaps it
         _h_wait_ready "samba $key on $ip" "$!" "$d/samba.out" \
                 ldapsearch -x -H "ldap://$ip" -b '' -s base -l 5 defaultNamingContext
 }
@@ -779,6 +798,7 @@ _h_emulator_start() {
                 --domain canopy.test "${HARNESS_EMULATOR_ARGS[@]}" \
                 </dev/null >>"$d/emulator.log" 2>&1 &
         _h_record emulator $!
+        disown $! 2>/dev/null  # no job notices; bash still reaps it
         _h_wait_ready "canopy-graph-emulator" "$!" "$d/emulator.log" test -s "$d/port" || return 1
         CANOPY_TEST_GRAPH_PORT=$(tr -dc 0-9 <"$d/port")
         export CANOPY_TEST_GRAPH_URL="https://127.0.0.1:$CANOPY_TEST_GRAPH_PORT" CANOPY_TEST_GRAPH_PORT
