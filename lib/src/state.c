@@ -646,6 +646,36 @@ canopy_err canopy_state_cs_members(canopy_state *st, const char *connector, cons
         return err;
 }
 
+canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, const char *ref, char out[33],
+                                       char **ret_wait_key) {
+        canopy_bytes anchor = {0};
+        canopy_err err;
+        *ret_wait_key = NULL;
+        if (!strncmp(ref, "a:", 2))
+                err = b64_decode(ref + 2, strlen(ref + 2), &anchor);
+        else if (!strncmp(ref, "d:", 2)) {
+                err = canopy_state_dn_get(st, connector, ref + 2, &anchor);
+                if (err == CANOPY_ERR_NOT_FOUND && asprintf(ret_wait_key, "d:%s\x1f%s", connector, ref + 2) < 0) {
+                        *ret_wait_key = NULL;
+                        err = CANOPY_ERR_NOMEM;
+                }
+        } else
+                return CANOPY_ERR_DECODE;
+        if (err)
+                return err;
+        canopy_cs_record *rec = NULL;
+        err = canopy_state_cs_get(st, connector, &anchor, &rec);
+        free(anchor.data);
+        if (err)
+                return err;
+        if (!rec->mv_id || !rec->in_scope)
+                err = CANOPY_ERR_NOT_FOUND;
+        else
+                snprintf(out, 33, "%s", rec->mv_id);
+        canopy_cs_record_free(rec);
+        return err;
+}
+
 void canopy_state_anchors_free(canopy_bytes *v, size_t n) {
         if (!v)
                 return;

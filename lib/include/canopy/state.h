@@ -111,6 +111,13 @@ canopy_err canopy_state_cs_members_apply(canopy_state *st, const char *connector
  * owned strings (free with canopy_state_strv_free), *ret_n its length. */
 canopy_err canopy_state_cs_members(canopy_state *st, const char *connector, const canopy_bytes *anchor,
                                    char ***ret, size_t *ret_n);
+/* Resolve a member reference of a group of `connector` to the member's mv
+ * id (out: 33 bytes). CANOPY_ERR_NOT_FOUND when it has none: *ret_wait_key
+ * is then the pending key to wait on ("d:<connector>\x1f<DN>" for a DN
+ * never seen; owned) or NULL when the member is known but not joined (out
+ * of scope: nothing to wait for). */
+canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, const char *ref, char out[33],
+                                       char **ret_wait_key);
 /* Free an array returned by this module. NULL allowed. */
 void canopy_state_strv_free(char **v);
 

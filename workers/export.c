@@ -1,0 +1,970 @@
+/* export.c: the export stage. Consumes `mv`; for each metaverse object
+ * computes the desired Entra object from every joined connector-space
+ * record (rules, precedence), compares it with the last exported state in
+ * Redis and makes only the Graph calls for the difference; records the
+ * result in Redis and on `exports`. State based: an event only says "look at
+ * this mv id", so replays and duplicates converge to the same end state. */
+#include <jansson.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "canopy/arena.h"
+#include "canopy/avro.h"
+#include "canopy/graph.h"
+#include "canopy/guard.h"
+#include "canopy/log.h"
+#include "worker.h"
+
+#define MOD "export"
+
+typedef struct export_ctx {
+        worker *w;
+        canopy_state *st;
+        canopy_graph *gc; /* NULL in staging mode */
+        canopy_arena *a;
+        const canopy_mv_event *ev;
+} export_ctx;
+
+/* What one mv event led to, for the ExportRecord. */
+typedef struct outcome {
+        canopy_export_op op;
+        canopy_export_result result;
+        char entra_id[CANOPY_GRAPH_ID_MAX];
+        json_t *changed; /* array of property names */
+        char error[512];
+        char request_id[64];
+        bool publish;
+} outcome;
+
+static void count_graph(export_ctx *ec, int kind, canopy_err err) {
+        atomic_fetch_add_explicit(&ec->w->m.graph[kind][err ? 1 : 0], 1, memory_order_relaxed);
+}
+
+static canopy_err publish_export(export_ctx *ec, const char *type, outcome *o) {
+        canopy_export_record er = {0};
+        size_t n = o->changed ? json_array_size(o->changed) : 0;
+        char **names = calloc(n + 1, sizeof(*names));
+        if (!names)
+                return CANOPY_ERR_NOMEM;
+        for (size_t i = 0; i < n; i++)
+                names[i] = (char *)json_string_value(json_array_get(o->changed, i));
+        er.mv_id = ec->ev->mv_id;
+        er.entra_id = o->entra_id[0] ? o->entra_id : NULL;
+        er.object_type = (char *)type;
+        er.op = o->op;
+        er.changed = names;
+        er.nchanged = n;
+        er.result = o->result;
+        er.request_id = o->request_id[0] ? o->request_id : NULL;
+        er.error = o->error[0] ? o->error : NULL;
+        er.staged = o->result == CANOPY_RES_STAGED;
+        er.ts_ms = worker_now_ms();
+        er.source_ts_ms = ec->ev->source_ts_ms;
+        char eb[CANOPY_AVRO_ERRLEN];
+        canopy_err err = canopy_kafka_produce_export(ec->w->kp, &er, NULL, eb, sizeof(eb));
+        if (err)
+                CANOPY_ERROR(MOD, "produce export record: %s", eb);
+        free(names);
+        return err;
+}
+
+static canopy_err publish_mv(export_ctx *ec, const char *mv_id, const char *type, canopy_mv_reason reason) {
+        canopy_mv_event mv = {0};
+        mv.mv_id = (char *)mv_id;
+        mv.object_type = (char *)type;
+        mv.reason = reason;
+        mv.ts_ms = worker_now_ms();
+        mv.source_ts_ms = ec->ev ? ec->ev->source_ts_ms : 0;
+        char eb[CANOPY_AVRO_ERRLEN];
+        canopy_err err = canopy_kafka_produce_mv(ec->w->kp, &mv, NULL, eb, sizeof(eb));
+        if (err)
+                CANOPY_ERROR(MOD, "produce mv: %s", eb);
+        else
+                atomic_fetch_add_explicit(&ec->w->m.mv_published, 1, memory_order_relaxed);
+        return err;
+}
+
+/* ---- desired object ------------------------------------------------------ */
+
+static json_t *value_json(const canopy_value *v, canopy_arena *a) {
+        switch (v->type) {
+        case CANOPY_V_NULL:
+                return json_null();
+        case CANOPY_V_STR:
+                return json_stringn(v->u.str.s, v->u.str.len);
+        case CANOPY_V_BIN:
+        case CANOPY_V_INT: {
+                if (v->type == CANOPY_V_INT)
+                        return json_integer(v->u.i);
+                const char *t = canopy_value_to_text(v, ",", a);
+                return t ? json_string(t) : json_null();
+        }
+        case CANOPY_V_BOOL:
+                return json_boolean(v->u.b);
+        case CANOPY_V_MULTI: {
+                json_t *arr = json_array();
+                for (size_t i = 0; i < v->u.multi.n; i++) {
+                        json_t *e = value_json(&v->u.multi.items[i], a);
+                        if (e)
+                                json_array_append_new(arr, e);
+                }
+                return arr;
+        }
+        }
+        return json_null();
+}
+
+/* Set obj[name] = val, where a dotted name goes into a nested object. */
+static void set_path(json_t *obj, const char *name, json_t *val) {
+        const char *dot = strchr(name, '.');
+        if (!dot) {
+                json_object_set_new(obj, name, val ? val : json_null());
+                return;
+        }
+        char head[128];
+        snprintf(head, sizeof(head), "%.*s", (int)(dot - name), name);
+        json_t *sub = json_object_get(obj, head);
+        if (!json_is_object(sub)) {
+                sub = json_object();
+                json_object_set_new(obj, head, sub);
+        }
+        set_path(sub, dot + 1, val);
+}
+
+typedef struct desired {
+        json_t *props;       /* properties kept in step (no create-only) */
+        json_t *create_only; /* added to the create body only */
+        char immutable_id[256];
+        canopy_cs_record **recs; /* contributing records (in scope) */
+        size_t nrecs;
+} desired;
+
+static void desired_clear(desired *d) {
+        json_decref(d->props);
+        json_decref(d->create_only);
+        for (size_t i = 0; i < d->nrecs; i++)
+                canopy_cs_record_free(d->recs[i]);
+        free(d->recs);
+        memset(d, 0, sizeof(*d));
+}
+
+static canopy_err compute_desired(export_ctx *ec, const canopy_mv_record *mv, desired *d) {
+        canopy_err err = CANOPY_OK;
+        d->recs = calloc(mv->ncontribs + 1, sizeof(*d->recs));
+        canopy_obj_view *views = calloc(mv->ncontribs + 1, sizeof(*views));
+        canopy_attr_array *holders = calloc(mv->ncontribs + 1, sizeof(*holders));
+        const canopy_obj_view **vp = calloc(mv->ncontribs + 1, sizeof(*vp));
+        d->props = json_object();
+        d->create_only = json_object();
+        if (!d->recs || !views || !holders || !vp || !d->props || !d->create_only) {
+                err = CANOPY_ERR_NOMEM;
+                goto out;
+        }
+        const canopy_cs_record *source = NULL;
+        for (size_t i = 0; i < mv->ncontribs; i++) {
+                canopy_cs_record *rec = NULL;
+                canopy_err ge = canopy_state_cs_get(ec->st, mv->contribs[i].connector, &mv->contribs[i].anchor, &rec);
+                if (ge == CANOPY_ERR_NOT_FOUND)
+                        continue;
+                if (ge) {
+                        err = ge;
+                        goto out;
+                }
+                if (!rec->in_scope || !rec->mv_id || strcmp(rec->mv_id, mv->mv_id)) {
+                        canopy_cs_record_free(rec);
+                        continue;
+                }
+                size_t k = d->nrecs++;
+                d->recs[k] = rec;
+                canopy_obj_view_from_attrs(&views[k], &holders[k], rec->connector, rec->dn, mv->object_type,
+                                           rec->attrs, rec->nattrs);
+                views[k].anchor = &rec->anchor;
+                vp[k] = &views[k];
+                char id[33];
+                canopy_state_mv_id_for(rec->connector, &rec->anchor, id);
+                if (!source || !strcmp(id, mv->mv_id))
+                        source = rec;
+        }
+        if (!d->nrecs)
+                goto out;
+        canopy_rules_desired des = {0};
+        char msg[256] = "";
+        err = canopy_rules_compute(ec->w->rules, mv->object_type, vp, d->nrecs, NULL, ec->a, &des, msg, sizeof(msg));
+        if (err) {
+                CANOPY_WARN(MOD, "rules for %s: %s", mv->mv_id, msg);
+                goto out;
+        }
+        for (size_t i = 0; i < des.n; i++) {
+                const canopy_rules_prop *p = &des.props[i];
+                json_t *v = value_json(&p->value, ec->a);
+                if (!strcmp(p->name, "onPremisesImmutableId") && json_is_string(v))
+                        snprintf(d->immutable_id, sizeof(d->immutable_id), "%s", json_string_value(v));
+                set_path(p->create_only ? d->create_only : d->props, p->name, v);
+        }
+        if (!d->immutable_id[0] && source)
+                canopy_state_anchor_b64(&source->anchor, d->immutable_id, sizeof(d->immutable_id));
+out:
+        free(views);
+        free(holders);
+        free(vp);
+        return err;
+}
+
+static char *dumps(const json_t *j) {
+        return json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+}
+
+/* ---- members ----------------------------------------------------------- */
+
+typedef struct strset {
+        char **v;
+        size_t n, cap;
+} strset;
+
+static int cmpstr(const void *a, const void *b) {
+        return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static canopy_err strset_add(strset *s, const char *x) {
+        if (s->n == s->cap) {
+                size_t nc = s->cap ? 2 * s->cap : 64;
+                if (nc > CANOPY_STATE_MAX_MEMBERS + 1)
+                        return CANOPY_ERR_TOO_MANY_VALUES;
+                char **nv = realloc(s->v, nc * sizeof(*nv));
+                if (!nv)
+                        return CANOPY_ERR_NOMEM;
+                s->v = nv;
+                s->cap = nc;
+        }
+        if (!(s->v[s->n] = strdup(x)))
+                return CANOPY_ERR_NOMEM;
+        s->n++;
+        return CANOPY_OK;
+}
+
+static void strset_sort(strset *s) {
+        if (s->n)
+                qsort(s->v, s->n, sizeof(*s->v), cmpstr);
+        size_t k = 0;
+        for (size_t i = 0; i < s->n; i++) {
+                if (k && !strcmp(s->v[k - 1], s->v[i]))
+                        free(s->v[i]);
+                else
+                        s->v[k++] = s->v[i];
+        }
+        s->n = k;
+}
+
+static bool strset_has(const strset *s, const char *x) {
+        return s->n && bsearch(&x, s->v, s->n, sizeof(*s->v), cmpstr) != NULL;
+}
+
+static void strset_free(strset *s) {
+        for (size_t i = 0; i < s->n; i++)
+                free(s->v[i]);
+        free(s->v);
+        memset(s, 0, sizeof(*s));
+}
+
+/* Desired member Entra ids of a group from every contributing record;
+ * members not yet exported become pending references. */
+static canopy_err desired_members(export_ctx *ec, const char *group_mv, const desired *d, strset *ret) {
+        canopy_err err = CANOPY_OK;
+        for (size_t r = 0; !err && r < d->nrecs; r++) {
+                char **refs = NULL;
+                size_t n = 0;
+                err = canopy_state_cs_members(ec->st, d->recs[r]->connector, &d->recs[r]->anchor, &refs, &n);
+                for (size_t i = 0; !err && i < n; i++) {
+                        char mid[33], *wait = NULL;
+                        err = canopy_state_member_resolve(ec->st, d->recs[r]->connector, refs[i], mid, &wait);
+                        if (err == CANOPY_ERR_NOT_FOUND) {
+                                err = wait ? canopy_state_pending_add(ec->st, wait, group_mv) : CANOPY_OK;
+                                free(wait);
+                                continue;
+                        }
+                        if (err)
+                                break;
+                        if (!strcmp(mid, group_mv))
+                                continue; /* a group is not its own member */
+                        canopy_export_state *es = NULL;
+                        err = canopy_state_exp_get(ec->st, mid, &es);
+                        if (err == CANOPY_ERR_NOT_FOUND || (!err && (!es->entra_id || es->deleted))) {
+                                canopy_export_state_free(es);
+                                es = NULL;
+                                /* Wait for it, then look again: its export may
+                                 * have finished between the two reads. */
+                                err = canopy_state_pending_add(ec->st, mid, group_mv);
+                                if (!err)
+                                        err = canopy_state_exp_get(ec->st, mid, &es);
+                                if (err == CANOPY_ERR_NOT_FOUND) {
+                                        err = CANOPY_OK;
+                                        continue;
+                                }
+                        }
+                        if (!err && es->entra_id && !es->deleted)
+                                err = strset_add(ret, es->entra_id);
+                        canopy_export_state_free(es);
+                }
+                canopy_state_strv_free(refs);
+        }
+        strset_sort(ret);
+        return err;
+}
+
+/* ---- Graph helpers ------------------------------------------------------- */
+
+static canopy_graph_kind kind_of(const char *type) {
+        return !strcmp(type, "group") ? CANOPY_GRAPH_GROUP : CANOPY_GRAPH_USER;
+}
+
+/* Record a permanent error (conflict or rejected request) for mv_id. */
+static canopy_err record_error(export_ctx *ec, const char *type, canopy_err gerr, const canopy_graph_error *ei,
+                               outcome *o) {
+        json_t *j = json_object();
+        json_object_set_new(j, "code", json_string(canopy_err_name(gerr)));
+        json_object_set_new(j, "message", json_string(ei->message));
+        json_object_set_new(j, "ts", json_integer(worker_now_ms()));
+        if (gerr == CANOPY_ERR_GRAPH_CONFLICT) {
+                atomic_fetch_add_explicit(&ec->w->m.conflicts, 1, memory_order_relaxed);
+                json_object_set_new(j, "property", json_string(ei->conflict_property));
+                json_object_set_new(j, "value", json_string(ei->conflict_value));
+                /* Name the other object holding the value. */
+                if (ec->gc && ei->conflict_property[0] && ei->conflict_value[0]) {
+                        char other[CANOPY_GRAPH_ID_MAX] = "";
+                        canopy_graph_error e2;
+                        canopy_err fe = canopy_graph_find(ec->gc, kind_of(type), ei->conflict_property,
+                                                          ei->conflict_value, other, NULL, &e2);
+                        count_graph(ec, GK_LOOKUP, fe == CANOPY_ERR_GRAPH_NOT_FOUND ? CANOPY_OK : fe);
+                        if (!fe)
+                                json_object_set_new(j, "other", json_string(other));
+                }
+        }
+        char *s = dumps(j);
+        json_decref(j);
+        if (!s)
+                return CANOPY_ERR_NOMEM;
+        canopy_err err = canopy_state_error_set(ec->st, ec->ev->mv_id, s);
+        snprintf(o->error, sizeof(o->error), "%s", s);
+        free(s);
+        o->result = CANOPY_RES_ERROR;
+        o->publish = true;
+        snprintf(o->request_id, sizeof(o->request_id), "%s", ei->request_id);
+        CANOPY_WARN(MOD, "%s %s: %s (%s) %s=%s", type, ec->ev->mv_id, canopy_err_name(gerr), ei->message,
+                    ei->conflict_property, ei->conflict_value);
+        return err;
+}
+
+/* Keep only the keys of `like` from `obj` (a Graph GET answer). */
+static json_t *project_like(const json_t *obj, const json_t *like) {
+        json_t *o = json_object();
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)like, k, v) {
+                json_t *cur = json_object_get(obj, k);
+                if (cur)
+                        json_object_set(o, k, cur);
+        }
+        return o;
+}
+
+static void changed_from_patch(outcome *o, const char *patch) {
+        json_t *p = json_loads(patch, 0, NULL);
+        const char *k;
+        json_t *v;
+        if (!o->changed)
+                o->changed = json_array();
+        json_object_foreach(p, k, v) json_array_append_new(o->changed, json_string(k));
+        json_decref(p);
+}
+
+static void random_password(char *out, size_t len) {
+        static const char cs[] = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+        unsigned char rnd[64];
+        RAND_bytes(rnd, sizeof(rnd));
+        size_t n = len - 5 < sizeof(rnd) ? len - 5 : sizeof(rnd);
+        for (size_t i = 0; i < n; i++)
+                out[i] = cs[rnd[i] % (sizeof(cs) - 1)];
+        memcpy(out + n, "!a9Z", 5); /* every complexity class */
+}
+
+/* ---- one mv event --------------------------------------------------------- */
+
+static canopy_err stage(export_ctx *ec, const char *what, json_t *detail, outcome *o) {
+        json_object_set_new(detail, "op", json_string(what));
+        json_object_set_new(detail, "ts", json_integer(worker_now_ms()));
+        char *s = dumps(detail);
+        canopy_err err = s ? canopy_state_staged_set(ec->st, ec->ev->mv_id, s) : CANOPY_ERR_NOMEM;
+        free(s);
+        o->result = CANOPY_RES_STAGED;
+        o->publish = true;
+        atomic_fetch_add_explicit(&ec->w->m.staged, 1, memory_order_relaxed);
+        return err;
+}
+
+static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_state *es, outcome *o) {
+        o->op = CANOPY_EXP_DELETE;
+        snprintf(o->entra_id, sizeof(o->entra_id), "%s", es->entra_id);
+        if (ec->w->conf->staging) {
+                json_t *d = json_object();
+                json_object_set_new(d, "entra_id", json_string(es->entra_id));
+                canopy_err err = stage(ec, "delete", d, o);
+                json_decref(d);
+                return err;
+        }
+        bool allowed = false;
+        /* The one place where a cloud delete is decided: the guard's hook. */
+        canopy_err err = canopy_guard_reserve_delete(ec->st, ec->ev->mv_id, &allowed, NULL);
+        if (err)
+                return err;
+        if (!allowed) {
+                o->result = CANOPY_RES_HELD;
+                o->publish = true;
+                return CANOPY_ERR_DELETE_HELD;
+        }
+        canopy_graph_error ei;
+        err = canopy_graph_delete(ec->gc, kind_of(type), es->entra_id, &ei);
+        count_graph(ec, GK_DELETE, err == CANOPY_ERR_GRAPH_NOT_FOUND ? CANOPY_OK : err);
+        if (err == CANOPY_ERR_GRAPH_NOT_FOUND)
+                err = CANOPY_OK; /* already gone: the effect holds */
+        if (err) {
+                if (canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT)
+                        return record_error(ec, type, err, &ei, o);
+                return err;
+        }
+        snprintf(o->request_id, sizeof(o->request_id), "%s", ei.request_id);
+        err = canopy_state_exp_deleted(ec->st, ec->ev->mv_id);
+        if (!err)
+                err = canopy_state_error_clear(ec->st, ec->ev->mv_id);
+        o->result = CANOPY_RES_OK;
+        o->publish = true;
+        return err;
+}
+
+/* Bring the group's members in Entra to `want`: only the difference. */
+static canopy_err export_members(export_ctx *ec, const char *group_id, const strset *want, strset *have, outcome *o,
+                                 json_t *stage_detail) {
+        strset add = {0}, rm = {0};
+        canopy_err err = CANOPY_OK;
+        for (size_t i = 0; !err && i < want->n; i++)
+                if (!strset_has(have, want->v[i]))
+                        err = strset_add(&add, want->v[i]);
+        for (size_t i = 0; !err && i < have->n; i++)
+                if (!strset_has(want, have->v[i]))
+                        err = strset_add(&rm, have->v[i]);
+        if (err || (!add.n && !rm.n))
+                goto out;
+        if (o->op == CANOPY_EXP_NOOP)
+                o->op = CANOPY_EXP_MEMBERS;
+        if (!o->changed)
+                o->changed = json_array();
+        json_array_append_new(o->changed, json_string("members"));
+        if (stage_detail) {
+                json_t *ja = json_array(), *jr = json_array();
+                for (size_t i = 0; i < add.n; i++)
+                        json_array_append_new(ja, json_string(add.v[i]));
+                for (size_t i = 0; i < rm.n; i++)
+                        json_array_append_new(jr, json_string(rm.v[i]));
+                json_object_set_new(stage_detail, "members_add", ja);
+                json_object_set_new(stage_detail, "members_remove", jr);
+                goto out;
+        }
+        canopy_graph_error ei;
+        if (add.n) {
+                canopy_err *errs = calloc(add.n, sizeof(*errs));
+                if (!errs) {
+                        err = CANOPY_ERR_NOMEM;
+                        goto out;
+                }
+                err = canopy_graph_members_add(ec->gc, group_id, (const char *const *)add.v, add.n, errs, &ei);
+                /* Record every member that made it, even when some failed. */
+                const char **ok = calloc(add.n, sizeof(*ok));
+                size_t nok = 0;
+                for (size_t i = 0; ok && i < add.n; i++) {
+                        count_graph(ec, GK_MEMBER_ADD, errs[i]);
+                        if (!errs[i])
+                                ok[nok++] = add.v[i];
+                }
+                canopy_err se = ok ? canopy_state_exp_members_apply(ec->st, ec->ev->mv_id, false, ok, nok, NULL, 0)
+                                   : CANOPY_ERR_NOMEM;
+                free(ok);
+                free(errs);
+                if (!err)
+                        err = se;
+                if (err)
+                        goto out;
+        }
+        if (rm.n) {
+                canopy_err *errs = calloc(rm.n, sizeof(*errs));
+                if (!errs) {
+                        err = CANOPY_ERR_NOMEM;
+                        goto out;
+                }
+                err = canopy_graph_members_remove(ec->gc, group_id, (const char *const *)rm.v, rm.n, errs, &ei);
+                const char **ok = calloc(rm.n, sizeof(*ok));
+                size_t nok = 0;
+                for (size_t i = 0; ok && i < rm.n; i++) {
+                        count_graph(ec, GK_MEMBER_REMOVE, errs[i]);
+                        if (!errs[i])
+                                ok[nok++] = rm.v[i];
+                }
+                canopy_err se = ok ? canopy_state_exp_members_apply(ec->st, ec->ev->mv_id, false, NULL, 0, ok, nok)
+                                   : CANOPY_ERR_NOMEM;
+                free(ok);
+                free(errs);
+                if (!err)
+                        err = se;
+        }
+        if (err && canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT) {
+                /* A member Entra refuses (e.g. deleted meanwhile): the rest
+                 * is recorded; the group is retried on its next change. */
+                err = record_error(ec, "group", err, &ei, o);
+        }
+out:
+        strset_free(&add);
+        strset_free(&rm);
+        return err;
+}
+
+static canopy_err export_one(export_ctx *ec, outcome *o) {
+        const char *mv_id = ec->ev->mv_id;
+        canopy_mv_record *mv = NULL;
+        canopy_export_state *es = NULL;
+        desired d = {0};
+        strset want = {0}, have = {0};
+        char *props_s = NULL, *patch = NULL;
+        json_t *stage_detail = NULL;
+        const char *type = ec->ev->object_type ? ec->ev->object_type : "user";
+        bool staging = ec->w->conf->staging;
+        o->op = CANOPY_EXP_NOOP;
+
+        canopy_err err = canopy_state_mv_get(ec->st, mv_id, &mv);
+        if (err && err != CANOPY_ERR_NOT_FOUND)
+                goto out;
+        if (mv && mv->object_type)
+                type = mv->object_type;
+        err = canopy_state_exp_get(ec->st, mv_id, &es);
+        if (err && err != CANOPY_ERR_NOT_FOUND)
+                goto out;
+        err = CANOPY_OK;
+        if (strcmp(type, "user") && strcmp(type, "group")) {
+                CANOPY_DEBUG(MOD, "%s: object type %s is not exported", mv_id, type);
+                goto out;
+        }
+        if (mv) {
+                err = compute_desired(ec, mv, &d);
+                if (err)
+                        goto out;
+        }
+        if (!d.nrecs) {
+                /* No contributor left: delete the cloud object, if any. */
+                if (es && es->entra_id && !es->deleted)
+                        err = export_delete(ec, type, es, o);
+                goto out;
+        }
+        canopy_graph_kind kind = kind_of(type);
+        props_s = dumps(d.props);
+        if (!props_s) {
+                err = CANOPY_ERR_NOMEM;
+                goto out;
+        }
+        if (staging)
+                stage_detail = json_object();
+        bool fresh = false; /* the object was just created or hard-matched */
+        if (es && es->entra_id && !es->deleted) {
+                snprintf(o->entra_id, sizeof(o->entra_id), "%s", es->entra_id);
+                if (!es->props_hash || !es->props_json) {
+                        err = CANOPY_ERR_DECODE;
+                        goto out;
+                }
+                char h[65];
+                canopy_state_hash_hex(props_s, h);
+                if (strcmp(h, es->props_hash)) {
+                        err = canopy_graph_diff(es->props_json, props_s, &patch);
+                        if (err)
+                                goto out;
+                }
+                if (patch) {
+                        o->op = CANOPY_EXP_UPDATE;
+                        changed_from_patch(o, patch);
+                        if (staging)
+                                json_object_set_new(stage_detail, "patch", json_loads(patch, 0, NULL));
+                        else {
+                                canopy_graph_error ei;
+                                err = canopy_graph_update(ec->gc, kind, es->entra_id, patch, &ei);
+                                count_graph(ec, GK_UPDATE, err);
+                                if (err && canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT) {
+                                        err = record_error(ec, type, err, &ei, o);
+                                        goto out;
+                                }
+                                if (err)
+                                        goto out;
+                                snprintf(o->request_id, sizeof(o->request_id), "%s", ei.request_id);
+                                err = canopy_state_exp_record(ec->st, mv_id, es->entra_id, es->immutable_id, props_s);
+                                if (err)
+                                        goto out;
+                        }
+                } else if (es->props_hash && strcmp(h, es->props_hash) && !staging) {
+                        /* Equal by value, different text: store the new form. */
+                        err = canopy_state_exp_record(ec->st, mv_id, es->entra_id, es->immutable_id, props_s);
+                        if (err)
+                                goto out;
+                }
+        } else {
+                /* Create, after a hard match: the intent is recorded first,
+                 * so a crash after the create finds the object next time;
+                 * with Redis rebuilt the match finds it too. */
+                json_t *body = json_deep_copy(d.props);
+                json_object_update(body, d.create_only);
+                const char *match_prop = kind == CANOPY_GRAPH_USER ? "onPremisesImmutableId" : "mailNickname";
+                const char *match_value = kind == CANOPY_GRAPH_USER
+                                                  ? d.immutable_id
+                                                  : json_string_value(json_object_get(d.props, "mailNickname"));
+                if (kind == CANOPY_GRAPH_USER) {
+                        json_object_set_new(body, "onPremisesImmutableId", json_string(d.immutable_id));
+                        if (!json_object_get(body, "passwordProfile")) {
+                                char pw[24];
+                                random_password(pw, sizeof(pw));
+                                json_object_set_new(body, "passwordProfile",
+                                                    json_pack("{s:s,s:b}", "password", pw,
+                                                              "forceChangePasswordNextSignIn", 0));
+                        }
+                }
+                o->op = CANOPY_EXP_CREATE;
+                const char *k;
+                json_t *v;
+                o->changed = json_array();
+                json_object_foreach(d.props, k, v) json_array_append_new(o->changed, json_string(k));
+                if (staging) {
+                        json_object_del(body, "passwordProfile");
+                        json_object_set_new(stage_detail, "create", body);
+                } else {
+                        char *body_s = dumps(body);
+                        json_decref(body);
+                        err = canopy_state_exp_intent(ec->st, mv_id, d.immutable_id);
+                        if (err) {
+                                free(body_s);
+                                goto out;
+                        }
+                        canopy_graph_error ei;
+                        char id[CANOPY_GRAPH_ID_MAX] = "";
+                        bool matched = false;
+                        err = canopy_graph_create(ec->gc, kind, body_s, match_value != NULL, match_prop, match_value,
+                                                  id, &matched, &ei);
+                        free(body_s);
+                        count_graph(ec, GK_LOOKUP, CANOPY_OK);
+                        if (!err && !matched)
+                                count_graph(ec, GK_CREATE, CANOPY_OK);
+                        if (err) {
+                                count_graph(ec, GK_CREATE, err);
+                                if (canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT)
+                                        err = record_error(ec, type, err, &ei, o);
+                                goto out;
+                        }
+                        snprintf(o->entra_id, sizeof(o->entra_id), "%s", id);
+                        snprintf(o->request_id, sizeof(o->request_id), "%s", ei.request_id);
+                        if (matched) {
+                                /* Hard match: write only what differs from the
+                                 * object as it is. */
+                                o->op = CANOPY_EXP_UPDATE;
+                                json_decref(o->changed);
+                                o->changed = json_array();
+                                char *cur_s = NULL;
+                                err = canopy_graph_get(ec->gc, kind, id, NULL, &cur_s, &ei);
+                                count_graph(ec, GK_GET, err);
+                                if (err)
+                                        goto out;
+                                json_t *cur = json_loads(cur_s, 0, NULL);
+                                free(cur_s);
+                                json_t *proj = project_like(cur, d.props);
+                                json_decref(cur);
+                                char *proj_s = dumps(proj);
+                                json_decref(proj);
+                                err = proj_s ? canopy_graph_diff(proj_s, props_s, &patch) : CANOPY_ERR_NOMEM;
+                                free(proj_s);
+                                if (err)
+                                        goto out;
+                                if (patch) {
+                                        changed_from_patch(o, patch);
+                                        err = canopy_graph_update(ec->gc, kind, id, patch, &ei);
+                                        count_graph(ec, GK_UPDATE, err);
+                                        if (err && canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT) {
+                                                err = record_error(ec, type, err, &ei, o);
+                                                goto out;
+                                        }
+                                        if (err)
+                                                goto out;
+                                } else
+                                        o->op = CANOPY_EXP_NOOP;
+                                if (kind == CANOPY_GRAPH_GROUP) {
+                                        /* What is already there counts as exported. */
+                                        char **ids = NULL;
+                                        size_t nids = 0;
+                                        err = canopy_graph_members_list(ec->gc, id, 0, &ids, &nids, &ei);
+                                        count_graph(ec, GK_GET, err);
+                                        if (err)
+                                                goto out;
+                                        err = canopy_state_exp_members_apply(ec->st, mv_id, true,
+                                                                             (const char *const *)ids, nids, NULL, 0);
+                                        canopy_graph_ids_free(ids, nids);
+                                        if (err)
+                                                goto out;
+                                }
+                        } else if (kind == CANOPY_GRAPH_GROUP) {
+                                err = canopy_state_exp_members_apply(ec->st, mv_id, true, NULL, 0, NULL, 0);
+                                if (err)
+                                        goto out;
+                        }
+                        err = canopy_state_exp_record(ec->st, mv_id, id, d.immutable_id, props_s);
+                        if (err)
+                                goto out;
+                        fresh = true;
+                }
+        }
+        (void)fresh;
+        if (kind == CANOPY_GRAPH_GROUP) {
+                err = desired_members(ec, mv_id, &d, &want);
+                if (!err) {
+                        char **h = NULL;
+                        size_t nh = 0;
+                        err = canopy_state_exp_members(ec->st, mv_id, &h, &nh);
+                        for (size_t i = 0; !err && i < nh; i++)
+                                err = strset_add(&have, h[i]);
+                        canopy_state_strv_free(h);
+                        strset_sort(&have);
+                }
+                if (!err && (o->entra_id[0] || staging))
+                        err = export_members(ec, o->entra_id, &want, &have, o, stage_detail);
+                if (err)
+                        goto out;
+        }
+        if (staging) {
+                if (o->op != CANOPY_EXP_NOOP)
+                        err = stage(ec, o->op == CANOPY_EXP_CREATE ? "create" : "update", stage_detail, o);
+                goto out;
+        }
+        if (o->result != CANOPY_RES_ERROR) {
+                err = canopy_state_error_clear(ec->st, mv_id);
+                if (!err)
+                        err = canopy_state_staged_clear(ec->st, mv_id);
+                o->publish = o->op != CANOPY_EXP_NOOP;
+                o->result = CANOPY_RES_OK;
+        }
+        /* Groups waiting for this object can now point at it. */
+        if (!err && o->entra_id[0]) {
+                char **groups = NULL;
+                size_t n = 0;
+                err = canopy_state_pending_take(ec->st, mv_id, &groups, &n);
+                for (size_t i = 0; !err && i < n; i++)
+                        err = publish_mv(ec, groups[i], "group", CANOPY_MV_RESOLVE);
+                if (err && groups)
+                        for (size_t i = 0; i < n; i++)
+                                canopy_state_pending_add(ec->st, mv_id, groups[i]);
+                canopy_state_strv_free(groups);
+        }
+out:
+        json_decref(stage_detail);
+        free(props_s);
+        free(patch);
+        strset_free(&want);
+        strset_free(&have);
+        desired_clear(&d);
+        canopy_export_state_free(es);
+        canopy_mv_record_free(mv);
+        if (!err && o->op == CANOPY_EXP_NOOP && !o->publish)
+                atomic_fetch_add_explicit(&ec->w->m.export_noop, 1, memory_order_relaxed);
+        return err;
+}
+
+/* Leaving staging mode: every staged difference is replayed so that the
+ * export stage sends it now. */
+static canopy_err replay_staged(export_ctx *ec) {
+        uint64_t cur = 0;
+        size_t n_all = 0;
+        canopy_err err;
+        do {
+                char **ids = NULL;
+                size_t n = 0;
+                err = canopy_state_staged_scan(ec->st, &cur, &ids, &n);
+                for (size_t i = 0; !err && i < n; i++) {
+                        canopy_mv_record *mv = NULL;
+                        canopy_err ge = canopy_state_mv_get(ec->st, ids[i], &mv);
+                        const char *type = !ge && mv->object_type ? mv->object_type : "user";
+                        canopy_export_state *es = NULL;
+                        if (ge == CANOPY_ERR_NOT_FOUND && !canopy_state_exp_get(ec->st, ids[i], &es)) {
+                                /* a staged delete: the type is gone with the mv object */
+                                char *j = NULL;
+                                if (!canopy_state_staged_get(ec->st, ids[i], &j) && strstr(j, "\"group\""))
+                                        type = "group";
+                                free(j);
+                        }
+                        canopy_export_state_free(es);
+                        err = publish_mv(ec, ids[i], type, CANOPY_MV_REPLAY);
+                        canopy_mv_record_free(mv);
+                        n_all++;
+                }
+                canopy_state_strv_free(ids);
+        } while (!err && cur);
+        if (!err && n_all) {
+                if (!worker_flush(ec->w))
+                        return CANOPY_ERR_KAFKA;
+                CANOPY_INFO(MOD, "staging off: %zu staged differences replayed for export", n_all);
+        }
+        return err;
+}
+
+static canopy_err open_graph(worker *w, canopy_graph **ret) {
+        canopy_graph_conf gcf;
+        canopy_graph_conf_init(&gcf);
+        canopy_worker_conf *c = w->conf;
+        if (!c->graph_tenant || !c->graph_client_id) {
+                CANOPY_ERROR(MOD, "graph.tenant and graph.client_id are required by the export stage");
+                return CANOPY_ERR_CONFIG_MISSING;
+        }
+        if (canopy_graph_cloud_parse(c->graph_cloud ? c->graph_cloud : "global", &gcf.cloud))
+                return CANOPY_ERR_CONFIG;
+        gcf.authority_url = c->graph_authority_url ? c->graph_authority_url : c->graph_url;
+        gcf.graph_url = c->graph_url;
+        gcf.tenant = c->graph_tenant;
+        gcf.client_id = c->graph_client_id;
+        gcf.client_secret = c->graph_secret;
+        gcf.cert_file = c->graph_cert_file;
+        gcf.key_file = c->graph_key_file;
+        gcf.ca_file = c->graph_ca_file;
+        gcf.allow_insecure = c->graph_allow_insecure;
+        gcf.max_concurrency = (int)c->graph_concurrency;
+        gcf.redis_host = c->redis_host;
+        gcf.redis_port = (int)c->redis_port;
+        gcf.redis_password = c->redis_password;
+        gcf.budget_writes = c->graph_budget;
+        gcf.budget_window_ms = c->graph_budget_window_ms;
+        char eb[512] = "";
+        canopy_err err = canopy_graph_new(&gcf, ret, eb, sizeof(eb));
+        if (err)
+                CANOPY_ERROR(MOD, "graph client: %s", eb);
+        return err;
+}
+
+int worker_export_run(worker *w) {
+        canopy_kafka_consumer *kc = NULL;
+        int rc = 1;
+        char eb[512];
+        export_ctx ec = {w, NULL, NULL, canopy_arena_new(0, 0), NULL};
+        canopy_err err = canopy_state_new(w->conf->redis_host, (int)w->conf->redis_port, w->conf->redis_password,
+                                          w->conf->redis_prefix, (int)w->conf->redis_timeout_ms, &ec.st);
+        if (err) {
+                CANOPY_ERROR(MOD, "redis: %s", canopy_err_text(err));
+                goto out;
+        }
+        if (!w->conf->staging) {
+                if (open_graph(w, &ec.gc))
+                        goto out;
+                for (int attempt = 0; (err = replay_staged(&ec)) && !*w->stop; attempt++)
+                        if (canopy_err_class_of(err) != CANOPY_ERRCLASS_RETRIABLE || !worker_backoff(w, attempt))
+                                goto out;
+        }
+        canopy_topic topics[1] = {CANOPY_TOPIC_MV};
+        canopy_kafka_consumer_opts opts = {w->conf->export_group, topics, 1, NULL, NULL, false};
+        err = canopy_kafka_consumer_new(&w->conf->kafka, &opts, &kc, eb, sizeof(eb));
+        if (err) {
+                CANOPY_ERROR(MOD, "consumer: %s", eb);
+                goto out;
+        }
+        CANOPY_INFO(MOD, "export stage started (group %s%s)", w->conf->export_group,
+                    w->conf->staging ? ", staging mode" : "");
+        int64_t since_commit = 0;
+        while (!*w->stop) {
+                canopy_kafka_msg *m = NULL;
+                err = canopy_kafka_consume(kc, (int)w->conf->poll_ms, &m);
+                if (err == CANOPY_ERR_TIMEOUT || (!err && !m)) {
+                        if (since_commit) {
+                                if (!worker_flush(w))
+                                        goto out;
+                                canopy_kafka_commit(kc, false);
+                                since_commit = 0;
+                        }
+                        int64_t v = 0;
+                        if (!canopy_state_pending_count(ec.st, &v))
+                                atomic_store(&w->m.pending_refs, v);
+                        if (!canopy_state_error_count(ec.st, &v))
+                                atomic_store(&w->m.errors, v);
+                        continue;
+                }
+                if (err) {
+                        CANOPY_ERROR(MOD, "consume: %s", canopy_err_text(err));
+                        goto out;
+                }
+                canopy_mv_event ev;
+                canopy_log_ctx lc = {NULL, NULL, m->topic, m->partition, m->offset};
+                err = canopy_avro_decode_mv(m->value, m->len, &ev, eb, sizeof(eb));
+                if (err) {
+                        canopy_log(CANOPY_LOG_WARN, MOD, &lc, "undecodable mv event: %s", eb);
+                        if (!canopy_kafka_dead_letter(kc, m, err, eb))
+                                atomic_fetch_add_explicit(&w->m.export_dead, 1, memory_order_relaxed);
+                        canopy_kafka_msg_free(m);
+                        continue;
+                }
+                ec.ev = &ev;
+                outcome o;
+                for (int attempt = 0;; attempt++) {
+                        memset(&o, 0, sizeof(o));
+                        err = export_one(&ec, &o);
+                        canopy_arena_reset(ec.a);
+                        if (!err && o.publish)
+                                err = publish_export(&ec, ev.object_type ? ev.object_type : "user", &o);
+                        json_decref(o.changed);
+                        o.changed = NULL;
+                        if (!err || canopy_err_class_of(err) != CANOPY_ERRCLASS_RETRIABLE || *w->stop)
+                                break;
+                        canopy_log(CANOPY_LOG_WARN, MOD, &lc, "mv %s: retrying: %s", ev.mv_id, canopy_err_text(err));
+                        if (err == CANOPY_ERR_DELETE_HELD && o.publish)
+                                publish_export(&ec, ev.object_type ? ev.object_type : "user", &o);
+                        if (!worker_backoff(w, attempt))
+                                break;
+                }
+                ec.ev = NULL;
+                bool done = !err;
+                if (!err)
+                        atomic_fetch_add_explicit(&w->m.export_events, 1, memory_order_relaxed);
+                else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT) {
+                        canopy_log(CANOPY_LOG_WARN, MOD, &lc, "mv %s: dead letter: %s", ev.mv_id, canopy_err_text(err));
+                        if (!canopy_kafka_dead_letter(kc, m, err, NULL))
+                                atomic_fetch_add_explicit(&w->m.export_dead, 1, memory_order_relaxed);
+                } else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_FATAL) {
+                        canopy_log(CANOPY_LOG_ERROR, MOD, &lc, "mv %s: fatal: %s", ev.mv_id, canopy_err_text(err));
+                        canopy_mv_event_free(&ev);
+                        canopy_kafka_msg_free(m);
+                        *w->stop = 1;
+                        goto out;
+                }
+                canopy_mv_event_free(&ev);
+                if (done)
+                        canopy_kafka_mark_done(kc, m);
+                canopy_kafka_msg_free(m);
+                if (!done && *w->stop)
+                        break;
+                if (++since_commit >= w->conf->export_batch) {
+                        if (!worker_flush(w))
+                                goto out;
+                        canopy_kafka_commit(kc, false);
+                        since_commit = 0;
+                }
+        }
+        if (worker_flush(w)) {
+                canopy_kafka_consumer_close(kc);
+                canopy_kafka_consumer_free(kc);
+                rc = 0;
+        }
+        kc = NULL;
+out:
+        /* On a failure the consumer is left as is (not closed): closing would
+         * commit offsets whose effects may not be acknowledged. The process
+         * exits and Kafka hands the partitions over. */
+        (void)kc;
+        canopy_graph_free(ec.gc);
+        canopy_state_free(ec.st);
+        canopy_arena_free(ec.a);
+        CANOPY_INFO(MOD, "export stage stopped");
+        return rc;
+}

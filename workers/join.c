@@ -1,0 +1,600 @@
+/* join.c: the join stage. Consumes `changes`, keeps the connector space,
+ * DN index, metaverse and join index in Redis, publishes one MvEvent per
+ * affected metaverse object on `mv`. Offsets are committed only after the
+ * effect is in Redis and the mv events are acknowledged by Kafka. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "canopy/arena.h"
+#include "canopy/avro.h"
+#include "canopy/log.h"
+#include "worker.h"
+
+#define MOD "join"
+
+typedef struct join_ctx {
+        worker *w;
+        canopy_state *st;
+        canopy_arena *a;
+        const canopy_change_event *ev; /* current event (for ts) */
+} join_ctx;
+
+/* Publish an MvEvent for mv_id with its current contributors. */
+static canopy_err publish_mv(join_ctx *jc, const char *mv_id, const char *type, canopy_mv_reason reason,
+                             const char *cause) {
+        canopy_mv_record *rec = NULL;
+        canopy_err err = canopy_state_mv_get(jc->st, mv_id, &rec);
+        if (err && err != CANOPY_ERR_NOT_FOUND)
+                return err;
+        canopy_mv_event mv = {0};
+        mv.mv_id = (char *)mv_id;
+        mv.object_type = (char *)(rec && rec->object_type ? rec->object_type : (type ? type : "user"));
+        mv.contribs = rec ? rec->contribs : NULL;
+        mv.ncontribs = rec ? rec->ncontribs : 0;
+        mv.reason = reason;
+        mv.cause_connector = (char *)cause;
+        mv.ts_ms = worker_now_ms();
+        mv.source_ts_ms = jc->ev ? jc->ev->source_ts_ms : 0;
+        char eb[CANOPY_AVRO_ERRLEN];
+        err = canopy_kafka_produce_mv(jc->w->kp, &mv, NULL, eb, sizeof(eb));
+        if (err)
+                CANOPY_ERROR(MOD, "produce mv %s: %s", mv_id, eb);
+        else
+                atomic_fetch_add_explicit(&jc->w->m.mv_published, 1, memory_order_relaxed);
+        canopy_mv_record_free(rec);
+        return err;
+}
+
+/* Groups waiting for a DN that now exists: re-export them. */
+static canopy_err resolve_dn_waiters(join_ctx *jc, const char *connector, const char *dn) {
+        char *norm = NULL, *key = NULL, **groups = NULL;
+        size_t n = 0;
+        canopy_err err = canopy_state_dn_norm(dn, &norm);
+        if (err)
+                return err;
+        if (asprintf(&key, "d:%s\x1f%s", connector, norm) < 0) {
+                free(norm);
+                return CANOPY_ERR_NOMEM;
+        }
+        err = canopy_state_pending_take(jc->st, key, &groups, &n);
+        for (size_t i = 0; !err && i < n; i++)
+                err = publish_mv(jc, groups[i], "group", CANOPY_MV_RESOLVE, connector);
+        if (err && groups) /* put them back: the event will be retried */
+                for (size_t i = 0; i < n; i++)
+                        canopy_state_pending_add(jc->st, key, groups[i]);
+        canopy_state_strv_free(groups);
+        free(key);
+        free(norm);
+        return err;
+}
+
+/* The contribution of rec leaves its mv object (out of scope or deleted). */
+static canopy_err disconnect(join_ctx *jc, canopy_cs_record *rec) {
+        if (!rec->mv_id)
+                return CANOPY_OK;
+        size_t left = 0;
+        canopy_err err = canopy_state_mv_remove_contrib(jc->st, rec->mv_id, rec->connector, &rec->anchor, &left);
+        if (err)
+                return err;
+        if (left == 0) {
+                /* Nothing left: the mv object goes; the export stage deletes
+                 * its cloud object (through the guard) when it sees no
+                 * contributor. Its join keys are released. */
+                err = canopy_state_mv_delete(jc->st, rec->mv_id);
+                if (err)
+                        return err;
+        }
+        err = publish_mv(jc, rec->mv_id, rec->object_class, left ? CANOPY_MV_DISCONNECT : CANOPY_MV_DELETE,
+                         rec->connector);
+        if (err)
+                return err;
+        free(rec->mv_id);
+        rec->mv_id = NULL;
+        return CANOPY_OK;
+}
+
+/* Delete a connector-space object entirely. */
+static canopy_err remove_object(join_ctx *jc, canopy_cs_record *rec) {
+        canopy_err err = disconnect(jc, rec);
+        if (!err && rec->dn)
+                err = canopy_state_dn_del(jc->st, rec->connector, rec->dn, &rec->anchor);
+        if (!err)
+                err = canopy_state_cs_delete(jc->st, rec->connector, &rec->anchor);
+        return err;
+}
+
+static bool is_ref_attr(const char *name, const char *member_attr) {
+        return !strcasecmp(name, "member") || !strcasecmp(name, "uniquemember") ||
+               (member_attr && !strcasecmp(name, member_attr));
+}
+
+/* Member DN -> reference: "a:<anchor b64>" when the DN is known, else
+ * "d:<normalised DN>" (resolved at export time). Owned string. */
+static canopy_err member_ref(join_ctx *jc, const char *connector, const canopy_bytes *dnv, char **ret) {
+        char *dn = strndup((const char *)dnv->data, dnv->len);
+        canopy_bytes anchor = {0};
+        if (!dn)
+                return CANOPY_ERR_NOMEM;
+        canopy_err err = canopy_state_dn_get(jc->st, connector, dn, &anchor);
+        if (err == CANOPY_OK) {
+                size_t bl = 4 * ((anchor.len + 2) / 3) + 3;
+                char *r = malloc(bl);
+                if (!r)
+                        err = CANOPY_ERR_NOMEM;
+                else {
+                        r[0] = 'a';
+                        r[1] = ':';
+                        canopy_state_anchor_b64(&anchor, r + 2, bl - 2);
+                        *ret = r;
+                }
+                free(anchor.data);
+        } else if (err == CANOPY_ERR_NOT_FOUND) {
+                char *norm = NULL;
+                err = canopy_state_dn_norm(dn, &norm);
+                if (!err) {
+                        if (asprintf(ret, "d:%s", norm) < 0)
+                                err = CANOPY_ERR_NOMEM;
+                        free(norm);
+                }
+        }
+        free(dn);
+        return err;
+}
+
+static void refs_free(char **v, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(v[i]);
+        free(v);
+}
+
+static canopy_err refs_of(join_ctx *jc, const char *connector, const canopy_bytes *vals, size_t n, char ***ret) {
+        char **v = calloc(n + 1, sizeof(*v));
+        if (!v)
+                return CANOPY_ERR_NOMEM;
+        for (size_t i = 0; i < n; i++) {
+                canopy_err err = member_ref(jc, connector, &vals[i], &v[i]);
+                if (err) {
+                        refs_free(v, i);
+                        return err;
+                }
+        }
+        *ret = v;
+        return CANOPY_OK;
+}
+
+/* Apply the member attribute of the event to the group's reference set. */
+static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, const canopy_attr *at, bool replace) {
+        char **add = NULL, **rm = NULL;
+        size_t nadd = at->delta ? at->nadded : at->nvalues, nrm = at->delta ? at->nremoved : 0;
+        canopy_err err = refs_of(jc, ev->connector, at->delta ? at->added : at->values, nadd, &add);
+        if (!err)
+                err = refs_of(jc, ev->connector, at->removed, nrm, &rm);
+        if (!err)
+                err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, replace && !at->delta,
+                                                    (const char *const *)add, nadd, (const char *const *)rm, nrm);
+        if (add)
+                refs_free(add, nadd);
+        if (rm)
+                refs_free(rm, nrm);
+        return err;
+}
+
+/* Apply a delta (added/removed values) to a plain attribute of rec. */
+static canopy_err apply_value_delta(canopy_cs_record *rec, const canopy_attr *at) {
+        const canopy_attr *cur = canopy_cs_record_attr(rec, at->name);
+        size_t n = cur ? cur->nvalues : 0;
+        canopy_bytes *v = calloc(n + at->nadded + 1, sizeof(*v));
+        size_t k = 0;
+        if (!v)
+                return CANOPY_ERR_NOMEM;
+        for (size_t i = 0; i < n; i++) {
+                bool gone = false;
+                for (size_t j = 0; j < at->nremoved && !gone; j++)
+                        gone = at->removed[j].len == cur->values[i].len &&
+                               !memcmp(at->removed[j].data, cur->values[i].data, at->removed[j].len);
+                if (!gone)
+                        v[k++] = cur->values[i];
+        }
+        for (size_t j = 0; j < at->nadded; j++) {
+                bool dup = false;
+                for (size_t i = 0; i < k && !dup; i++)
+                        dup = v[i].len == at->added[j].len && !memcmp(v[i].data, at->added[j].data, v[i].len);
+                if (!dup)
+                        v[k++] = at->added[j];
+        }
+        canopy_err err = canopy_cs_record_set_attr(rec, at->name, at->binary || (cur && cur->binary), v, k);
+        free(v);
+        return err;
+}
+
+/* Find or create the mv object of rec (atomic through the join index). */
+static canopy_err join_or_project(join_ctx *jc, canopy_cs_record *rec, const char *type,
+                                  const canopy_obj_view *view, canopy_mv_reason *ret_reason) {
+        const canopy_join_rule *rules = NULL;
+        size_t nrules = 0;
+        canopy_rules_join_rules(jc->w->rules, rec->connector, type, &rules, &nrules);
+        char found[33] = "";
+        char **keys = NULL;
+        size_t nkeys = 0;
+        canopy_err err = CANOPY_OK;
+        keys = calloc(64, sizeof(*keys));
+        if (!keys)
+                return CANOPY_ERR_NOMEM;
+        /* Collect the join keys of every rule, in rule order. */
+        for (size_t i = 0; i < nrules && !err; i++) {
+                const char *const *vals = NULL;
+                size_t nv = 0;
+                const char *anchor_val[1];
+                if (rules[i].is_anchor) {
+                        size_t bl = 4 * ((rec->anchor.len + 2) / 3) + 1;
+                        char *b = canopy_arena_alloc(jc->a, bl);
+                        if (!b) {
+                                err = CANOPY_ERR_NOMEM;
+                                break;
+                        }
+                        canopy_state_anchor_b64(&rec->anchor, b, bl);
+                        anchor_val[0] = b;
+                        vals = anchor_val;
+                        nv = 1;
+                } else {
+                        err = canopy_rules_join_values(jc->w->rules, &rules[i], view, jc->a, &vals, &nv);
+                        if (err)
+                                break;
+                }
+                for (size_t j = 0; j < nv && nkeys < 63; j++) {
+                        err = canopy_state_join_key(type, rules[i].mv, vals[j], &keys[nkeys]);
+                        if (err)
+                                break;
+                        nkeys++;
+                        if (!found[0]) {
+                                canopy_err le = canopy_state_join_lookup(jc->st, keys[nkeys - 1], found);
+                                if (le && le != CANOPY_ERR_NOT_FOUND)
+                                        err = le;
+                        }
+                }
+        }
+        bool projecting = !found[0];
+        char id[33];
+        if (!err) {
+                if (projecting)
+                        canopy_state_mv_id_for(rec->connector, &rec->anchor, id);
+                else
+                        snprintf(id, sizeof(id), "%s", found);
+        }
+        /* Claim every key; the first lost race while projecting turns the
+         * projection into a join with the winner. */
+        for (size_t i = 0; !err && i < nkeys; i++) {
+                char holder[33];
+                err = canopy_state_join_claim(jc->st, keys[i], id, holder);
+                if (err)
+                        break;
+                if (strcmp(holder, id)) {
+                        if (projecting) {
+                                snprintf(id, sizeof(id), "%s", holder);
+                                projecting = false;
+                        }
+                        continue;
+                }
+                err = canopy_state_mv_note_join_key(jc->st, id, keys[i]);
+        }
+        if (!err) {
+                canopy_mv_record *mv = NULL;
+                canopy_err ge = canopy_state_mv_get(jc->st, id, &mv);
+                if (ge && ge != CANOPY_ERR_NOT_FOUND)
+                        err = ge;
+                bool others = false;
+                for (size_t i = 0; mv && i < mv->ncontribs; i++)
+                        if (strcmp(mv->contribs[i].connector, rec->connector) ||
+                            mv->contribs[i].anchor.len != rec->anchor.len ||
+                            memcmp(mv->contribs[i].anchor.data, rec->anchor.data, rec->anchor.len))
+                                others = true;
+                canopy_mv_record_free(mv);
+                *ret_reason = others ? CANOPY_MV_JOIN : CANOPY_MV_PROJECT;
+        }
+        if (!err)
+                err = canopy_state_mv_add_contrib(jc->st, id, type, rec->connector, &rec->anchor);
+        if (!err) {
+                free(rec->mv_id);
+                rec->mv_id = strdup(id);
+                if (!rec->mv_id)
+                        err = CANOPY_ERR_NOMEM;
+        }
+        for (size_t i = 0; i < nkeys; i++)
+                free(keys[i]);
+        free(keys);
+        return err;
+}
+
+/* Claim join keys of an object already joined (values may have changed). */
+static canopy_err refresh_join_keys(join_ctx *jc, canopy_cs_record *rec, const char *type, const canopy_obj_view *view) {
+        const canopy_join_rule *rules = NULL;
+        size_t nrules = 0;
+        canopy_rules_join_rules(jc->w->rules, rec->connector, type, &rules, &nrules);
+        canopy_err err = CANOPY_OK;
+        for (size_t i = 0; i < nrules && !err; i++) {
+                if (rules[i].is_anchor)
+                        continue;
+                const char *const *vals = NULL;
+                size_t nv = 0;
+                err = canopy_rules_join_values(jc->w->rules, &rules[i], view, jc->a, &vals, &nv);
+                for (size_t j = 0; !err && j < nv; j++) {
+                        char *k = NULL, holder[33];
+                        err = canopy_state_join_key(type, rules[i].mv, vals[j], &k);
+                        if (!err)
+                                err = canopy_state_join_claim(jc->st, k, rec->mv_id, holder);
+                        if (!err && !strcmp(holder, rec->mv_id))
+                                err = canopy_state_mv_note_join_key(jc->st, rec->mv_id, k);
+                        free(k);
+                }
+        }
+        return err;
+}
+
+/* END_OF_SCAN: everything of the connector not seen by this scan is gone. */
+static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
+        if (!ev->scan_id)
+                return CANOPY_ERR_DECODE;
+        uint64_t cur = 0;
+        size_t removed = 0;
+        canopy_err err = CANOPY_OK;
+        do {
+                canopy_bytes *anchors = NULL;
+                size_t n = 0;
+                err = canopy_state_cs_scan(jc->st, ev->connector, &cur, &anchors, &n);
+                if (err)
+                        break;
+                for (size_t i = 0; !err && i < n; i++) {
+                        canopy_cs_record *rec = NULL;
+                        canopy_err ge = canopy_state_cs_get(jc->st, ev->connector, &anchors[i], &rec);
+                        if (ge == CANOPY_ERR_NOT_FOUND) /* stale index entry */
+                                ge = canopy_state_cs_delete(jc->st, ev->connector, &anchors[i]);
+                        else if (!ge && (!rec->scan_id || strcmp(rec->scan_id, ev->scan_id))) {
+                                ge = remove_object(jc, rec);
+                                removed++;
+                        }
+                        err = ge;
+                        canopy_cs_record_free(rec);
+                }
+                canopy_state_anchors_free(anchors, n);
+        } while (!err && cur);
+        if (!err)
+                CANOPY_INFO(MOD, "end of scan %s of %s: %zu objects not seen, removed", ev->scan_id, ev->connector,
+                            removed);
+        return err;
+}
+
+static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
+        if (ev->op == CANOPY_OP_END_OF_SCAN)
+                return end_of_scan(jc, ev);
+        if (!ev->connector || !ev->anchor.len)
+                return CANOPY_ERR_DECODE;
+        canopy_cs_record *rec = NULL;
+        canopy_err err = canopy_state_cs_get(jc->st, ev->connector, &ev->anchor, &rec);
+        if (err && err != CANOPY_ERR_NOT_FOUND)
+                return err;
+        if (ev->op == CANOPY_OP_DELETE) {
+                err = rec ? remove_object(jc, rec) : CANOPY_OK;
+                canopy_cs_record_free(rec);
+                return err;
+        }
+        if (!rec) {
+                rec = calloc(1, sizeof(*rec));
+                if (!rec || !(rec->connector = strdup(ev->connector)) ||
+                    canopy_bytes_set(&rec->anchor, ev->anchor.data, ev->anchor.len)) {
+                        canopy_cs_record_free(rec);
+                        return CANOPY_ERR_NOMEM;
+                }
+        }
+        if (ev->object_class && (!rec->object_class || strcmp(rec->object_class, ev->object_class))) {
+                free(rec->object_class);
+                rec->object_class = strdup(ev->object_class);
+        }
+        const char *type = rec->object_class;
+        const char *member_attr = type ? canopy_rules_member_attribute(jc->w->rules, ev->connector, type) : NULL;
+        bool first_chunk = ev->chunk <= 0;
+
+        /* 1. Merge the image: a complete image replaces every attribute
+         * (later chunks of a split event only add values); a partial image
+         * (DirSync) replaces only the attributes it carries. */
+        if (ev->complete && first_chunk) {
+                for (size_t i = rec->nattrs; i-- > 0;)
+                        if (!canopy_change_event_attr(ev, rec->attrs[i].name))
+                                canopy_cs_record_set_attr(rec, rec->attrs[i].name, false, NULL, 0);
+        }
+        bool members_seen = false;
+        for (size_t i = 0; !err && i < ev->nattrs; i++) {
+                const canopy_attr *at = &ev->attrs[i];
+                if (is_ref_attr(at->name, member_attr)) {
+                        members_seen = true;
+                        err = apply_members(jc, ev, at, first_chunk);
+                } else if (at->delta)
+                        err = apply_value_delta(rec, at);
+                else
+                        err = canopy_cs_record_set_attr(rec, at->name, at->binary, at->values, at->nvalues);
+        }
+        if (!err && ev->complete && first_chunk && !members_seen && type && !strcmp(type, "group"))
+                err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, true, NULL, 0, NULL, 0);
+
+        /* 2. DN, renames and moves: members are stored as anchors, so only
+         * the DN index changes. */
+        if (!err && ev->dn && (!rec->dn || strcmp(rec->dn, ev->dn))) {
+                if (rec->dn)
+                        err = canopy_state_dn_del(jc->st, ev->connector, rec->dn, &rec->anchor);
+                if (!err)
+                        err = canopy_state_dn_set(jc->st, ev->connector, ev->dn, &rec->anchor);
+                if (!err) {
+                        free(rec->dn);
+                        rec->dn = strdup(ev->dn);
+                        err = resolve_dn_waiters(jc, ev->connector, ev->dn);
+                }
+        }
+        if (!err && ev->scan_id) {
+                free(rec->scan_id);
+                rec->scan_id = strdup(ev->scan_id);
+        }
+        if (ev->source_ts_ms)
+                rec->source_ts_ms = ev->source_ts_ms;
+
+        /* 3. Scope, then join or project. */
+        canopy_obj_view view;
+        canopy_attr_array holder;
+        canopy_scope_result sr = {0};
+        canopy_mv_reason reason = CANOPY_MV_UPDATE;
+        bool publish = false;
+        if (!err) {
+                canopy_obj_view_from_attrs(&view, &holder, rec->connector, rec->dn, rec->object_class, rec->attrs,
+                                           rec->nattrs);
+                view.anchor = &rec->anchor;
+                const char *t = canopy_rules_object_type(jc->w->rules, &view);
+                if (!t)
+                        sr.in_scope = false;
+                else {
+                        canopy_err se = canopy_rules_scope(jc->w->rules, &view, NULL, &sr);
+                        if (se == CANOPY_ERR_NOT_FOUND) {
+                                sr.in_scope = false;
+                                snprintf(sr.reason, sizeof(sr.reason), "connector %s not in the rules",
+                                         rec->connector);
+                        } else if (se)
+                                err = se;
+                        type = t;
+                }
+        }
+        if (!err && !sr.in_scope) {
+                if (rec->mv_id)
+                        CANOPY_INFO(MOD, "%s left scope (%s): disconnect", rec->dn ? rec->dn : "?", sr.reason);
+                err = disconnect(jc, rec);
+                rec->in_scope = false;
+        } else if (!err) {
+                rec->in_scope = true;
+                if (!rec->mv_id)
+                        err = join_or_project(jc, rec, type, &view, &reason);
+                else
+                        err = refresh_join_keys(jc, rec, type, &view);
+                publish = !err;
+        }
+        /* 4. Record, then announce. A crash between the two replays the
+         * event: every step above is idempotent. */
+        if (!err)
+                err = canopy_state_cs_put(jc->st, rec);
+        if (!err && publish)
+                err = publish_mv(jc, rec->mv_id, type, reason, rec->connector);
+        canopy_cs_record_free(rec);
+        return err;
+}
+
+static void on_rebalance(canopy_kafka_consumer *kc, canopy_kafka_rebalance what, const canopy_kafka_partition *parts,
+                         size_t nparts, void *opaque) {
+        worker *w = opaque;
+        /* Before revoked partitions are committed, every mv event of the
+         * messages marked done must be acknowledged. */
+        if (what == CANOPY_KAFKA_REVOKED && !worker_flush(w))
+                *w->stop = 1;
+}
+
+int worker_join_run(worker *w) {
+        canopy_state *st = NULL;
+        canopy_kafka_consumer *kc = NULL;
+        int rc = 1;
+        char eb[512];
+        join_ctx jc = {w, NULL, canopy_arena_new(0, 0), NULL};
+        canopy_err err = canopy_state_new(w->conf->redis_host, (int)w->conf->redis_port, w->conf->redis_password,
+                                          w->conf->redis_prefix, (int)w->conf->redis_timeout_ms, &st);
+        if (err) {
+                CANOPY_ERROR(MOD, "redis %s:%lld: %s", w->conf->redis_host, (long long)w->conf->redis_port,
+                             canopy_err_text(err));
+                goto out;
+        }
+        jc.st = st;
+        canopy_topic topics[1] = {CANOPY_TOPIC_CHANGES};
+        canopy_kafka_consumer_opts opts = {w->conf->join_group, topics, 1, on_rebalance, w, false};
+        err = canopy_kafka_consumer_new(&w->conf->kafka, &opts, &kc, eb, sizeof(eb));
+        if (err) {
+                CANOPY_ERROR(MOD, "consumer: %s", eb);
+                goto out;
+        }
+        CANOPY_INFO(MOD, "join stage started (group %s)", w->conf->join_group);
+        int64_t since_commit = 0;
+        while (!*w->stop) {
+                canopy_kafka_msg *m = NULL;
+                err = canopy_kafka_consume(kc, (int)w->conf->poll_ms, &m);
+                if (err == CANOPY_ERR_TIMEOUT || (!err && !m)) {
+                        if (since_commit) {
+                                if (!worker_flush(w))
+                                        goto out;
+                                canopy_kafka_commit(kc, false);
+                                since_commit = 0;
+                        }
+                        continue;
+                }
+                if (err) {
+                        CANOPY_ERROR(MOD, "consume: %s", canopy_err_text(err));
+                        goto out;
+                }
+                canopy_change_event ev;
+                canopy_log_ctx lc = {NULL, NULL, m->topic, m->partition, m->offset};
+                err = canopy_avro_decode_change(m->value, m->len, &ev, eb, sizeof(eb));
+                if (err) {
+                        canopy_log(CANOPY_LOG_WARN, MOD, &lc, "undecodable change event: %s", eb);
+                        if (!canopy_kafka_dead_letter(kc, m, err, eb))
+                                atomic_fetch_add_explicit(&w->m.join_dead, 1, memory_order_relaxed);
+                        canopy_kafka_msg_free(m);
+                        continue;
+                }
+                lc.connector = ev.connector;
+                jc.ev = &ev;
+                for (int attempt = 0;; attempt++) {
+                        err = apply_change(&jc, &ev);
+                        canopy_arena_reset(jc.a);
+                        if (!err || canopy_err_class_of(err) != CANOPY_ERRCLASS_RETRIABLE || *w->stop)
+                                break;
+                        canopy_log(CANOPY_LOG_WARN, MOD, &lc, "retrying: %s (%s)", canopy_err_text(err),
+                                   canopy_state_errstr(st));
+                        if (!worker_backoff(w, attempt))
+                                break;
+                }
+                jc.ev = NULL;
+                bool done = false;
+                if (!err) {
+                        done = true;
+                        atomic_fetch_add_explicit(&w->m.join_events, 1, memory_order_relaxed);
+                } else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT) {
+                        canopy_log(CANOPY_LOG_WARN, MOD, &lc, "dead letter: %s", canopy_err_text(err));
+                        if (!canopy_kafka_dead_letter(kc, m, err, NULL))
+                                atomic_fetch_add_explicit(&w->m.join_dead, 1, memory_order_relaxed);
+                } else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_FATAL) {
+                        canopy_log(CANOPY_LOG_ERROR, MOD, &lc, "fatal: %s", canopy_err_text(err));
+                        canopy_change_event_free(&ev);
+                        canopy_kafka_msg_free(m);
+                        goto out;
+                }
+                canopy_change_event_free(&ev);
+                if (done)
+                        canopy_kafka_mark_done(kc, m);
+                canopy_kafka_msg_free(m);
+                if (!done && *w->stop)
+                        break; /* not recorded: leave it uncommitted */
+                if (++since_commit >= w->conf->join_batch) {
+                        if (!worker_flush(w))
+                                goto out;
+                        canopy_kafka_commit(kc, false);
+                        since_commit = 0;
+                }
+        }
+        if (worker_flush(w)) {
+                canopy_kafka_consumer_close(kc);
+                canopy_kafka_consumer_free(kc);
+                rc = 0;
+        }
+        kc = NULL;
+out:
+        /* On a failure the consumer is left as is (not closed): closing would
+         * commit offsets whose mv events may not be acknowledged. The
+         * process exits and Kafka hands the partitions over. */
+        (void)kc;
+        canopy_state_free(st);
+        canopy_arena_free(jc.a);
+        CANOPY_INFO(MOD, "join stage stopped");
+        return rc;
+}

@@ -1,0 +1,66 @@
+/* worker.h: canopy-worker internals shared by main.c, join.c, export.c and
+ * metrics.c. See docs/WORKERS.md. */
+#ifndef CANOPY_WORKER_H
+#define CANOPY_WORKER_H
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "canopy/conf_worker.h"
+#include "canopy/kafka.h"
+#include "canopy/rules.h"
+#include "canopy/state.h"
+
+/* Counters exported on /metrics; updated with relaxed atomics. */
+typedef struct worker_metrics {
+        atomic_uint_fast64_t join_events;     /* change events applied */
+        atomic_uint_fast64_t join_dead;       /* change events dead-lettered */
+        atomic_uint_fast64_t mv_published;    /* mv events produced */
+        atomic_uint_fast64_t export_events;   /* mv events handled */
+        atomic_uint_fast64_t export_dead;
+        atomic_uint_fast64_t export_noop;     /* mv events with nothing to write */
+        /* Graph calls by kind and result: [kind][ok=0|error=1] */
+        atomic_uint_fast64_t graph[8][2];
+        atomic_uint_fast64_t conflicts;
+        atomic_uint_fast64_t staged;
+        atomic_int_fast64_t join_lag;         /* last seen lag (high watermark - offset), -1 unknown */
+        atomic_int_fast64_t export_lag;
+        atomic_int_fast64_t pending_refs;     /* sampled from Redis */
+        atomic_int_fast64_t errors;           /* sampled from Redis */
+} worker_metrics;
+
+/* Graph call kinds for metrics. */
+enum { GK_CREATE = 0, GK_UPDATE, GK_DELETE, GK_MEMBER_ADD, GK_MEMBER_REMOVE, GK_LOOKUP, GK_GET, GK_COUNT };
+extern const char *const worker_graph_kind_names[GK_COUNT];
+
+typedef struct worker {
+        canopy_worker_conf *conf;   /* borrowed from main */
+        canopy_rules *rules;        /* shared, immutable */
+        canopy_kafka_producer *kp;  /* shared (thread-safe produce) */
+        volatile sig_atomic_t *stop;
+        atomic_bool delivery_failed; /* a produced event was not acknowledged */
+        worker_metrics m;
+        const char *worker_id;
+} worker;
+
+/* Stage threads: return 0 on a clean stop, non-zero on a fatal error. */
+int worker_join_run(worker *w);
+int worker_export_run(worker *w);
+
+/* Metrics endpoint (libmicrohttpd). NULL listen: nothing. */
+void *worker_metrics_start(worker *w, const char *listen);
+void worker_metrics_stop(void *h);
+
+/* Back off after a retriable error: sleeps min(cap, base * 2^attempt) ms
+ * unless stopping. Returns false when stopping. */
+bool worker_backoff(worker *w, int attempt);
+
+/* Monotonic / wall clock in ms. */
+int64_t worker_now_ms(void);
+
+/* Flush produced events; false (and logs) when some was not acknowledged. */
+bool worker_flush(worker *w);
+
+#endif
