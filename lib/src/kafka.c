@@ -1,0 +1,887 @@
+/* kafka.c: Canopy's Kafka layer over librdkafka (canopy/kafka.h).
+ *
+ * librdkafka types stay in this file. The producer is idempotent and hands
+ * the caller's per-message opaque back in its delivery callback. The
+ * consumer never commits by itself: offsets are stored when the application
+ * marks a message done and committed on request, on revoke and on close.
+ */
+#include "canopy/kafka.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "canopy/avro.h"
+#include "canopy/log.h"
+
+#define MOD "kafka"
+#define TOPIC_MAX 249 /* Kafka's limit on topic names */
+#define DLQ_WAIT_MS 30000
+
+static int64_t now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void seterr(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void seterr(char *buf, size_t len, const char *fmt, ...) {
+        if (!buf || !len)
+                return;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, len, fmt, ap);
+        va_end(ap);
+}
+
+static int set(const char *s) {
+        return s && *s;
+}
+
+/* ---- configuration ------------------------------------------------------ */
+
+canopy_err canopy_kafka_conf_init(canopy_kafka_conf *c, const char *brokers) {
+        if (!c)
+                return CANOPY_ERR_INVALID_ARG;
+        memset(c, 0, sizeof(*c));
+        c->brokers = strdup(brokers ? brokers : "127.0.0.1:9092");
+        c->topic_prefix = strdup("canopy.");
+        c->client_id = strdup("canopy");
+        c->security_protocol = strdup("plaintext");
+        c->startup_timeout_ms = 15000;
+        c->session_timeout_ms = 10000;
+        if (!c->brokers || !c->topic_prefix || !c->client_id || !c->security_protocol) {
+                canopy_kafka_conf_free(c);
+                return CANOPY_ERR_NOMEM;
+        }
+        return CANOPY_OK;
+}
+
+void canopy_kafka_conf_free(canopy_kafka_conf *c) {
+        if (!c)
+                return;
+        free(c->brokers);
+        free(c->topic_prefix);
+        free(c->client_id);
+        free(c->security_protocol);
+        free(c->sasl_mechanism);
+        free(c->sasl_username);
+        free(c->sasl_password);
+        free(c->ssl_ca_location);
+        if (c->extra)
+                for (char **p = c->extra; *p; p++)
+                        free(*p);
+        free(c->extra);
+        memset(c, 0, sizeof(*c));
+}
+
+static char *dupnull(const char *s) {
+        return s ? strdup(s) : NULL;
+}
+
+static canopy_err conf_copy(canopy_kafka_conf *dst, const canopy_kafka_conf *src) {
+        memset(dst, 0, sizeof(*dst));
+        dst->brokers = dupnull(src->brokers);
+        dst->topic_prefix = dupnull(src->topic_prefix);
+        dst->client_id = dupnull(src->client_id);
+        dst->security_protocol = dupnull(src->security_protocol);
+        dst->sasl_mechanism = dupnull(src->sasl_mechanism);
+        dst->sasl_username = dupnull(src->sasl_username);
+        dst->sasl_password = dupnull(src->sasl_password);
+        dst->ssl_ca_location = dupnull(src->ssl_ca_location);
+        dst->startup_timeout_ms = src->startup_timeout_ms;
+        dst->session_timeout_ms = src->session_timeout_ms;
+        size_t n = 0;
+        while (src->extra && src->extra[n])
+                n++;
+        if (src->extra) {
+                if (!(dst->extra = calloc(n + 1, sizeof(char *))))
+                        return CANOPY_ERR_NOMEM;
+                for (size_t i = 0; i < n; i++)
+                        if (!(dst->extra[i] = strdup(src->extra[i])))
+                                return CANOPY_ERR_NOMEM;
+        }
+        return CANOPY_OK;
+}
+
+static const char *const topic_suffixes[CANOPY_TOPIC_COUNT] = {"changes", "mv", "exports", "dlq", "control"};
+
+const char *canopy_kafka_topic_suffix(canopy_topic t) {
+        return (unsigned)t < CANOPY_TOPIC_COUNT ? topic_suffixes[t] : NULL;
+}
+
+canopy_err canopy_kafka_topic_name(const canopy_kafka_conf *c, canopy_topic t, char *buf, size_t len) {
+        if (!c || !buf || (unsigned)t >= CANOPY_TOPIC_COUNT)
+                return CANOPY_ERR_INVALID_ARG;
+        int n = snprintf(buf, len, "%s%s", c->topic_prefix ? c->topic_prefix : "", topic_suffixes[t]);
+        if (n < 0 || (size_t)n >= len || n > TOPIC_MAX)
+                return CANOPY_ERR_LIMIT;
+        return CANOPY_OK;
+}
+
+/* librdkafka log lines become JSON lines of module "rdkafka". */
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+        canopy_log_level lvl = level <= 3 ? CANOPY_LOG_ERROR
+                               : level == 4 ? CANOPY_LOG_WARN
+                               : level <= 6 ? CANOPY_LOG_INFO
+                                            : CANOPY_LOG_DEBUG;
+        canopy_log(lvl, "rdkafka", NULL, "%s: %s: %s", rd_kafka_name(rk), fac, buf);
+}
+
+/* State shared by the producer and consumer for error reporting. */
+struct kstate {
+        char last_error[512];
+        char fatal[512];
+        int fatal_err;
+        unsigned repeats;
+};
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+static void error_cb_producer(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+
+static rd_kafka_conf_t *build_conf(const canopy_kafka_conf *c, struct kstate *ks, char *errbuf, size_t errlen) {
+        char e[512];
+        rd_kafka_conf_t *rc = rd_kafka_conf_new();
+        if (!rc)
+                return NULL;
+        struct {
+                const char *key, *val, *canopy_key;
+        } kv[] = {
+                {"bootstrap.servers", c->brokers, "kafka.brokers"},
+                {"client.id", set(c->client_id) ? c->client_id : "canopy", "kafka.client_id"},
+                {"security.protocol", c->security_protocol, "kafka.security_protocol"},
+                {"sasl.mechanism", c->sasl_mechanism, "kafka.sasl_mechanism"},
+                {"sasl.username", c->sasl_username, "kafka.sasl_username"},
+                {"sasl.password", c->sasl_password, "kafka.sasl_password"},
+                {"ssl.ca.location", c->ssl_ca_location, "kafka.ssl_ca_location"},
+        };
+        if (!set(c->brokers)) {
+                seterr(errbuf, errlen, "kafka.brokers is empty");
+                goto fail;
+        }
+        for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
+                if (!set(kv[i].val))
+                        continue;
+                if (rd_kafka_conf_set(rc, kv[i].key, kv[i].val, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
+                        /* never echo the value: it may be the password */
+                        seterr(errbuf, errlen, "%s: %s", kv[i].canopy_key, e);
+                        goto fail;
+                }
+        }
+        for (char **p = c->extra; p && *p; p++) {
+                char *eq = strchr(*p, '=');
+                if (!eq || eq == *p) {
+                        seterr(errbuf, errlen, "kafka.extra: '%s' is not key=value", *p);
+                        goto fail;
+                }
+                char key[256];
+                snprintf(key, sizeof(key), "%.*s", (int)(eq - *p), *p);
+                if (rd_kafka_conf_set(rc, key, eq + 1, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
+                        seterr(errbuf, errlen, "kafka.extra '%s': %s", key, e);
+                        goto fail;
+                }
+        }
+        if (c->sasl_password)
+                canopy_log_secret(c->sasl_password);
+        rd_kafka_conf_set_log_cb(rc, log_cb);
+        (void)ks;
+        return rc;
+fail:
+        rd_kafka_conf_destroy(rc);
+        return NULL;
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+        struct kstate *ks = opaque;
+        if (err == RD_KAFKA_RESP_ERR__FATAL) {
+                char buf[400];
+                rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, buf, sizeof(buf));
+                snprintf(ks->fatal, sizeof(ks->fatal), "%s: %s", rd_kafka_err2name(orig), buf);
+                ks->fatal_err = 1;
+                canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "fatal Kafka error: %s", ks->fatal);
+                return;
+        }
+        /* Brokers going down repeat the same error for each retry: log a
+         * line when it changes, and every 100th repeat. */
+        if (strcmp(ks->last_error, reason) == 0) {
+                if (++ks->repeats % 100)
+                        return;
+        } else {
+                ks->repeats = 0;
+                snprintf(ks->last_error, sizeof(ks->last_error), "%s", reason);
+        }
+        canopy_log(CANOPY_LOG_WARN, MOD, NULL, "%s: %s (%s)", rd_kafka_name(rk),
+                   rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+/* Wait for one broker to answer, bounded: the start-up check. */
+static canopy_err startup_check(rd_kafka_t *rk, const canopy_kafka_conf *c, struct kstate *ks, char *errbuf,
+                                size_t errlen) {
+        int timeout = c->startup_timeout_ms > 0 ? (int)c->startup_timeout_ms : 15000;
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, timeout);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md && md->broker_cnt > 0) {
+                rd_kafka_metadata_destroy(md);
+                return CANOPY_OK;
+        }
+        if (md)
+                rd_kafka_metadata_destroy(md);
+        rd_kafka_poll(rk, 0); /* serve error_cb for the reason */
+        seterr(errbuf, errlen, "no Kafka broker reachable at %s within %d ms: %s%s%s", c->brokers, timeout,
+               rd_kafka_err2str(err), ks->last_error[0] ? "; last error: " : "", ks->last_error);
+        return CANOPY_ERR_KAFKA_UNREACHABLE;
+}
+
+/* ---- producer ----------------------------------------------------------- */
+
+struct canopy_kafka_producer {
+        rd_kafka_t *rk;
+        canopy_kafka_delivery_cb cb;
+        void *app;
+        struct kstate ks;
+        char topics[CANOPY_TOPIC_COUNT][TOPIC_MAX + 1];
+};
+
+static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+        canopy_kafka_producer *kp = opaque;
+        (void)rk;
+        if (!kp->cb)
+                return;
+        canopy_err err = CANOPY_OK;
+        if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE || m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+                err = CANOPY_ERR_SHUTDOWN;
+        else if (m->err == RD_KAFKA_RESP_ERR__FATAL || kp->ks.fatal_err)
+                err = m->err ? CANOPY_ERR_KAFKA_FATAL : CANOPY_OK;
+        else if (m->err)
+                err = CANOPY_ERR_KAFKA;
+        kp->cb(m->_private, err, m->err ? rd_kafka_err2str(m->err) : "", m->partition, m->offset, kp->app);
+}
+
+canopy_err canopy_kafka_producer_new(const canopy_kafka_conf *conf, canopy_kafka_delivery_cb cb, void *app_opaque,
+                                     canopy_kafka_producer **ret, char *errbuf, size_t errlen) {
+        char e[512];
+        canopy_err err;
+        if (!conf || !ret)
+                return CANOPY_ERR_INVALID_ARG;
+        canopy_kafka_producer *kp = calloc(1, sizeof(*kp));
+        if (!kp)
+                return CANOPY_ERR_NOMEM;
+        kp->cb = cb;
+        kp->app = app_opaque;
+        for (int t = 0; t < CANOPY_TOPIC_COUNT; t++)
+                if (canopy_kafka_topic_name(conf, (canopy_topic)t, kp->topics[t], sizeof(kp->topics[t]))) {
+                        seterr(errbuf, errlen, "kafka.topic_prefix is too long");
+                        free(kp);
+                        return CANOPY_ERR_CONFIG;
+                }
+        rd_kafka_conf_t *rc = build_conf(conf, &kp->ks, errbuf, errlen);
+        if (!rc) {
+                free(kp);
+                return CANOPY_ERR_CONFIG;
+        }
+        /* Idempotence: no duplicates or reordering from retries; acks=all
+         * and in-flight <= 5 follow from it. Producers checkpoint on the
+         * delivery report, so an acknowledged message is durable. */
+        if (rd_kafka_conf_set(rc, "enable.idempotence", "true", e, sizeof(e)) ||
+            rd_kafka_conf_set(rc, "linger.ms", "5", e, sizeof(e)) ||
+            rd_kafka_conf_set(rc, "partitioner", "murmur2_random", e, sizeof(e))) {
+                seterr(errbuf, errlen, "producer config: %s", e);
+                rd_kafka_conf_destroy(rc);
+                free(kp);
+                return CANOPY_ERR_CONFIG;
+        }
+        rd_kafka_conf_set_dr_msg_cb(rc, dr_msg_cb);
+        rd_kafka_conf_set_error_cb(rc, error_cb_producer);
+        rd_kafka_conf_set_opaque(rc, kp);
+        kp->rk = rd_kafka_new(RD_KAFKA_PRODUCER, rc, e, sizeof(e));
+        if (!kp->rk) {
+                seterr(errbuf, errlen, "cannot create Kafka producer: %s", e);
+                rd_kafka_conf_destroy(rc);
+                free(kp);
+                return CANOPY_ERR_CONFIG;
+        }
+        if ((err = startup_check(kp->rk, conf, &kp->ks, errbuf, errlen))) {
+                canopy_kafka_producer_free(kp);
+                return err;
+        }
+        *ret = kp;
+        return CANOPY_OK;
+}
+
+canopy_err canopy_kafka_produce_raw(canopy_kafka_producer *kp, const char *topic, int32_t partition,
+                                    const void *key, size_t keylen, const void *value, size_t vlen,
+                                    void *msg_opaque) {
+        if (!kp || !topic)
+                return CANOPY_ERR_INVALID_ARG;
+        if (kp->ks.fatal_err)
+                return CANOPY_ERR_KAFKA_FATAL;
+        int64_t deadline = mono_ms() + 1000;
+        for (;;) {
+                rd_kafka_resp_err_t err = rd_kafka_producev(
+                        kp->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition < 0 ? RD_KAFKA_PARTITION_UA : partition),
+                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY((void *)key, key ? keylen : 0),
+                        RD_KAFKA_V_VALUE((void *)value, value ? vlen : 0), RD_KAFKA_V_OPAQUE(msg_opaque),
+                        RD_KAFKA_V_END);
+                if (!err)
+                        return CANOPY_OK;
+                if (err == RD_KAFKA_RESP_ERR__FATAL)
+                        return CANOPY_ERR_KAFKA_FATAL;
+                if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || mono_ms() > deadline) {
+                        canopy_log(CANOPY_LOG_WARN, MOD, NULL, "produce to %s failed: %s", topic,
+                                   rd_kafka_err2str(err));
+                        return err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ? CANOPY_ERR_TOO_LARGE : CANOPY_ERR_KAFKA;
+                }
+                rd_kafka_poll(kp->rk, 50);
+        }
+}
+
+canopy_err canopy_kafka_produce(canopy_kafka_producer *kp, canopy_topic t, const void *key, size_t keylen,
+                                const void *value, size_t vlen, void *msg_opaque) {
+        if (!kp || (unsigned)t >= CANOPY_TOPIC_COUNT)
+                return CANOPY_ERR_INVALID_ARG;
+        return canopy_kafka_produce_raw(kp, kp->topics[t], -1, key, keylen, value, vlen, msg_opaque);
+}
+
+canopy_err canopy_kafka_produce_change(canopy_kafka_producer *kp, const canopy_change_event *ev,
+                                       void *msg_opaque, char *errbuf, size_t errlen) {
+        canopy_bytes v = {0}, k = {0};
+        canopy_err err = canopy_avro_encode_change(ev, &v, errbuf, errlen);
+        if (err)
+                return err;
+        if (!(err = canopy_change_key(ev->connector, &ev->anchor, &k)))
+                err = canopy_kafka_produce(kp, CANOPY_TOPIC_CHANGES, k.data, k.len, v.data, v.len, msg_opaque);
+        free(k.data);
+        free(v.data);
+        return err;
+}
+
+static canopy_err produce_keyed(canopy_kafka_producer *kp, canopy_topic t, const char *key, canopy_bytes *v,
+                                void *msg_opaque) {
+        const char *k = key ? key : "";
+        canopy_err err = canopy_kafka_produce(kp, t, k, strlen(k), v->data, v->len, msg_opaque);
+        free(v->data);
+        return err;
+}
+
+canopy_err canopy_kafka_produce_mv(canopy_kafka_producer *kp, const canopy_mv_event *mv, void *msg_opaque,
+                                   char *errbuf, size_t errlen) {
+        canopy_bytes v = {0};
+        canopy_err err = canopy_avro_encode_mv(mv, &v, errbuf, errlen);
+        return err ? err : produce_keyed(kp, CANOPY_TOPIC_MV, mv->mv_id, &v, msg_opaque);
+}
+
+canopy_err canopy_kafka_produce_export(canopy_kafka_producer *kp, const canopy_export_record *er,
+                                       void *msg_opaque, char *errbuf, size_t errlen) {
+        canopy_bytes v = {0};
+        canopy_err err = canopy_avro_encode_export(er, &v, errbuf, errlen);
+        return err ? err : produce_keyed(kp, CANOPY_TOPIC_EXPORTS, er->mv_id, &v, msg_opaque);
+}
+
+canopy_err canopy_kafka_produce_control(canopy_kafka_producer *kp, const canopy_control_event *ce,
+                                        void *msg_opaque, char *errbuf, size_t errlen) {
+        canopy_bytes v = {0};
+        canopy_err err = canopy_avro_encode_control(ce, &v, errbuf, errlen);
+        return err ? err : produce_keyed(kp, CANOPY_TOPIC_CONTROL, ce->target, &v, msg_opaque);
+}
+
+int canopy_kafka_producer_poll(canopy_kafka_producer *kp, int timeout_ms) {
+        return kp ? rd_kafka_poll(kp->rk, timeout_ms) : 0;
+}
+
+canopy_err canopy_kafka_producer_flush(canopy_kafka_producer *kp, int timeout_ms) {
+        if (!kp)
+                return CANOPY_ERR_INVALID_ARG;
+        rd_kafka_resp_err_t err = rd_kafka_flush(kp->rk, timeout_ms);
+        if (kp->ks.fatal_err)
+                return CANOPY_ERR_KAFKA_FATAL;
+        return err ? CANOPY_ERR_TIMEOUT : CANOPY_OK;
+}
+
+size_t canopy_kafka_producer_outq_len(const canopy_kafka_producer *kp) {
+        return kp ? (size_t)rd_kafka_outq_len(kp->rk) : 0;
+}
+
+canopy_err canopy_kafka_producer_fatal(canopy_kafka_producer *kp, char *errbuf, size_t errlen) {
+        if (!kp || !kp->ks.fatal_err)
+                return CANOPY_OK;
+        seterr(errbuf, errlen, "%s", kp->ks.fatal);
+        return CANOPY_ERR_KAFKA_FATAL;
+}
+
+void canopy_kafka_producer_free(canopy_kafka_producer *kp) {
+        if (!kp)
+                return;
+        if (kp->rk) {
+                /* Undelivered messages get their callback (SHUTDOWN). */
+                rd_kafka_purge(kp->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+                int64_t deadline = mono_ms() + 5000;
+                while (rd_kafka_outq_len(kp->rk) > 0 && mono_ms() < deadline)
+                        rd_kafka_poll(kp->rk, 50);
+                rd_kafka_poll(kp->rk, 0);
+                rd_kafka_destroy(kp->rk);
+        }
+        free(kp);
+}
+
+/* ---- consumer ----------------------------------------------------------- */
+
+struct canopy_kafka_consumer {
+        rd_kafka_t *rk;
+        canopy_kafka_conf conf; /* copy, for the dead-letter producer */
+        canopy_kafka_rebalance_cb cb;
+        void *opaque;
+        struct kstate ks;
+        char topics[CANOPY_TOPIC_COUNT][TOPIC_MAX + 1];
+        canopy_kafka_producer *dlq;
+        uint64_t ndl;
+        int closed;
+};
+
+static void error_cb_consumer(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+        error_cb(rk, err, reason, &((canopy_kafka_consumer *)opaque)->ks);
+}
+
+static void error_cb_producer(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+        error_cb(rk, err, reason, &((canopy_kafka_producer *)opaque)->ks);
+}
+
+static canopy_kafka_partition *parts_of(const rd_kafka_topic_partition_list_t *l) {
+        canopy_kafka_partition *p = calloc(l->cnt ? (size_t)l->cnt : 1, sizeof(*p));
+        for (int i = 0; p && i < l->cnt; i++) {
+                p[i].topic = l->elems[i].topic;
+                p[i].partition = l->elems[i].partition;
+        }
+        return p;
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *l,
+                         void *opaque) {
+        canopy_kafka_consumer *kc = opaque;
+        int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+        canopy_kafka_partition *p = parts_of(l);
+        size_t n = p ? (size_t)l->cnt : 0;
+        if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                canopy_log(CANOPY_LOG_INFO, MOD, NULL, "assigned %d partition(s)", l->cnt);
+                if (coop)
+                        rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, l));
+                else
+                        rd_kafka_assign(rk, l);
+                if (kc->cb)
+                        kc->cb(kc, CANOPY_KAFKA_ASSIGNED, p, n, kc->opaque);
+        } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+                int lost = rd_kafka_assignment_lost(rk);
+                canopy_log(CANOPY_LOG_INFO, MOD, NULL, "%s %d partition(s)", lost ? "lost" : "revoked", l->cnt);
+                if (kc->cb)
+                        kc->cb(kc, lost ? CANOPY_KAFKA_LOST : CANOPY_KAFKA_REVOKED, p, n, kc->opaque);
+                if (!lost) {
+                        /* Hand over exactly what is done. */
+                        rd_kafka_resp_err_t ce = rd_kafka_commit(rk, NULL, 0);
+                        if (ce && ce != RD_KAFKA_RESP_ERR__NO_OFFSET)
+                                canopy_log(CANOPY_LOG_WARN, MOD, NULL, "commit on revoke failed: %s",
+                                           rd_kafka_err2str(ce));
+                }
+                if (coop)
+                        rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, l));
+                else
+                        rd_kafka_assign(rk, NULL);
+        } else {
+                canopy_log(CANOPY_LOG_WARN, MOD, NULL, "rebalance error: %s", rd_kafka_err2str(err));
+                rd_kafka_assign(rk, NULL);
+        }
+        free(p);
+}
+
+canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy_kafka_consumer_opts *opts,
+                                     canopy_kafka_consumer **ret, char *errbuf, size_t errlen) {
+        char e[512], num[32];
+        canopy_err err;
+        if (!conf || !opts || !set(opts->group_id) || !opts->ntopics || !opts->topics || !ret)
+                return CANOPY_ERR_INVALID_ARG;
+        canopy_kafka_consumer *kc = calloc(1, sizeof(*kc));
+        if (!kc)
+                return CANOPY_ERR_NOMEM;
+        kc->cb = opts->rebalance_cb;
+        kc->opaque = opts->opaque;
+        if ((err = conf_copy(&kc->conf, conf)))
+                goto fail;
+        for (int t = 0; t < CANOPY_TOPIC_COUNT; t++)
+                if (canopy_kafka_topic_name(conf, (canopy_topic)t, kc->topics[t], sizeof(kc->topics[t]))) {
+                        seterr(errbuf, errlen, "kafka.topic_prefix is too long");
+                        err = CANOPY_ERR_CONFIG;
+                        goto fail;
+                }
+        rd_kafka_conf_t *rc = build_conf(conf, &kc->ks, errbuf, errlen);
+        if (!rc) {
+                err = CANOPY_ERR_CONFIG;
+                goto fail;
+        }
+        int64_t st = conf->session_timeout_ms > 0 ? conf->session_timeout_ms : 10000;
+        struct {
+                const char *k;
+                const char *v;
+        } kv[] = {
+                {"group.id", opts->group_id},
+                {"enable.auto.commit", "false"},
+                {"enable.auto.offset.store", "false"},
+                {"auto.offset.reset", opts->from_latest ? "latest" : "earliest"},
+                {"enable.partition.eof", "false"},
+                {"session.timeout.ms", NULL},
+                {"heartbeat.interval.ms", NULL},
+        };
+        for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
+                const char *v = kv[i].v;
+                if (!v) {
+                        snprintf(num, sizeof(num), "%lld",
+                                 (long long)(strcmp(kv[i].k, "session.timeout.ms") == 0 ? st : (st / 3 > 0 ? st / 3 : 1)));
+                        v = num;
+                }
+                if (rd_kafka_conf_set(rc, kv[i].k, v, e, sizeof(e)) != RD_KAFKA_CONF_OK) {
+                        seterr(errbuf, errlen, "consumer config %s: %s", kv[i].k, e);
+                        rd_kafka_conf_destroy(rc);
+                        err = CANOPY_ERR_CONFIG;
+                        goto fail;
+                }
+        }
+        rd_kafka_conf_set_rebalance_cb(rc, rebalance_cb);
+        rd_kafka_conf_set_error_cb(rc, error_cb_consumer);
+        rd_kafka_conf_set_opaque(rc, kc);
+        kc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, e, sizeof(e));
+        if (!kc->rk) {
+                seterr(errbuf, errlen, "cannot create Kafka consumer: %s", e);
+                rd_kafka_conf_destroy(rc);
+                err = CANOPY_ERR_CONFIG;
+                goto fail;
+        }
+        rd_kafka_poll_set_consumer(kc->rk);
+        if ((err = startup_check(kc->rk, conf, &kc->ks, errbuf, errlen)))
+                goto fail;
+        rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new((int)opts->ntopics);
+        for (size_t i = 0; i < opts->ntopics; i++) {
+                if ((unsigned)opts->topics[i] >= CANOPY_TOPIC_COUNT) {
+                        rd_kafka_topic_partition_list_destroy(sub);
+                        err = CANOPY_ERR_INVALID_ARG;
+                        goto fail;
+                }
+                rd_kafka_topic_partition_list_add(sub, kc->topics[opts->topics[i]], RD_KAFKA_PARTITION_UA);
+        }
+        rd_kafka_resp_err_t se = rd_kafka_subscribe(kc->rk, sub);
+        rd_kafka_topic_partition_list_destroy(sub);
+        if (se) {
+                seterr(errbuf, errlen, "subscribe failed: %s", rd_kafka_err2str(se));
+                err = CANOPY_ERR_KAFKA;
+                goto fail;
+        }
+        *ret = kc;
+        return CANOPY_OK;
+fail:
+        if (kc->rk) {
+                kc->closed = 1;
+                rd_kafka_destroy(kc->rk);
+                kc->rk = NULL;
+        }
+        canopy_kafka_consumer_free(kc);
+        return err;
+}
+
+canopy_err canopy_kafka_consume(canopy_kafka_consumer *kc, int timeout_ms, canopy_kafka_msg **ret) {
+        if (!kc || !ret)
+                return CANOPY_ERR_INVALID_ARG;
+        *ret = NULL;
+        if (kc->ks.fatal_err)
+                return CANOPY_ERR_KAFKA_FATAL;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(kc->rk, timeout_ms);
+        if (!m)
+                return kc->ks.fatal_err ? CANOPY_ERR_KAFKA_FATAL : CANOPY_ERR_TIMEOUT;
+        if (m->err) {
+                rd_kafka_resp_err_t err = m->err;
+                if (err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                        canopy_log_ctx ctx = {NULL, NULL, m->rkt ? rd_kafka_topic_name(m->rkt) : NULL, m->partition,
+                                              m->offset};
+                        canopy_log(CANOPY_LOG_WARN, MOD, &ctx, "consume: %s", rd_kafka_message_errstr(m));
+                }
+                rd_kafka_message_destroy(m);
+                return err == RD_KAFKA_RESP_ERR__FATAL ? CANOPY_ERR_KAFKA_FATAL : CANOPY_ERR_TIMEOUT;
+        }
+        canopy_kafka_msg *cm = calloc(1, sizeof(*cm));
+        if (!cm) {
+                /* Not consumed: seek back so it is delivered again. */
+                rd_kafka_seek(m->rkt, m->partition, m->offset, 0);
+                rd_kafka_message_destroy(m);
+                return CANOPY_ERR_NOMEM;
+        }
+        cm->topic = rd_kafka_topic_name(m->rkt);
+        cm->topic_id = CANOPY_TOPIC_COUNT;
+        for (int t = 0; t < CANOPY_TOPIC_COUNT; t++)
+                if (strcmp(cm->topic, kc->topics[t]) == 0)
+                        cm->topic_id = (canopy_topic)t;
+        cm->partition = m->partition;
+        cm->offset = m->offset;
+        cm->key = m->key;
+        cm->keylen = m->key_len;
+        cm->value = m->payload;
+        cm->len = m->len;
+        cm->ts_ms = rd_kafka_message_timestamp(m, NULL);
+        cm->priv_ = m;
+        *ret = cm;
+        return CANOPY_OK;
+}
+
+void canopy_kafka_msg_free(canopy_kafka_msg *m) {
+        if (!m)
+                return;
+        rd_kafka_message_destroy(m->priv_);
+        free(m);
+}
+
+static canopy_err store(canopy_kafka_consumer *kc, const char *topic, int32_t partition, int64_t next) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, topic, partition)->offset = next;
+        rd_kafka_resp_err_t err = rd_kafka_offsets_store(kc->rk, l);
+        if (!err && l->elems[0].err)
+                err = l->elems[0].err;
+        rd_kafka_topic_partition_list_destroy(l);
+        if (err) {
+                /* _STATE: the partition is no longer ours (revoked); its new
+                 * owner will process the message again (at least once). */
+                canopy_log_ctx ctx = {NULL, NULL, topic, partition, next - 1};
+                canopy_log(CANOPY_LOG_WARN, MOD, &ctx, "offset store failed: %s", rd_kafka_err2str(err));
+                return CANOPY_ERR_KAFKA;
+        }
+        return CANOPY_OK;
+}
+
+canopy_err canopy_kafka_mark_done(canopy_kafka_consumer *kc, const canopy_kafka_msg *m) {
+        if (!kc || !m)
+                return CANOPY_ERR_INVALID_ARG;
+        return store(kc, m->topic, m->partition, m->offset + 1);
+}
+
+canopy_err canopy_kafka_commit(canopy_kafka_consumer *kc, bool sync) {
+        if (!kc)
+                return CANOPY_ERR_INVALID_ARG;
+        rd_kafka_resp_err_t err = rd_kafka_commit(kc->rk, NULL, sync ? 0 : 1);
+        if (!err || err == RD_KAFKA_RESP_ERR__NO_OFFSET)
+                return CANOPY_OK;
+        canopy_log(CANOPY_LOG_WARN, MOD, NULL, "commit failed: %s", rd_kafka_err2str(err));
+        return err == RD_KAFKA_RESP_ERR__FATAL ? CANOPY_ERR_KAFKA_FATAL : CANOPY_ERR_KAFKA;
+}
+
+canopy_err canopy_kafka_commit_offset(canopy_kafka_consumer *kc, const char *topic, int32_t partition,
+                                      int64_t next_offset) {
+        if (!kc || !topic || next_offset < 0)
+                return CANOPY_ERR_INVALID_ARG;
+        /* Store too, so that a later commit of stored offsets cannot go back. */
+        store(kc, topic, partition, next_offset);
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, topic, partition)->offset = next_offset;
+        rd_kafka_resp_err_t err = rd_kafka_commit(kc->rk, l, 0);
+        if (!err && l->elems[0].err)
+                err = l->elems[0].err;
+        rd_kafka_topic_partition_list_destroy(l);
+        if (err) {
+                canopy_log_ctx ctx = {NULL, NULL, topic, partition, next_offset};
+                canopy_log(CANOPY_LOG_WARN, MOD, &ctx, "commit failed: %s", rd_kafka_err2str(err));
+                return CANOPY_ERR_KAFKA;
+        }
+        return CANOPY_OK;
+}
+
+canopy_err canopy_kafka_committed(canopy_kafka_consumer *kc, const char *topic, int32_t partition,
+                                  int64_t *ret, int timeout_ms) {
+        if (!kc || !topic || !ret)
+                return CANOPY_ERR_INVALID_ARG;
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, topic, partition);
+        rd_kafka_resp_err_t err = rd_kafka_committed(kc->rk, l, timeout_ms);
+        if (!err && l->elems[0].err)
+                err = l->elems[0].err;
+        int64_t off = l->elems[0].offset;
+        rd_kafka_topic_partition_list_destroy(l);
+        if (err)
+                return err == RD_KAFKA_RESP_ERR__TIMED_OUT ? CANOPY_ERR_TIMEOUT : CANOPY_ERR_KAFKA;
+        *ret = off >= 0 ? off : -1;
+        return CANOPY_OK;
+}
+
+static canopy_err pause_resume(canopy_kafka_consumer *kc, const char *topic, int32_t partition, int pause) {
+        rd_kafka_topic_partition_list_t *l = NULL;
+        if (!kc)
+                return CANOPY_ERR_INVALID_ARG;
+        if (topic) {
+                l = rd_kafka_topic_partition_list_new(1);
+                rd_kafka_topic_partition_list_add(l, topic, partition);
+        } else if (rd_kafka_assignment(kc->rk, &l)) {
+                return CANOPY_ERR_KAFKA;
+        }
+        rd_kafka_resp_err_t err = pause ? rd_kafka_pause_partitions(kc->rk, l) : rd_kafka_resume_partitions(kc->rk, l);
+        for (int i = 0; !err && i < l->cnt; i++)
+                if (l->elems[i].err)
+                        err = l->elems[i].err;
+        rd_kafka_topic_partition_list_destroy(l);
+        return err ? CANOPY_ERR_KAFKA : CANOPY_OK;
+}
+
+canopy_err canopy_kafka_pause(canopy_kafka_consumer *kc, const char *topic, int32_t partition) {
+        return pause_resume(kc, topic, partition, 1);
+}
+
+canopy_err canopy_kafka_resume(canopy_kafka_consumer *kc, const char *topic, int32_t partition) {
+        return pause_resume(kc, topic, partition, 0);
+}
+
+canopy_err canopy_kafka_assignment(canopy_kafka_consumer *kc, canopy_kafka_partition **ret, size_t *ret_n) {
+        rd_kafka_topic_partition_list_t *l = NULL;
+        if (!kc || !ret || !ret_n)
+                return CANOPY_ERR_INVALID_ARG;
+        if (rd_kafka_assignment(kc->rk, &l))
+                return CANOPY_ERR_KAFKA;
+        canopy_kafka_partition *p = calloc(l->cnt ? (size_t)l->cnt : 1, sizeof(*p));
+        if (!p) {
+                rd_kafka_topic_partition_list_destroy(l);
+                return CANOPY_ERR_NOMEM;
+        }
+        for (int i = 0; i < l->cnt; i++) {
+                /* topic strings must outlive the list: use our own names */
+                p[i].topic = NULL;
+                for (int t = 0; t < CANOPY_TOPIC_COUNT; t++)
+                        if (strcmp(l->elems[i].topic, kc->topics[t]) == 0)
+                                p[i].topic = kc->topics[t];
+                p[i].partition = l->elems[i].partition;
+        }
+        *ret_n = (size_t)l->cnt;
+        *ret = p;
+        rd_kafka_topic_partition_list_destroy(l);
+        return CANOPY_OK;
+}
+
+/* ---- dead letters ------------------------------------------------------- */
+
+struct dl_wait {
+        int done;
+        int abandoned;
+        canopy_err err;
+        int64_t offset;
+};
+
+static void dl_delivered(void *msg_opaque, canopy_err err, const char *errstr, int32_t partition, int64_t offset,
+                         void *app) {
+        struct dl_wait *w = msg_opaque;
+        (void)errstr;
+        (void)partition;
+        (void)app;
+        if (w->abandoned) {
+                free(w);
+                return;
+        }
+        w->done = 1;
+        w->err = err;
+        w->offset = offset;
+}
+
+canopy_err canopy_kafka_dead_letter(canopy_kafka_consumer *kc, const canopy_kafka_msg *m, canopy_err err,
+                                    const char *reason) {
+        char ebuf[CANOPY_AVRO_ERRLEN + 64], rbuf[1024];
+        canopy_err e;
+        if (!kc || !m)
+                return CANOPY_ERR_INVALID_ARG;
+        if (!kc->dlq && (e = canopy_kafka_producer_new(&kc->conf, dl_delivered, NULL, &kc->dlq, ebuf, sizeof(ebuf)))) {
+                canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "dead-letter producer: %s", ebuf);
+                return e;
+        }
+        canopy_dead_letter dl = {0};
+        dl.topic = (char *)m->topic;
+        dl.partition = m->partition;
+        dl.offset = m->offset;
+        dl.key.data = (uint8_t *)m->key;
+        dl.key.len = m->key ? m->keylen : 0;
+        dl.payload.data = (uint8_t *)m->value;
+        dl.payload.len = m->value ? m->len : 0;
+        snprintf(rbuf, sizeof(rbuf), "%s", reason ? reason : canopy_err_text(err));
+        /* A payload too large for a DeadLetter is cut; the reason says so. */
+        size_t room = CANOPY_EVENT_MAX_BYTES - 64 * 1024;
+        if (dl.payload.len > room) {
+                size_t l = strlen(rbuf);
+                snprintf(rbuf + l, sizeof(rbuf) - l, " (payload of %zu bytes truncated to %zu)", dl.payload.len, room);
+                dl.payload.len = room;
+        }
+        if (dl.key.len > 64 * 1024 - 1024)
+                dl.key.len = 64 * 1024 - 1024;
+        dl.reason = rbuf;
+        dl.error_class = (char *)canopy_err_class_name(canopy_err_class_of(err));
+        dl.error_code = (char *)canopy_err_name(err);
+        dl.ts_ms = now_ms();
+        canopy_bytes v = {0};
+        if ((e = canopy_avro_encode_dead_letter(&dl, &v, ebuf, sizeof(ebuf)))) {
+                canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "dead letter encode: %s", ebuf);
+                return e;
+        }
+        struct dl_wait *w = calloc(1, sizeof(*w));
+        if (!w) {
+                free(v.data);
+                return CANOPY_ERR_NOMEM;
+        }
+        e = canopy_kafka_produce(kc->dlq, CANOPY_TOPIC_DLQ, m->key, dl.key.len, v.data, v.len, w);
+        free(v.data);
+        if (e) {
+                free(w);
+                return e;
+        }
+        int64_t deadline = mono_ms() + DLQ_WAIT_MS;
+        while (!w->done && mono_ms() < deadline)
+                canopy_kafka_producer_poll(kc->dlq, 100);
+        canopy_log_ctx ctx = {NULL, NULL, m->topic, m->partition, m->offset};
+        if (!w->done) {
+                w->abandoned = 1; /* freed by its late delivery report */
+                canopy_log(CANOPY_LOG_ERROR, MOD, &ctx, "dead letter not acknowledged within %d ms", DLQ_WAIT_MS);
+                return CANOPY_ERR_TIMEOUT;
+        }
+        e = w->err;
+        free(w);
+        if (e) {
+                canopy_log(CANOPY_LOG_ERROR, MOD, &ctx, "dead letter not delivered: %s", canopy_err_name(e));
+                return e;
+        }
+        kc->ndl++;
+        canopy_log(CANOPY_LOG_WARN, MOD, &ctx, "dead-lettered to %s: %s: %s", kc->topics[CANOPY_TOPIC_DLQ],
+                   canopy_err_name(err), rbuf);
+        return canopy_kafka_mark_done(kc, m);
+}
+
+uint64_t canopy_kafka_dead_letter_count(const canopy_kafka_consumer *kc) {
+        return kc ? kc->ndl : 0;
+}
+
+canopy_err canopy_kafka_consumer_close(canopy_kafka_consumer *kc) {
+        if (!kc || !kc->rk || kc->closed)
+                return CANOPY_OK;
+        canopy_err err = canopy_kafka_commit(kc, true);
+        rd_kafka_resp_err_t ce = rd_kafka_consumer_close(kc->rk);
+        kc->closed = 1;
+        if (ce && !err)
+                err = CANOPY_ERR_KAFKA;
+        return err;
+}
+
+void canopy_kafka_consumer_free(canopy_kafka_consumer *kc) {
+        if (!kc)
+                return;
+        if (kc->rk) {
+                canopy_kafka_consumer_close(kc);
+                rd_kafka_destroy(kc->rk);
+        }
+        if (kc->dlq) {
+                canopy_kafka_producer_flush(kc->dlq, 5000);
+                canopy_kafka_producer_free(kc->dlq);
+        }
+        canopy_kafka_conf_free(&kc->conf);
+        free(kc);
+}
