@@ -9,6 +9,7 @@
 
 #define LOG_LINE_MAX 8192
 #define LOG_SECRETS_MAX 64
+#define LOG_RAW_MAX (64 * 1024)
 
 static const char *log_svc = "canopy";
 static canopy_log_level log_level = CANOPY_LOG_INFO;
@@ -16,7 +17,6 @@ static char *log_debug_mods;
 static FILE *log_out;
 static char *log_secrets[LOG_SECRETS_MAX];
 static size_t log_nsecrets;
-static bool log_env_read;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *level_names[] = {"debug", "info", "warn", "error", "fatal"};
@@ -32,31 +32,42 @@ int canopy_log_level_parse(const char *s) {
         return -1;
 }
 
-static void read_env(void) {
-        if (log_env_read)
-                return;
-        log_env_read = true;
+static bool log_level_explicit;
+static pthread_once_t log_env_once = PTHREAD_ONCE_INIT;
+
+/* Read CANOPY_LOG_LEVEL and CANOPY_LOG_DEBUG once; an explicit
+ * canopy_log_set_level / _set_debug_modules call made before wins. */
+static void read_env_once(void) {
+        pthread_mutex_lock(&log_lock);
         int lvl = canopy_log_level_parse(getenv("CANOPY_LOG_LEVEL"));
-        if (lvl >= 0)
+        if (lvl >= 0 && !log_level_explicit)
                 log_level = (canopy_log_level)lvl;
         const char *dm = getenv("CANOPY_LOG_DEBUG");
         if (dm && !log_debug_mods)
                 log_debug_mods = strdup(dm);
+        pthread_mutex_unlock(&log_lock);
+}
+
+static void read_env(void) {
+        pthread_once(&log_env_once, read_env_once);
 }
 
 void canopy_log_init(const char *svc) {
+        read_env();
         pthread_mutex_lock(&log_lock);
         if (svc)
                 log_svc = svc;
-        read_env();
         pthread_mutex_unlock(&log_lock);
 }
 
 void canopy_log_set_level(canopy_log_level lvl) {
+        read_env();
+        log_level_explicit = true;
         log_level = lvl;
 }
 
 void canopy_log_set_debug_modules(const char *csv) {
+        read_env();
         pthread_mutex_lock(&log_lock);
         free(log_debug_mods);
         log_debug_mods = csv ? strdup(csv) : NULL;
@@ -106,31 +117,92 @@ int canopy_log_enabled(canopy_log_level lvl, const char *mod) {
         return lvl == CANOPY_LOG_DEBUG && module_debug(mod);
 }
 
-/* Replace every registered secret in buf (in place, NUL-terminated). */
-static void redact(char *buf, size_t cap) {
+/* Copy in to out (cap bytes, NUL-terminated) with every registered secret
+ * replaced by [REDACTED], in one left-to-right pass: a mark is never scanned
+ * again (a secret that is part of "[REDACTED]" cannot loop), and when out is
+ * full the copy stops before a secret, never in the middle of one.
+ * Caller holds log_lock. */
+static void redact_copy(const char *in, char *out, size_t cap) {
         static const char mark[] = "[REDACTED]";
-        for (size_t i = 0; i < log_nsecrets; i++) {
-                const char *s = log_secrets[i];
-                size_t sl = strlen(s);
-                char *p;
-                while ((p = strstr(buf, s)) != NULL) {
-                        size_t tail = strlen(p + sl);
-                        size_t ml = sizeof(mark) - 1;
-                        if ((size_t)(p - buf) + ml + tail + 1 > cap) {
-                                /* No room to grow: blank the secret instead. */
-                                memset(p, '*', sl);
-                                continue;
-                        }
-                        memmove(p + ml, p + sl, tail + 1);
-                        memcpy(p, mark, ml);
+        size_t ml = sizeof(mark) - 1;
+        size_t n = 0;
+        while (*in && n + 1 < cap) {
+                size_t best = 0;
+                for (size_t i = 0; i < log_nsecrets; i++) {
+                        size_t sl = strlen(log_secrets[i]);
+                        if (sl > best && !strncmp(in, log_secrets[i], sl))
+                                best = sl;
+                }
+                if (best <= ml && !strncmp(in, mark, ml)) {
+                        /* A mark from an earlier pass is copied whole, never
+                         * redacted again from the inside. */
+                        if (n + ml + 1 > cap)
+                                break;
+                        memcpy(out + n, mark, ml);
+                        n += ml;
+                        in += ml;
+                } else if (best) {
+                        if (n + ml + 1 > cap)
+                                break;
+                        memcpy(out + n, mark, ml);
+                        n += ml;
+                        in += best;
+                } else {
+                        out[n++] = *in++;
                 }
         }
+        out[n] = 0;
 }
 
-/* Append s to out as a JSON string body (escaped). Returns new length. */
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 when invalid. */
+static size_t utf8_len(const unsigned char *p) {
+        unsigned char c = p[0];
+        size_t n;
+        unsigned int cp;
+        if (c < 0x80)
+                return 1;
+        if (c >= 0xc2 && c <= 0xdf) {
+                n = 2;
+                cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+                n = 3;
+                cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+                n = 4;
+                cp = c & 0x07;
+        } else {
+                return 0;
+        }
+        for (size_t i = 1; i < n; i++) {
+                if ((p[i] & 0xc0) != 0x80)
+                        return 0;
+                cp = (cp << 6) | (p[i] & 0x3f);
+        }
+        if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+                return 0;
+        return n;
+}
+
+/* Append s to out as a JSON string body (escaped; invalid UTF-8 becomes
+ * U+FFFD so that every line stays valid JSON). Returns new length. */
 static size_t json_escape(char *out, size_t len, size_t cap, const char *s) {
-        for (const unsigned char *p = (const unsigned char *)s; *p && len + 7 < cap; p++) {
+        for (const unsigned char *p = (const unsigned char *)s; *p && len + 7 < cap;) {
                 unsigned char c = *p;
+                if (c >= 0x80) {
+                        size_t n = utf8_len(p);
+                        if (!n) {
+                                len += (size_t)snprintf(out + len, cap - len, "\\ufffd");
+                                p++;
+                        } else {
+                                if (len + n + 1 >= cap)
+                                        break;
+                                memcpy(out + len, p, n);
+                                len += n;
+                                p += n;
+                        }
+                        continue;
+                }
+                p++;
                 if (c == '"' || c == '\\') {
                         out[len++] = '\\';
                         out[len++] = (char)c;
@@ -166,8 +238,29 @@ static size_t add_kv(char *out, size_t len, size_t cap, const char *k, const cha
 void canopy_logv(canopy_log_level lvl, const char *mod, const canopy_log_ctx *ctx, const char *fmt, va_list ap) {
         if (!canopy_log_enabled(lvl, mod))
                 return;
+        /* Format the whole message first (up to 64 KiB) and redact it before
+         * cutting it to LOG_LINE_MAX, so that a cut never leaves part of a
+         * secret behind. */
+        char small[LOG_LINE_MAX];
+        char *raw = small;
+        va_list ap2;
+        va_copy(ap2, ap);
+        int rl = vsnprintf(small, sizeof(small), fmt, ap);
+        if (rl >= (int)sizeof(small)) {
+                size_t want = (size_t)rl + 1 > LOG_RAW_MAX ? LOG_RAW_MAX : (size_t)rl + 1;
+                char *big = malloc(want);
+                if (big) {
+                        vsnprintf(big, want, fmt, ap2);
+                        raw = big;
+                }
+        }
+        va_end(ap2);
         char msg[LOG_LINE_MAX];
-        vsnprintf(msg, sizeof(msg), fmt, ap);
+        pthread_mutex_lock(&log_lock);
+        redact_copy(raw, msg, sizeof(msg));
+        pthread_mutex_unlock(&log_lock);
+        if (raw != small)
+                free(raw);
 
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -203,12 +296,22 @@ void canopy_logv(canopy_log_level lvl, const char *mod, const canopy_log_ctx *ct
         line[len++] = '\n';
         line[len] = 0;
 
+        /* Again on the whole line: context values and the JSON-escaped forms
+         * of secrets (the config module registers those too). A secret is at
+         * least 4 bytes and its mark 10, so 2.5 times the line always fits. */
+        size_t cap = len * 5 / 2 + 16;
+        char *out = malloc(cap);
         pthread_mutex_lock(&log_lock);
-        redact(line, sizeof(line));
         FILE *f = log_out ? log_out : stderr;
-        fputs(line, f);
+        if (out) {
+                redact_copy(line, out, cap);
+                fputs(out, f);
+        } else {
+                fputs("{\"level\":\"error\",\"msg\":\"log line dropped: out of memory\"}\n", f);
+        }
         fflush(f);
         pthread_mutex_unlock(&log_lock);
+        free(out);
 }
 
 void canopy_log(canopy_log_level lvl, const char *mod, const canopy_log_ctx *ctx, const char *fmt, ...) {
