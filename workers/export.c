@@ -88,6 +88,16 @@ static canopy_err publish_mv(export_ctx *ec, const char *mv_id, const char *type
 
 /* ---- desired object ------------------------------------------------------ */
 
+/* Graph properties that are collections of strings: a single value from a
+ * flow becomes a one-element array, a cleared one an empty array. */
+static bool is_string_collection(const char *name) {
+        static const char *const names[] = {"businessPhones", "otherMails", "imAddresses", "proxyAddresses"};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+                if (!strcmp(name, names[i]))
+                        return true;
+        return false;
+}
+
 static json_t *value_json(const canopy_value *v, canopy_arena *a) {
         switch (v->type) {
         case CANOPY_V_NULL:
@@ -199,6 +209,13 @@ static canopy_err compute_desired(export_ctx *ec, const canopy_mv_record *mv, de
         for (size_t i = 0; i < des.n; i++) {
                 const canopy_rules_prop *p = &des.props[i];
                 json_t *v = value_json(&p->value, ec->a);
+                if (v && is_string_collection(p->name) && !json_is_array(v)) {
+                        json_t *arr = json_array();
+                        if (!json_is_null(v))
+                                json_array_append(arr, v);
+                        json_decref(v);
+                        v = arr;
+                }
                 if (!strcmp(p->name, "onPremisesImmutableId") && json_is_string(v))
                         snprintf(d->immutable_id, sizeof(d->immutable_id), "%s", json_string_value(v));
                 set_path(p->create_only ? d->create_only : d->props, p->name, v);

@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# e2e.sh SCENARIO: end-to-end test of canopy-worker. Run under
+#   run-with --slapd A=forest-a.ldif [--slapd B=forest-b.ldif] --redis --kafka --emulator --bin DIR -- e2e.sh SCENARIO
+# Real producers (canopy-producer-ldap, syncrepl) read slapd, workers join and
+# export to the Graph emulator; checks read GET /_emulator/state, its
+# /_emulator/stats (write counts) and Redis.
+# Waits are bounded polls of an end state (the cap only stops a hung test).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+scenario=${1:?scenario}
+T=$CANOPY_TEST_TMPDIR
+BIN=$CANOPY_TEST_BIN
+CAP=${E2E_WAIT_CAP:-120}
+pids=()
+log() { echo "e2e[$scenario]: $*" >&2; }
+fail() {
+        log "FAIL: $*"
+        for f in "$T"/*.log; do echo "--- $f (tail)"; tail -n 30 "$f"; done >&2
+        exit 1
+}
+cleanup() {
+        for p in ${pids[@]+"${pids[@]}"}; do kill -TERM "$p" 2>/dev/null || true; done
+        for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+rcli() { redis-cli -h "$CANOPY_TEST_REDIS_HOST" -p "$CANOPY_TEST_REDIS_PORT" "$@"; }
+emu() { curl -sf --cacert "$CANOPY_TEST_GRAPH_CA" "$CANOPY_TEST_GRAPH_URL$1"; }
+state() { emu "/_emulator/state"; }
+writes() { emu "/_emulator/stats" | jq '.writes'; }
+
+# wait_for DESCRIPTION JQ-EXPR: poll the emulator state until the jq
+# expression is true.
+wait_for() {
+        local what=$1 expr=$2 i
+        for ((i = 0; i < CAP * 4; i++)); do
+                if state | jq -e "$expr" >/dev/null 2>&1; then return 0; fi
+                sleep 0.25
+        done
+        state | jq -c '{users: [.users[] | {userPrincipalName, displayName, mail, jobTitle}], groups: [.groups[] | {displayName, members}]}' >&2 || true
+        fail "timed out waiting for: $what"
+}
+
+# wait_redis DESCRIPTION COMMAND...: poll until the command prints non-empty, non-zero.
+wait_redis() {
+        local what=$1 i out
+        shift
+        for ((i = 0; i < CAP * 4; i++)); do
+                out=$("$@" 2>/dev/null || true)
+                if [ -n "$out" ] && [ "$out" != 0 ]; then return 0; fi
+                sleep 0.25
+        done
+        fail "timed out waiting for: $what"
+}
+
+ldap_var() { local v="CANOPY_TEST_LDAP_$1_$2"; echo "${!v}"; }
+
+ldapmod() { # ldapmod FOREST < LDIF
+        ldapmodify -x -H "$(ldap_var "$1" URI)" -D "$(ldap_var "$1" BINDDN)" -y "$(ldap_var "$1" PWFILE)" >/dev/null
+}
+
+start_producer() { # start_producer FOREST (connector id = forest name, lower case)
+        local f=$1 id
+        id=$(echo "$1" | tr 'A-Z' 'a-z')
+        cat >"$T/producer-$id.yaml" <<YAML
+connector:
+  id: "$id"
+mode: syncrepl
+ldap:
+  uris: ["$(ldap_var "$f" URI)"]
+  bind_dn: "$(ldap_var "$f" BINDDN)"
+  password_file: "$(ldap_var "$f" PWFILE)"
+  tls: none
+  allow_insecure: true
+  base_dns: ["$(ldap_var "$f" BASE)"]
+objects:
+  user: [inetOrgPerson]
+  group: [groupOfNames]
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+  topic_prefix: "e2e."
+  session_timeout: 6s
+redis:
+  host: "$CANOPY_TEST_REDIS_HOST"
+  port: $CANOPY_TEST_REDIS_PORT
+  prefix: "p:"
+lease:
+  ttl: 3s
+YAML
+        "$BIN/canopy-producer-ldap" -c "$T/producer-$id.yaml" >>"$T/producer-$id.log" 2>&1 &
+        pids+=($!)
+        log "producer $id pid $!"
+}
+
+# start_worker NAME [--set k=v ...]: prints nothing; PID in WPID[NAME].
+declare -A WPID
+start_worker() {
+        local name=$1
+        shift
+        cat >"$T/worker.yaml" <<YAML
+rules:
+  file: "$here/rules.yaml"
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+  topic_prefix: "e2e."
+  session_timeout: 6s
+redis:
+  host: "$CANOPY_TEST_REDIS_HOST"
+  port: $CANOPY_TEST_REDIS_PORT
+  prefix: "w:"
+graph:
+  tenant: "$CANOPY_TEST_GRAPH_TENANT"
+  client_id: "$CANOPY_TEST_GRAPH_CLIENT_ID"
+  client_secret_file: "$CANOPY_TEST_GRAPH_SECRET_FILE"
+  url: "$CANOPY_TEST_GRAPH_URL"
+  ca_file: "$CANOPY_TEST_GRAPH_CA"
+join:
+  group_id: "${JOIN_GROUP:-e2e-join}"
+  batch: 50
+export:
+  group_id: "${EXPORT_GROUP:-e2e-export}"
+  batch: 20
+YAML
+        "$BIN/canopy-worker" -c "$T/worker.yaml" --set metrics.listen=127.0.0.1:0 "$@" >>"$T/worker-$name.log" 2>&1 &
+        WPID[$name]=$!
+        pids+=($!)
+        log "worker $name pid $! $*"
+}
+
+# Messages in a topic (one line per message whatever the payload).
+topic_count() {
+        kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t "e2e.$1" -e -q -f 'x\n' 2>/dev/null | wc -l
+}
+
+# metric WORKER NAME-WITH-LABELS: value from the worker's /metrics.
+metric() {
+        local port
+        port=$(grep -o 'metrics on http://127.0.0.1:[0-9]*' "$T/worker-$1.log" | tail -1 | sed 's/.*://')
+        [ -n "$port" ] || { echo 0; return; }
+        curl -sf "http://127.0.0.1:$port/metrics" | awk -v n="$2" '$1 == n { print int($2) }' | head -1
+}
+
+# wait_drained WORKER: the worker's join stage has applied every change in
+# the topic and its export stage every mv event (a new group reads all).
+wait_drained() {
+        local n i
+        n=$(topic_count changes)
+        for ((i = 0; i < CAP * 4; i++)); do
+                [ "$(metric "$1" 'canopy_worker_events_total{stage="join"}')" -ge "$n" ] 2>/dev/null && break
+                sleep 0.25
+        done
+        [ "$i" -lt $((CAP * 4)) ] || fail "join stage did not apply $n changes"
+        n=$(topic_count mv)
+        for ((i = 0; i < CAP * 4; i++)); do
+                [ "$(metric "$1" 'canopy_worker_events_total{stage="export"}')" -ge "$n" ] 2>/dev/null && break
+                sleep 0.25
+        done
+        [ "$i" -lt $((CAP * 4)) ] || fail "export stage did not handle $n mv events"
+        log "drained: $(topic_count changes) changes, $n mv events"
+}
+
+stop_worker() { # stop_worker NAME [SIGNAL]
+        local p=${WPID[$1]}
+        kill "-${2:-TERM}" "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+}
+
+nusers() { state | jq '.users | length'; }
+user_by_upn_prefix() { state | jq -c --arg p "$1" '[.users[] | select(.userPrincipalName | ascii_downcase | startswith($p))]'; }
+
+# Every user's onPremisesImmutableId appears once (no duplicate cloud object).
+check_no_duplicates() {
+        local dup
+        dup=$(state | jq '[.users[].onPremisesImmutableId] | group_by(.) | map(select(length > 1)) | length')
+        [ "$dup" = 0 ] || fail "duplicate users: $dup"
+        dup=$(state | jq '[.groups[].mailNickname] | group_by(.) | map(select(length > 1)) | length')
+        [ "$dup" = 0 ] || fail "duplicate groups: $dup"
+}
+
+# The one-forest baseline: 3 users, engineering {alice, bob}, all-a {engineering, carol}.
+converge_forest_a() {
+        wait_for "3 users and 2 groups" '(.users | length) == 3 and (.groups | length) == 2'
+        wait_for "group members" '
+          (.users | map({key: .id, value: .mailNickname}) | from_entries) as $u
+          | (.groups | map({key: .id, value: .displayName}) | from_entries) as $g
+          | (.groups[] | select(.displayName == "engineering") | [.members[] | $u[.] // $g[.]] | sort) == ["alice", "bob"]
+            and (.groups[] | select(.displayName == "all-a") | [.members[] | $u[.] // $g[.]] | sort) == ["carol", "engineering"]'
+}
+
+case $scenario in
+one-forest)
+        start_producer A
+        start_worker w1
+        converge_forest_a
+        check_no_duplicates
+        w0=$(writes)
+        # One attribute change -> one PATCH with that property only.
+        printf 'dn: uid=alice,ou=people,dc=a,dc=test\nchangetype: modify\nreplace: title\ntitle: Principal Engineer\n' | ldapmod A
+        wait_for "title updated" '.users[] | select(.mailNickname == "alice") | .jobTitle == "Principal Engineer"'
+        w1=$(writes)
+        [ $((w1 - w0)) = 1 ] || fail "expected 1 write for one changed attribute, got $((w1 - w0))"
+        # Rename (modrdn): same anchor, same cloud object, group unchanged.
+        printf 'dn: uid=bob,ou=people,dc=a,dc=test\nchangetype: modrdn\nnewrdn: uid=robert\ndeleteoldrdn: 1\n' | ldapmod A
+        printf 'dn: uid=robert,ou=people,dc=a,dc=test\nchangetype: modify\nreplace: sn\nsn: Browne\n' | ldapmod A
+        wait_for "renamed user updated" '.users[] | select(.mailNickname == "bob" or .mailNickname == "robert") | .surname == "Browne"'
+        [ "$(nusers)" = 3 ] || fail "rename created a user"
+        wait_for "group still has the renamed member" '(.groups[] | select(.displayName == "engineering") | .members | length) == 2'
+        # Delete -> cloud delete through the guard counter.
+        printf 'dn: uid=carol,ou=people,dc=a,dc=test\nchangetype: delete\n' | ldapmod A
+        wait_for "carol deleted" '(.users | length) == 2 and (.deletedUsers | length) == 1'
+        [ "$(rcli GET w:guard:{guard}:deletes)" = 1 ] || fail "guard counter not 1"
+        ;;
+two-forests)
+        start_producer A
+        start_producer B
+        start_worker w1
+        # alice (A) and alice.anders (B) join on mail: one cloud user.
+        wait_for "4 users (alice joined)" '(.users | length) == 4 and (.groups | length) == 3'
+        wait_for "alice has attributes from both forests" '.users[] | select(.mail == "alice@corp.test") | (.jobTitle == "Engineer" and .employeeId == "4711")'
+        wait_for "alice is member of engineering (A) and everyone-b (B)" '
+          (.users[] | select(.mail == "alice@corp.test") | .id) as $a
+          | ([.groups[] | select(.members | index($a))] | length) == 2'
+        check_no_duplicates
+        [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors"
+        ;;
+scope)
+        start_producer A
+        start_worker w1
+        converge_forest_a
+        # Move out of scope (ou=disabled is excluded by the rules): delete.
+        printf 'dn: uid=carol,ou=people,dc=a,dc=test\nchangetype: modrdn\nnewrdn: uid=carol\ndeleteoldrdn: 1\nnewsuperior: ou=disabled,dc=a,dc=test\n' | ldapmod A
+        wait_for "carol out of scope -> deleted" '(.users | length) == 2 and ([.deletedUsers[] | select(.mailNickname == "carol")] | length) == 1'
+        wait_for "all-a lost carol" '(.groups[] | select(.displayName == "all-a") | .members | length) == 1'
+        # And back into scope: exported again.
+        printf 'dn: uid=carol,ou=disabled,dc=a,dc=test\nchangetype: modrdn\nnewrdn: uid=carol\ndeleteoldrdn: 1\nnewsuperior: ou=people,dc=a,dc=test\n' | ldapmod A
+        wait_for "carol back" '(.users | length) == 3'
+        wait_for "all-a has carol again" '(.groups[] | select(.displayName == "all-a") | .members | length) == 2'
+        ;;
+large-group)
+        # 300 users in one group, then one member added: one member write.
+        {
+                for i in $(seq 1 300); do
+                        printf 'dn: uid=u%03d,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: u%03d\ncn: User %03d\nsn: U%03d\nmail: u%03d@corp.test\n\n' "$i" "$i" "$i" "$i" "$i"
+                done
+                printf 'dn: cn=big,ou=groups,dc=a,dc=test\nchangetype: add\nobjectClass: groupOfNames\ncn: big\n'
+                for i in $(seq 1 300); do printf 'member: uid=u%03d,ou=people,dc=a,dc=test\n' "$i"; done
+        } | ldapmod A
+        start_producer A
+        start_worker w1
+        wait_for "big group with 300 members" '(.groups[] | select(.displayName == "big") | .members | length) == 300'
+        w0=$(writes)
+        printf 'dn: cn=big,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=carol,ou=people,dc=a,dc=test\n' | ldapmod A
+        wait_for "301 members" '(.groups[] | select(.displayName == "big") | .members | length) == 301'
+        w1=$(writes)
+        [ $((w1 - w0)) = 1 ] || fail "one member added cost $((w1 - w0)) writes (want 1)"
+        printf 'dn: cn=big,ou=groups,dc=a,dc=test\nchangetype: modify\ndelete: member\nmember: uid=u007,ou=people,dc=a,dc=test\n' | ldapmod A
+        wait_for "300 members" '(.groups[] | select(.displayName == "big") | .members | length) == 300'
+        w2=$(writes)
+        [ $((w2 - w1)) = 1 ] || fail "one member removed cost $((w2 - w1)) writes (want 1)"
+        ;;
+conflict)
+        # dave in A and dave in B: different mail (no join), same UPN dave@<domain>.
+        printf 'dn: uid=dave,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave Other\nsn: Other\nmail: dave.other@corp.test\n' | ldapmod A
+        start_producer A
+        start_producer B
+        start_worker w1
+        wait_redis "conflict recorded" rcli HLEN w:errors:{err}
+        err=$(rcli HGETALL w:errors:{err} | sed -n 2p)
+        echo "$err" | jq -e '.code == "GRAPH_CONFLICT" and .property == "userPrincipalName" and (.value | startswith("dave@")) and (.other | length) > 0' >/dev/null ||
+                fail "conflict entry: $err"
+        # The pipeline goes on: everything else is exported.
+        wait_for "others exported" '(.users | length) == 4 and (.groups | length) == 3'
+        # Fix the source: the object is retried on its next change.
+        printf 'dn: uid=dave,ou=people,dc=a,dc=test\nchangetype: modrdn\nnewrdn: uid=dave2\ndeleteoldrdn: 1\n' | ldapmod A
+        wait_for "conflict resolved" '(.users | length) == 5'
+        [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "error not cleared"
+        ;;
+staging)
+        start_producer A
+        start_worker w1 --set export.staging=true
+        wait_redis "5 staged objects" bash -c "[ \$(redis-cli -h $CANOPY_TEST_REDIS_HOST -p $CANOPY_TEST_REDIS_PORT HLEN w:staged:{stg}) -ge 5 ] && echo 1"
+        [ "$(nusers)" = 0 ] || fail "staging mode wrote to Graph"
+        [ "$(writes)" = 0 ] || fail "staging mode wrote to Graph"
+        stop_worker w1
+        start_worker w2
+        converge_forest_a
+        check_no_duplicates
+        wait_redis "staged cleared" bash -c "[ \$(redis-cli -h $CANOPY_TEST_REDIS_HOST -p $CANOPY_TEST_REDIS_PORT HLEN w:staged:{stg}) = 0 ] && echo 1"
+        ;;
+replay|rebuild)
+        start_producer A
+        start_worker w1
+        converge_forest_a
+        wait_drained w1
+        w0=$(writes)
+        stop_worker w1
+        if [ "$scenario" = rebuild ]; then
+                rcli --scan --pattern 'w:*' | while read -r k; do rcli DEL "$k" >/dev/null; done
+                [ "$(rcli --scan --pattern 'w:*' | wc -l)" = 0 ] || fail "redis not emptied"
+        fi
+        # A new consumer group reads both topics from the beginning, as a
+        # reset of the groups to offset 0 would.
+        JOIN_GROUP=e2e-join-2 EXPORT_GROUP=e2e-export-2 start_worker w2
+        wait_drained w2
+        [ "$(rcli --scan --pattern 'w:exp:{*}' | wc -l)" -ge 5 ] || fail "export state not rebuilt"
+        converge_forest_a
+        check_no_duplicates
+        w1=$(writes)
+        [ "$w1" = "$w0" ] || fail "$scenario wrote $((w1 - w0)) times to Graph for unchanged objects"
+        ;;
+sigkill)
+        {
+                for i in $(seq 1 150); do
+                        printf 'dn: uid=k%03d,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: k%03d\ncn: K %03d\nsn: K%03d\nmail: k%03d@corp.test\n\n' "$i" "$i" "$i" "$i" "$i"
+                done
+        } | ldapmod A
+        start_producer A
+        start_worker w1
+        wait_for "some users exported" '(.users | length) >= 20'
+        stop_worker w1 KILL
+        log "worker SIGKILLed with $(nusers) users exported"
+        start_worker w2
+        wait_for "153 users" '(.users | length) == 153 and (.groups | length) == 2'
+        check_no_duplicates
+        ;;
+two-workers)
+        {
+                for i in $(seq 1 100); do
+                        printf 'dn: uid=t%03d,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: t%03d\ncn: T %03d\nsn: T%03d\nmail: t%03d@corp.test\n\n' "$i" "$i" "$i" "$i" "$i"
+                done
+        } | ldapmod A
+        start_producer A
+        start_producer B
+        start_worker w1
+        start_worker w2
+        wait_for "all users" '(.users | length) == 104 and (.groups | length) == 3'
+        check_no_duplicates
+        ;;
+*)
+        fail "unknown scenario"
+        ;;
+esac
+log "PASS"
