@@ -9,6 +9,7 @@
 #include "canopy/config.h"
 
 #define CANOPY_CONF_TABLES(X) \
+        X(guard) \
         X(producer) \
         X(worker) \
         CANOPY_CONF_TABLES_END

@@ -1,0 +1,55 @@
+/* guard_tool: drive the guard's Redis state from test scripts.
+ *   guard_tool reserve N PREFIX     reserve N deletes; prints "allow A hold H drop D"
+ *   guard_tool run CONNECTOR TYPE TOTAL CHANGED DELETED FILTERED ERRORS [SCAN]
+ * Redis from CANOPY_TEST_REDIS_HOST/_PORT, key prefix "canopy:". */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "canopy/guard_policy.h"
+#include "canopy/state.h"
+
+static int64_t now_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int main(int argc, char **argv) {
+        const char *host = getenv("CANOPY_TEST_REDIS_HOST"), *port = getenv("CANOPY_TEST_REDIS_PORT");
+        canopy_state *st = NULL;
+        if (argc < 2 || !host || !port || canopy_state_new(host, atoi(port), NULL, "canopy:", 2000, &st)) {
+                fprintf(stderr, "guard_tool: needs a command and CANOPY_TEST_REDIS_HOST/_PORT\n");
+                return 2;
+        }
+        int rc = 0;
+        if (!strcmp(argv[1], "reserve") && argc == 4) {
+                int n = atoi(argv[2]), a = 0, h = 0, d = 0;
+                for (int i = 0; i < n; i++) {
+                        char mv[128], info[160];
+                        snprintf(mv, sizeof(mv), "%s%05d", argv[3], i);
+                        snprintf(info, sizeof(info), "{\"type\":\"user\",\"displayName\":\"User %d\"}", i);
+                        canopy_guard_verdict v;
+                        if (canopy_guard_reserve(st, mv, info, now_ms(), &v, NULL)) {
+                                rc = 1;
+                                break;
+                        }
+                        a += v == CANOPY_GUARD_ALLOW;
+                        h += v == CANOPY_GUARD_HOLD;
+                        d += v == CANOPY_GUARD_DROP;
+                }
+                printf("allow %d hold %d drop %d\n", a, h, d);
+        } else if (!strcmp(argv[1], "run") && argc >= 9) {
+                const char *scan = argc > 9 ? argv[9] : NULL;
+                for (int f = 0; f < 5; f++)
+                        if (canopy_run_count(st, argv[2], argv[3], scan, (canopy_run_field)f, atoll(argv[4 + f]),
+                                             now_ms()))
+                                rc = 1;
+        } else {
+                fprintf(stderr, "guard_tool: bad command\n");
+                rc = 2;
+        }
+        canopy_state_free(st);
+        return rc;
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# canopy-guard end to end: admin API roles, threshold -> quarantine ->
+# e-mail and webhook once each -> approve / reject, run history as CSV,
+# audit trail, no secret in the log. Runs under run-with --redis --kafka.
+set -euo pipefail
+here=$(dirname "$(readlink -f "$0")")
+tool=$1 sink=$2
+bin=$CANOPY_TEST_BIN
+t=$CANOPY_TEST_TMPDIR
+fail() { echo "FAIL: $*" >&2; echo "--- guard log:" >&2; tail -40 "$t/guard.log" >&2 || true; exit 1; }
+
+viewer=viewer-token-0123456789abcdef
+operator=operator-token-0123456789abcdef
+admin=admin-token-0123456789abcdef
+smtp_secret=smtp-password-s3cr3t-value
+printf '# token role name\n%s viewer val\n%s operator olga\n%s admin adam\n' "$viewer" "$operator" "$admin" > "$t/tokens"
+printf '%s' "$smtp_secret" > "$t/smtp.pw"
+
+mkdir -p "$t/sink"
+"$sink" --dir "$t/sink" --smtp-port-file "$t/smtp.port" --http-port-file "$t/http.port" &
+sink_pid=$!
+guard_pid=
+cleanup() {
+        [ -n "$guard_pid" ] && kill "$guard_pid" 2>/dev/null && wait "$guard_pid" 2>/dev/null || true
+        kill "$sink_pid" 2>/dev/null && wait "$sink_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 50); do [ -s "$t/http.port" ] && [ -s "$t/smtp.port" ] && break; sleep 0.1; done
+smtp_port=$(cat "$t/smtp.port") http_port=$(cat "$t/http.port")
+
+cat > "$t/guard.yaml" <<YAML
+guard:
+  threshold:
+    count: 5
+  window: 1h
+admin:
+  listen: "127.0.0.1:0"
+  tokens_file: $t/tokens
+notify:
+  email:
+    smtp_url: "smtp://127.0.0.1:$smtp_port"
+    from: canopy@canopy.test
+    to: [ops@canopy.test, idm@canopy.test]
+    username: canopy
+    password_file: $t/smtp.pw
+  webhook:
+    url: "http://127.0.0.1:$http_port/hook"
+history:
+  idle: 1s
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+redis:
+  host: $CANOPY_TEST_REDIS_HOST
+  port: $CANOPY_TEST_REDIS_PORT
+YAML
+
+# A bad config stops start-up with file:line:column.
+printf 'guard:\n  threshold:\n    cuont: 5\n' > "$t/bad.yaml"
+if "$bin/canopy-guard" -c "$t/bad.yaml" 2> "$t/bad.err"; then fail "bad config accepted"; fi
+grep -q "bad.yaml:3:5" "$t/bad.err" || fail "bad config error lacks file:line:column: $(cat "$t/bad.err")"
+
+"$bin/canopy-guard" -c "$t/guard.yaml" > "$t/guard.out" 2> "$t/guard.log" &
+guard_pid=$!
+for _ in $(seq 100); do grep -q '^admin-port ' "$t/guard.out" 2>/dev/null && break; sleep 0.1; done
+port=$(awk '/^admin-port /{print $2}' "$t/guard.out")
+[ -n "$port" ] || fail "guard did not start"
+api=http://127.0.0.1:$port
+
+code() { curl -s -o "$t/body" -w '%{http_code}' "$@"; }
+
+# Roles.
+[ "$(code "$api/v1/status")" = 401 ] || fail "no token must get 401"
+[ "$(code -H "Authorization: Bearer wrong-token-0123456789" "$api/v1/status")" = 401 ] || fail "bad token must get 401"
+[ "$(code -H "Authorization: Bearer $viewer" "$api/v1/status")" = 200 ] || fail "viewer status"
+grep -q '"quarantined":false' "$t/body" || fail "not quarantined at start: $(cat "$t/body")"
+[ "$(code -X POST -H "Authorization: Bearer $viewer" "$api/v1/quarantine/approve")" = 403 ] || fail "viewer approve must get 403"
+[ "$(code -H "Authorization: Bearer $operator" "$api/v1/audit")" = 403 ] || fail "operator audit must get 403"
+[ "$(code -X POST -H "Authorization: Bearer $operator" -d '{"enabled":false}' "$api/v1/policy")" = 403 ] || fail "operator policy must get 403"
+
+# Ten deletes against a threshold of five: five go, five are held.
+out=$("$tool" reserve 10 mvA)
+[ "$out" = "allow 5 hold 5 drop 0" ] || fail "reserve: $out"
+code -H "Authorization: Bearer $viewer" "$api/v1/status" > /dev/null
+grep -q '"quarantined":true' "$t/body" || fail "not quarantined: $(cat "$t/body")"
+grep -q '"reason":"deletion-threshold"' "$t/body" || fail "reason: $(cat "$t/body")"
+grep -q '"held":5' "$t/body" || fail "held count: $(cat "$t/body")"
+
+# One e-mail and one webhook, not one per tick.
+for _ in $(seq 100); do [ -e "$t/sink/mail.1" ] && [ -e "$t/sink/hook.1" ] && break; sleep 0.1; done
+[ -e "$t/sink/mail.1" ] || fail "no e-mail"
+[ -e "$t/sink/hook.1" ] || fail "no webhook"
+sleep 2
+[ ! -e "$t/sink/mail.2" ] || fail "second e-mail for the same quarantine"
+[ ! -e "$t/sink/hook.2" ] || fail "second webhook for the same quarantine"
+grep -q "Subject: \[Canopy\] pipeline quarantined: deletion-threshold" "$t/sink/mail.1" || fail "mail subject"
+grep -q "mvA00005" "$t/sink/mail.1" || fail "mail lacks the held sample"
+grep -q '"reason":"deletion-threshold"' "$t/sink/hook.1" || fail "webhook body: $(cat "$t/sink/hook.1")"
+grep -q '"held":5' "$t/sink/hook.1" || fail "webhook held"
+
+# Approve: the five held deletes are released exactly once.
+[ "$(code -X POST -H "Authorization: Bearer $operator" "$api/v1/quarantine/approve")" = 200 ] || fail "approve"
+grep -q '"released":5' "$t/body" || fail "approve body: $(cat "$t/body")"
+out=$("$tool" reserve 10 mvA)
+[ "$out" = "allow 10 hold 0 drop 0" ] || fail "after approve: $out"
+
+# A second quarantine, rejected: nothing of it is ever sent.
+out=$("$tool" reserve 20 mvB)
+[ "$out" = "allow 0 hold 20 drop 0" ] || [ "$out" = "allow 5 hold 15 drop 0" ] || fail "second batch: $out"
+held=$(echo "$out" | awk '{print $4}')
+for _ in $(seq 100); do [ -e "$t/sink/mail.2" ] && break; sleep 0.1; done
+[ -e "$t/sink/mail.2" ] || fail "no e-mail for the second quarantine"
+[ "$(code -X POST -H "Authorization: Bearer $operator" "$api/v1/quarantine/reject?full_scan=north")" = 200 ] || fail "reject"
+grep -q "\"dropped\":$held" "$t/body" || fail "reject body: $(cat "$t/body")"
+out=$("$tool" reserve 20 mvB)
+allowed=$(echo "$out" | awk '{print $2}') dropped=$(echo "$out" | awk '{print $6}')
+[ "$dropped" = "$held" ] || fail "after reject: $out"
+
+# Run history as CSV.
+"$tool" run north user 12 7 1 3 1
+"$tool" run south group 4 2 0 0 0 scan-9
+for _ in $(seq 50); do
+        code -H "Authorization: Bearer $viewer" "$api/v1/history?format=csv" > /dev/null
+        [ "$(grep -c . "$t/body")" -ge 3 ] && break
+        sleep 0.2
+done
+head -1 "$t/body" | grep -q '^connector,object_type,run_type,start,end,total,changed,deleted,filtered,errors,status' || fail "csv header: $(head -1 "$t/body")"
+grep -q '^north,user,delta,.*,12,7,1,3,1,completed-errors' "$t/body" || fail "csv north: $(cat "$t/body")"
+code -H "Authorization: Bearer $viewer" "$api/v1/history?format=csv&connector=north" > /dev/null
+! grep -q '^south' "$t/body" || fail "connector filter"
+
+# Audit: who approved and rejected; the policy switch by an admin.
+[ "$(code -X POST -H "Authorization: Bearer $admin" -d '{"enabled":false}' "$api/v1/policy")" = 200 ] || fail "admin policy"
+grep -q "deletion guard DISABLED by adam" "$t/guard.log" || fail "disabling the guard must be logged"
+[ "$(code -H "Authorization: Bearer $admin" "$api/v1/audit")" = 200 ] || fail "audit"
+grep -q '"who":"olga"' "$t/body" || fail "audit lacks the operator"
+grep -q '"what":"quarantine.reject"' "$t/body" || fail "audit lacks the rejection"
+grep -q '"who":"adam"' "$t/body" || fail "audit lacks the admin"
+
+# No secret in any log line.
+for s in "$viewer" "$operator" "$admin" "$smtp_secret"; do
+        ! grep -q -- "$s" "$t/guard.log" || fail "secret in the guard log"
+done
+echo "PASS: guard service"
