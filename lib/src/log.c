@@ -235,6 +235,10 @@ static size_t add_kv(char *out, size_t len, size_t cap, const char *k, const cha
         return len;
 }
 
+/* The format attribute lets the compiler check the vsnprintf calls below. */
+__attribute__((format(printf, 4, 0))) void canopy_logv(canopy_log_level lvl, const char *mod,
+                                                       const canopy_log_ctx *ctx, const char *fmt, va_list ap);
+
 void canopy_logv(canopy_log_level lvl, const char *mod, const canopy_log_ctx *ctx, const char *fmt, va_list ap) {
         if (!canopy_log_enabled(lvl, mod))
                 return;
