@@ -95,20 +95,20 @@ _h_kill() {
         local pid=$1 sig=${2:-TERM} st=${3:-} i limit
         limit=$(( ${CANOPY_TEST_STOP_TIMEOUT:-10} * 10 ))
         _h_alive "$pid" "$st" || return 0
-        kill -s "$sig" "$pid" 2>/dev/null
+        kill -s "$sig" "$pid" 2>/dev/null || true
         for ((i = 0; i < limit; i++)); do
                 _h_alive "$pid" "$st" || break
                 sleep 0.1
         done
         if _h_alive "$pid" "$st"; then
                 _h_err "pid $pid did not stop on SIG$sig; killing it"
-                kill -s KILL "$pid" 2>/dev/null
+                kill -s KILL "$pid" 2>/dev/null || true
                 for ((i = 0; i < 50; i++)); do
                         _h_alive "$pid" "$st" || break
                         sleep 0.1
                 done
         fi
-        wait "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null || true
         return 0
 }
 
@@ -164,7 +164,7 @@ _h_wait_ready() {
                         return 0
                 fi
                 if ! _h_alive "$pid"; then
-                        wait "$pid" 2>/dev/null
+                        wait "$pid" 2>/dev/null || true
                         _h_fail "$desc exited before it was ready" "$log"
                         return 1
                 fi
@@ -313,8 +313,8 @@ harness_cleanup() {
         fi
         # The reaper ignores TERM (it must outlive a killed process group).
         if [ -n "$rpid" ]; then
-                kill -s KILL "$rpid" 2>/dev/null
-                wait "$rpid" 2>/dev/null
+                kill -s KILL "$rpid" 2>/dev/null || true
+                wait "$rpid" 2>/dev/null || true
         fi
         HARNESS_READY=
 }
@@ -617,7 +617,7 @@ _h_samba_template() {
                 flock -w 300 9 || { _h_err "timeout waiting for the Samba template lock"; exit 1; }
                 [ -f "$t/.complete" ] && exit 0
                 tmp="$t.tmp.$$"
-                rm -rf "$tmp"
+                rm -rf "$t".tmp.*   # left by a provisioning that was killed
                 mkdir -p "$tmp" || exit 1
                 # Upper, lower, digit: AD's password complexity.
                 pw="Cnp-$(_h_secret 8)-Aa1"
