@@ -220,7 +220,7 @@ typedef struct emu_obj {
         json_t *props;       /* every stored property (owned) */
         uint64_t cseq;       /* creation order */
         uint64_t chg;        /* last change (delta) */
-        int64_t visible_ms;  /* replication lag: hidden before this time */
+        int64_t created_ms;  /* replication lag: hidden until created_ms + lag */
         /* groups */
         emu_map members;     /* member id -> (void*)(uintptr_t)seq */
         emu_seqvec mvec;     /* seq -> emu_obj* in add order */

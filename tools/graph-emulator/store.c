@@ -224,8 +224,10 @@ emu_obj *emu_obj_find(emu_tenant *tn, const char *id) {
 }
 
 bool emu_obj_is_visible(emu_server *srv, const emu_obj *o) {
-        (void)srv;
-        return o->visible_ms <= emu_now_ms();
+        /* The current lag setting applies, so that changing it at run time
+         * takes effect on objects already created. */
+        int lag = __atomic_load_n(&srv->faults.replication_lag_ms, __ATOMIC_RELAXED);
+        return lag <= 0 || o->created_ms + lag <= emu_now_ms();
 }
 
 emu_obj *emu_obj_visible(emu_server *srv, emu_tenant *tn, const char *id, emu_kind kind) {
@@ -705,7 +707,7 @@ emu_obj *emu_obj_create(emu_server *srv, emu_tenant *tn, emu_kind kind, json_t *
         o->props = cand;
         o->cseq = ++tn->seq;
         o->chg = o->cseq;
-        o->visible_ms = now + srv->faults.replication_lag_ms;
+        o->created_ms = now;
         if (emu_map_put(&tn->byid, o->id, o) || emu_seqvec_push(&tn->list[kind], o->cseq, o)) {
                 emu_map_del(&tn->byid, o->id);
                 o->props = NULL;
