@@ -500,6 +500,14 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
         free(p);
 }
 
+static int has_extra(const canopy_kafka_conf *c, const char *key) {
+        size_t kl = strlen(key);
+        for (char **p = c->extra; p && *p; p++)
+                if (strncmp(*p, key, kl) == 0 && (*p)[kl] == '=')
+                        return 1;
+        return 0;
+}
+
 canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy_kafka_consumer_opts *opts,
                                      canopy_kafka_consumer **ret, char *errbuf, size_t errlen) {
         char e[512], num[32];
@@ -536,9 +544,17 @@ canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy
                 {"enable.partition.eof", "false"},
                 {"session.timeout.ms", NULL},
                 {"heartbeat.interval.ms", NULL},
+                /* Incremental rebalancing: partitions are revoked while the
+                 * group is stable, so the commit on revoke is accepted, and
+                 * partitions that do not move keep flowing. */
+                {"partition.assignment.strategy", has_extra(conf, "partition.assignment.strategy")
+                                                          ? NULL
+                                                          : "cooperative-sticky"},
         };
         for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
                 const char *v = kv[i].v;
+                if (!v && strcmp(kv[i].k, "partition.assignment.strategy") == 0)
+                        continue;
                 if (!v) {
                         snprintf(num, sizeof(num), "%lld",
                                  (long long)(strcmp(kv[i].k, "session.timeout.ms") == 0 ? st : (st / 3 > 0 ? st / 3 : 1)));

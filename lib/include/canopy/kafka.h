@@ -225,7 +225,11 @@ typedef enum canopy_kafka_rebalance {
 } canopy_kafka_rebalance;
 
 /* Rebalance notification; parts borrowed for the call. The callback may call
- * canopy_kafka_mark_done()/canopy_kafka_commit_offset() (not consume). */
+ * canopy_kafka_mark_done()/canopy_kafka_commit_offset() (not consume).
+ * The consumer uses incremental (cooperative-sticky) rebalancing unless
+ * kafka.extra sets partition.assignment.strategy: ASSIGNED and REVOKED then
+ * carry only the partitions that move (possibly none), and partitions that
+ * stay keep flowing during a rebalance. */
 typedef void (*canopy_kafka_rebalance_cb)(canopy_kafka_consumer *kc, canopy_kafka_rebalance what,
                                           const canopy_kafka_partition *parts, size_t nparts, void *opaque);
 
