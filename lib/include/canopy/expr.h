@@ -155,8 +155,8 @@ typedef struct canopy_eval_ctx {
         int64_t now_ms;
 } canopy_eval_ctx;
 
-/* Evaluate `e` on `obj`. Result in *ret (memory borrowed from obj or owned
- * by `a`). Returns CANOPY_OK, CANOPY_ERR_EXPR_SKIP when the flow must be
+/* Evaluate `e` on `obj`. Result in *ret (memory borrowed from obj, from the
+ * compiled expression's literals, or owned by `a`: valid while all three live). Returns CANOPY_OK, CANOPY_ERR_EXPR_SKIP when the flow must be
  * skipped (IgnoreFlowIfNullOrEmpty), CANOPY_ERR_EXPR_EVAL on a runtime error
  * (bad regex input, non-numeric text where a number is needed) with a
  * message in ret_msg (may be NULL, size msgcap), CANOPY_ERR_LIMIT when the
