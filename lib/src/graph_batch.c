@@ -84,7 +84,7 @@ canopy_err canopy_graph_batch(canopy_graph *gc, canopy_graph_req *reqs, size_t n
         canopy_err err = CANOPY_OK;
         item_state *st = calloc(n, sizeof(*st));
         size_t *pend = calloc(n, sizeof(*pend));
-        size_t nb_max = (n + GRAPH_BATCH_MAX - 1) / GRAPH_BATCH_MAX;
+        size_t nb_max = n; /* at most one batch per item (small budgets) */
         graph_xfer *xs = calloc(nb_max, sizeof(*xs));
         char **bodies = calloc(nb_max, sizeof(*bodies));
         canopy_graph_result *bres = calloc(nb_max, sizeof(*bres));
@@ -103,6 +103,11 @@ canopy_err canopy_graph_batch(canopy_graph *gc, canopy_graph_req *reqs, size_t n
                 }
                 st[i].pending = true;
         }
+        /* a batch takes its write items from the budget at once: never more
+         * than the whole budget */
+        size_t per = GRAPH_BATCH_MAX;
+        if (gc->budget && gc->conf.budget_writes < (int64_t)per)
+                per = (size_t)gc->conf.budget_writes;
         int64_t started = graph_now_ms();
         for (int round = 1;; round++) {
                 size_t np = 0;
@@ -111,10 +116,10 @@ canopy_err canopy_graph_batch(canopy_graph *gc, canopy_graph_req *reqs, size_t n
                                 pend[np++] = i;
                 if (np == 0)
                         break;
-                size_t nb = (np + GRAPH_BATCH_MAX - 1) / GRAPH_BATCH_MAX;
+                size_t nb = (np + per - 1) / per;
                 memset(xs, 0, nb * sizeof(*xs));
                 for (size_t b = 0; b < nb; b++) {
-                        size_t lo = b * GRAPH_BATCH_MAX, k = np - lo < GRAPH_BATCH_MAX ? np - lo : GRAPH_BATCH_MAX;
+                        size_t lo = b * per, k = np - lo < per ? np - lo : per;
                         canopy_err berr = batch_body(reqs, pend + lo, k, &bodies[b]);
                         int64_t weight = 0;
                         for (size_t j = 0; j < k; j++)
@@ -142,7 +147,7 @@ canopy_err canopy_graph_batch(canopy_graph *gc, canopy_graph_req *reqs, size_t n
                 int64_t max_ra = -1;
                 bool any_retry = false;
                 for (size_t b = 0; b < nb; b++) {
-                        size_t lo = b * GRAPH_BATCH_MAX, k = np - lo < GRAPH_BATCH_MAX ? np - lo : GRAPH_BATCH_MAX;
+                        size_t lo = b * per, k = np - lo < per ? np - lo : per;
                         if (!xs[b].url)
                                 continue;
                         json_t *root = NULL, *resps = NULL;
