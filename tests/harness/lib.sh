@@ -45,24 +45,29 @@ _h_fail() {
 
 _h_upper() { printf '%s' "$1" | tr 'a-z' 'A-Z' | tr -c 'A-Z0-9_\n' '_'; }
 
-# Start time of PID in clock ticks (field 22 of /proc/PID/stat), to tell a
-# process from a later one that reuses its PID. Fails for a zombie.
-_h_starttime() {
+# _h_stat PID: set the array _h_f to the fields of /proc/PID/stat after the
+# command name (_h_f[0] = state, _h_f[19] = start time in clock ticks).
+# Builtins only: it runs in polling loops.
+_h_stat() {
         local s
-        s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+        { read -r s <"/proc/$1/stat"; } 2>/dev/null || return 1
         s=${s##*) }
-        # shellcheck disable=SC2086
-        set -- $s
-        [ "$1" != Z ] || return 1
-        printf '%s' "${20}"
+        read -r -a _h_f <<<"$s"
+}
+
+# _h_starttime PID: print the start time of PID, to tell a process from a
+# later one that reuses its PID. Fails for a zombie.
+_h_starttime() {
+        local _h_f
+        _h_stat "$1" && [ "${_h_f[0]}" != Z ] && printf '%s' "${_h_f[19]}"
 }
 
 # _h_alive PID [STARTTIME]: PID runs (not a zombie) and, when STARTTIME is
 # given, is the process that was recorded.
 _h_alive() {
-        local st
-        st=$(_h_starttime "$1") || return 1
-        [ -z "${2:-}" ] || [ "$st" = "$2" ]
+        local _h_f
+        _h_stat "$1" && [ "${_h_f[0]}" != Z ] || return 1
+        [ -z "${2:-}" ] || [ "${_h_f[19]}" = "$2" ]
 }
 
 _h_procs() { printf '%s/.harness/procs' "$CANOPY_TEST_TMPDIR"; }
