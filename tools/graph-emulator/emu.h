@@ -129,6 +129,8 @@ typedef struct emu_faults {
         int replication_lag_ms;
         double write_rate;  /* per second, 0 = unlimited */
         double write_burst;
+        int fail_next;      /* the next N Graph operations fail with fail_status */
+        int fail_status;
 } emu_faults;
 
 typedef struct emu_stats {

@@ -1498,8 +1498,12 @@ static double bucket_take(emu_server *srv, const emu_auth *a) {
 static int fault_pick(emu_server *srv, emu_retry_form *form) {
         pthread_mutex_lock(&srv->mu);
         emu_faults f = srv->faults;
+        if (srv->faults.fail_next > 0)
+                srv->faults.fail_next--;
         pthread_mutex_unlock(&srv->mu);
         *form = f.retry_after;
+        if (f.fail_next > 0)
+                return f.fail_status;
         double x = emu_rand01(), acc = 0;
         if (x < (acc += f.rate429))
                 return 429;
@@ -1535,6 +1539,10 @@ void emu_graph_exec(emu_call *c, emu_resp *r) {
                         retry_after(srv, r, 1 + emu_rand01() * 2, form);
                 } else if (fault == 500) {
                         ERR(500, "UnknownError", "An internal server error occurred (injected).");
+                } else if (fault == 401) {
+                        ERR(401, "InvalidAuthenticationToken", "Access token validation failure (injected).");
+                } else if (fault == 403) {
+                        forbidden(c, r);
                 } else if (fault == 503) {
                         ERR(503, "ServiceUnavailable", "The service is temporarily unavailable (injected).");
                         retry_after(srv, r, 1 + emu_rand01() * 2, form);

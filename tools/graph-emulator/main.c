@@ -159,10 +159,11 @@ static int parse_fault_spec(const char *spec, emu_faults *f) {
 }
 
 static json_t *faults_json(const emu_faults *f) {
-        return json_pack("{s:f, s:f, s:f, s:f, s:s, s:i, s:i, s:f, s:f}", "429", f->rate429, "500", f->rate500, "503",
-                         f->rate503, "504", f->rate504, "retryAfter", retry_form_name(f->retry_after), "latencyMs",
-                         f->latency_ms, "replicationLagMs", f->replication_lag_ms, "writeRate", f->write_rate,
-                         "writeBurst", f->write_burst);
+        return json_pack("{s:f, s:f, s:f, s:f, s:s, s:i, s:i, s:f, s:f, s:i, s:i}", "429", f->rate429, "500",
+                         f->rate500, "503", f->rate503, "504", f->rate504, "retryAfter",
+                         retry_form_name(f->retry_after), "latencyMs", f->latency_ms, "replicationLagMs",
+                         f->replication_lag_ms, "writeRate", f->write_rate, "writeBurst", f->write_burst, "failNext",
+                         f->fail_next, "failStatus", f->fail_status);
 }
 
 /* Drop every write bucket (they refill from the new settings). Caller holds mu. */
@@ -198,6 +199,13 @@ static const char *faults_apply(emu_server *srv, json_t *j) {
                 } else if (!strcmp(k, "writeRate") && json_is_number(v) && json_number_value(v) >= 0) {
                         f.write_rate = json_number_value(v);
                         buckets_clear(srv);
+                } else if (!strcmp(k, "failNext") && json_is_integer(v) && json_integer_value(v) >= 0) {
+                        f.fail_next = (int)json_integer_value(v);
+                } else if (!strcmp(k, "failStatus") && json_is_integer(v)) {
+                        int st = (int)json_integer_value(v);
+                        if (st != 401 && st != 403 && st != 429 && st != 500 && st != 503 && st != 504)
+                                err = "failStatus must be 401, 403, 429, 500, 503 or 504";
+                        f.fail_status = st;
                 } else if (!strcmp(k, "writeBurst") && json_is_number(v) && json_number_value(v) >= 0) {
                         f.write_burst = json_number_value(v);
                 } else {
@@ -206,6 +214,8 @@ static const char *faults_apply(emu_server *srv, json_t *j) {
         }
         if (!err && f.rate429 + f.rate500 + f.rate503 + f.rate504 > 1)
                 err = "fault rates add up to more than 1";
+        if (!err && f.fail_next > 0 && !f.fail_status)
+                err = "failNext needs failStatus";
         if (!err)
                 srv->faults = f;
         pthread_mutex_unlock(&srv->mu);
