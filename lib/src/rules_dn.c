@@ -101,7 +101,7 @@ static int parse_ava(const char *s, size_t len, size_t *pi, char *buf, size_t *b
                                 last_sig = *bo;
                                 continue;
                         }
-                        if (s[i] == '"' || s[i] == '=' || s[i] == '<' || s[i] == '>')
+                        if (s[i] == '"' || s[i] == '<' || s[i] == '>')
                                 return -1; /* must be escaped */
                         buf[(*bo)++] = s[i];
                         if (s[i] != ' ')
