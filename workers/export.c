@@ -640,6 +640,8 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                                                   : json_string_value(json_object_get(d.props, "mailNickname"));
                 if (kind == CANOPY_GRAPH_USER) {
                         json_object_set_new(body, "onPremisesImmutableId", json_string(d.immutable_id));
+                        if (!json_is_boolean(json_object_get(body, "accountEnabled")))
+                                json_object_set_new(body, "accountEnabled", json_true()); /* required on create */
                         if (!json_object_get(body, "passwordProfile")) {
                                 char pw[24];
                                 random_password(pw, sizeof(pw));

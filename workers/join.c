@@ -374,6 +374,7 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
         canopy_err err = canopy_state_cs_get(jc->st, ev->connector, &ev->anchor, &rec);
         if (err && err != CANOPY_ERR_NOT_FOUND)
                 return err;
+        err = CANOPY_OK;
         if (ev->op == CANOPY_OP_DELETE) {
                 err = rec ? remove_object(jc, rec) : CANOPY_OK;
                 canopy_cs_record_free(rec);
