@@ -851,13 +851,13 @@ int main(int argc, char **argv) {
                                      MHD_OPTION_URI_LOG_CALLBACK, uri_cb, &srv, MHD_OPTION_NOTIFY_COMPLETED,
                                      completed_cb, &srv, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv.threads,
                                      MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                     (size_t)(256 * 1024), MHD_OPTION_END);
+                                     (size_t)(64 * 1024), MHD_OPTION_END);
         else
                 d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, &srv, MHD_OPTION_SOCK_ADDR, &sa,
                                      MHD_OPTION_URI_LOG_CALLBACK, uri_cb, &srv, MHD_OPTION_NOTIFY_COMPLETED,
                                      completed_cb, &srv, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv.threads,
                                      MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                     (size_t)(256 * 1024), MHD_OPTION_HTTPS_MEM_CERT, cert_pem,
+                                     (size_t)(64 * 1024), MHD_OPTION_HTTPS_MEM_CERT, cert_pem,
                                      MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
         if (!d) {
                 canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "cannot start the HTTP server on %s:%d", srv.listen_addr,
