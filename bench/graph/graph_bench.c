@@ -36,7 +36,6 @@ static size_t sink(char *p, size_t s, size_t n, void *u) {
         return s * n;
 }
 
-/* Raw load: n requests, conc in flight, over one multiplexed connection. */
 static unsigned long rid;
 
 /* Body of the i-th raw create. */
@@ -47,6 +46,8 @@ static void raw_body(char *out, size_t len, int i) {
                  i, rid, i, rid, i);
 }
 
+/* Raw load: n requests, conc in flight, each slot keeping its own easy
+ * handle (and so its connection) like a plain load generator would. */
 static double raw_rate(const char *url, const char *token, const char *ca, int n, int conc, const char *method,
                        bool body, int *ret_fail) {
         CURLM *m = curl_multi_init();
@@ -55,48 +56,63 @@ static double raw_rate(const char *url, const char *token, const char *ca, int n
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
         struct curl_slist *h = curl_slist_append(NULL, auth);
         h = curl_slist_append(h, "Content-Type: application/json");
-        int started = 0, done = 0, running = 0, fail = 0;
-        double t0 = now_s();
+        CURL **slots = calloc((size_t)conc, sizeof(*slots));
         char bodybuf[1024];
-        while (done < n) {
-                while (running < conc && started < n) {
-                        CURL *e = curl_easy_init();
-                        curl_easy_setopt(e, CURLOPT_URL, url);
-                        curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-                        curl_easy_setopt(e, CURLOPT_CAINFO, ca);
-                        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sink);
-                        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-                        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-                        if (body) {
-                                raw_body(bodybuf, sizeof(bodybuf), started);
-                                curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, bodybuf);
-                        }
-                        if (strcmp(method, "GET") && strcmp(method, "POST"))
-                                curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-                        curl_multi_add_handle(m, e);
-                        started++;
-                        running++;
+        for (int i = 0; i < conc; i++) {
+                CURL *e = curl_easy_init();
+                curl_easy_setopt(e, CURLOPT_URL, url);
+                curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+                curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+                curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sink);
+                curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+                curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+                curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+                if (strcmp(method, "GET") && strcmp(method, "POST"))
+                        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+                slots[i] = e;
+        }
+        int started = 0, done = 0, fail = 0;
+        double t0 = now_s();
+        for (int i = 0; i < conc && started < n; i++) {
+                if (body) {
+                        raw_body(bodybuf, sizeof(bodybuf), started);
+                        curl_easy_setopt(slots[i], CURLOPT_COPYPOSTFIELDS, bodybuf);
                 }
+                curl_multi_add_handle(m, slots[i]);
+                started++;
+        }
+        while (done < n) {
                 int still;
                 curl_multi_perform(m, &still);
-                curl_multi_poll(m, NULL, 0, 100, NULL);
-                curl_multi_perform(m, &still);
                 CURLMsg *msg;
-                int left;
+                int left, got = 0;
                 while ((msg = curl_multi_info_read(m, &left))) {
                         if (msg->msg != CURLMSG_DONE)
                                 continue;
+                        got++;
                         long st = 0;
-                        curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &st);
+                        CURL *e = msg->easy_handle;
+                        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
                         if (msg->data.result != CURLE_OK || st >= 300)
                                 fail++;
-                        curl_multi_remove_handle(m, msg->easy_handle);
-                        curl_easy_cleanup(msg->easy_handle);
-                        running--;
+                        curl_multi_remove_handle(m, e);
                         done++;
+                        if (started < n) {
+                                if (body) {
+                                        raw_body(bodybuf, sizeof(bodybuf), started);
+                                        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, bodybuf);
+                                }
+                                curl_multi_add_handle(m, e);
+                                started++;
+                        }
                 }
+                if (!got && done < n)
+                        curl_multi_poll(m, NULL, 0, 100, NULL);
         }
         double dt = now_s() - t0;
+        for (int i = 0; i < conc; i++)
+                curl_easy_cleanup(slots[i]);
+        free(slots);
         curl_slist_free_all(h);
         curl_multi_cleanup(m);
         *ret_fail = fail;
