@@ -233,13 +233,37 @@ static int done_batch(long i, long st, const char *body) {
         return bad || n != 20;
 }
 
-/* Page through every user with $top=999, sequentially. */
-static int list_all(void) {
+static char g_group[64];
+
+/* PATCH the group with 20 members@odata.bind per request. */
+static void mk_bind(long i, const char **method, char *url, size_t cap, char **body) {
+        *method = "PATCH";
+        snprintf(url, cap, "%s/v1.0/groups/%s", g_url, g_group);
+        json_t *arr = json_array();
+        for (long k = i * 20; k < i * 20 + 20 && k < g_created; k++) {
+                char ref[200];
+                snprintf(ref, sizeof(ref), "https://graph.microsoft.com/v1.0/directoryObjects/%s",
+                         g_ids[k] ? g_ids[k] : "missing");
+                json_array_append_new(arr, json_string(ref));
+        }
+        json_t *b = json_pack("{s:o}", "members@odata.bind", arr);
+        *body = json_dumps(b, JSON_COMPACT);
+        json_decref(b);
+}
+
+static int done_204(long i, long st, const char *body) {
+        (void)i;
+        (void)body;
+        return st == 204 ? 0 : 1;
+}
+
+/* Page through every user (or the group's members) with $top=999. */
+static int list_all(const char *name, const char *path) {
         CURL *h = curl_easy_init();
         struct curl_slist *hd = curl_slist_append(NULL, g_auth);
         char *next = NULL;
         char first[512];
-        snprintf(first, sizeof(first), "%s/v1.0/users?$top=999&$select=id,userPrincipalName", g_url);
+        snprintf(first, sizeof(first), "%s/v1.0/%s", g_url, path);
         long pages = 0, objs = 0;
         double t0 = now_s();
         const char *u = first;
@@ -268,15 +292,42 @@ static int list_all(void) {
                 u = next;
         }
         double dt = now_s() - t0;
-        printf("emulator.%-14s %7ld objects in %ld pages, %6.2f s = %8.0f objects/s\n", "list-all", objs, pages, dt,
+        printf("emulator.%-14s %7ld objects in %ld pages, %6.2f s = %8.0f objects/s\n", name, objs, pages, dt,
                (double)objs / dt);
-        json_array_append_new(g_results, json_pack("{s:s, s:I, s:I, s:f, s:f}", "phase", "list-all", "objects",
+        json_array_append_new(g_results, json_pack("{s:s, s:I, s:I, s:f, s:f}", "phase", name, "objects",
                                                    (json_int_t)objs, "pages", (json_int_t)pages, "seconds", dt,
                                                    "objects_per_s", (double)objs / dt));
         free(next);
         curl_slist_free_all(hd);
         curl_easy_cleanup(h);
         return rc;
+}
+
+static int create_group(void) {
+        CURL *h = curl_easy_init();
+        struct curl_slist *hd = curl_slist_append(NULL, g_auth);
+        hd = curl_slist_append(hd, "Content-Type: application/json");
+        char url[512];
+        snprintf(url, sizeof(url), "%s/v1.0/groups", g_url);
+        buf out = {0};
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS,
+                         "{\"displayName\":\"Bench group\",\"mailNickname\":\"benchgroup\",\"mailEnabled\":false,"
+                         "\"securityEnabled\":true}");
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
+        curl_easy_setopt(h, CURLOPT_CAINFO, g_ca);
+        CURLcode cc = curl_easy_perform(h);
+        curl_slist_free_all(hd);
+        curl_easy_cleanup(h);
+        json_t *j = cc == CURLE_OK && out.p ? json_loads(out.p, 0, NULL) : NULL;
+        free(out.p);
+        const char *id = json_string_value(json_object_get(j, "id"));
+        if (id)
+                snprintf(g_group, sizeof(g_group), "%s", id);
+        json_decref(j);
+        return id ? 0 : -1;
 }
 
 static long rss_kb(void) {
@@ -373,7 +424,15 @@ int main(int argc, char **argv) {
         rc |= phase("read-by-id", users, conc, mk_read, done_200, 1);
         rc |= phase("filter-anchor", users, conc, mk_filter, done_filter_one, 1);
         rc |= phase("batch-create", users / 20, conc, mk_batch, done_batch, 20);
-        rc |= list_all();
+        rc |= list_all("list-all", "users?$top=999&$select=id,userPrincipalName");
+        if (create_group() == 0) {
+                rc |= phase("members-bind", users / 20, conc, mk_bind, done_204, 20);
+                char path[128];
+                snprintf(path, sizeof(path), "groups/%s/members?$top=999&$select=id", g_group);
+                rc |= list_all("members-list", path);
+        } else {
+                rc = 1;
+        }
         long kb = rss_kb();
         if (kb > 0) {
                 printf("emulator.rss %ld KiB for %ld users (%.2f KiB/user)\n", kb, users + (users / 20) * 20,
