@@ -241,7 +241,7 @@ int main(int argc, char **argv) {
                 printf("\n");
         }
         for (long gi = 0; gi < groups; gi++) {
-                snprintf(buf, sizeof(buf), "g%05ld %s", gi, depts[gi % 7]);
+                snprintf(buf, sizeof(buf), "f%ld-g%05ld %s", forest, gi, depts[gi % 7]);
                 char esc[1024];
                 rdn_escape(esc, sizeof(esc), buf);
                 snprintf(dn, sizeof(dn), "cn=%s,ou=Groups,%s", esc, base);
@@ -264,7 +264,7 @@ int main(int argc, char **argv) {
                 }
                 /* Nested: every 10th group contains the next group. */
                 if (gi % 10 == 1 && gi + 1 < groups) {
-                        snprintf(buf, sizeof(buf), "g%05ld %s", gi + 1, depts[(gi + 1) % 7]);
+                        snprintf(buf, sizeof(buf), "f%ld-g%05ld %s", forest, gi + 1, depts[(gi + 1) % 7]);
                         rdn_escape(esc, sizeof(esc), buf);
                         snprintf(dn, sizeof(dn), "cn=%s,ou=Groups,%s", esc, base);
                         attr("member", dn);
