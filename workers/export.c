@@ -451,7 +451,15 @@ static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_
                 return err;
         }
         snprintf(o->request_id, sizeof(o->request_id), "%s", ei.request_id);
-        err = canopy_state_exp_deleted(ec->st, ec->ev->mv_id);
+        /* Groups that had it as a member drop it from what they exported. */
+        char **groups = NULL;
+        size_t ng = 0;
+        err = canopy_state_memberof_take(ec->st, es->entra_id, &groups, &ng);
+        for (size_t i = 0; !err && i < ng; i++)
+                err = publish_mv(ec, groups[i], "group", CANOPY_MV_RESOLVE);
+        canopy_state_strv_free(groups);
+        if (!err)
+                err = canopy_state_exp_deleted(ec->st, ec->ev->mv_id);
         if (!err)
                 err = canopy_state_error_clear(ec->st, ec->ev->mv_id);
         o->result = CANOPY_RES_OK;
@@ -505,6 +513,8 @@ static canopy_err export_members(export_ctx *ec, const char *group_id, const str
                 }
                 canopy_err se = ok ? canopy_state_exp_members_apply(ec->st, ec->ev->mv_id, false, ok, nok, NULL, 0)
                                    : CANOPY_ERR_NOMEM;
+                if (!se)
+                        se = canopy_state_memberof_add(ec->st, ok, nok, ec->ev->mv_id);
                 free(ok);
                 free(errs);
                 if (!err)
@@ -528,6 +538,8 @@ static canopy_err export_members(export_ctx *ec, const char *group_id, const str
                 }
                 canopy_err se = ok ? canopy_state_exp_members_apply(ec->st, ec->ev->mv_id, false, NULL, 0, ok, nok)
                                    : CANOPY_ERR_NOMEM;
+                if (!se)
+                        se = canopy_state_memberof_remove(ec->st, ok, nok, ec->ev->mv_id);
                 free(ok);
                 free(errs);
                 if (!err)

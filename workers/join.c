@@ -70,6 +70,29 @@ static canopy_err resolve_dn_waiters(join_ctx *jc, const char *connector, const 
         return err;
 }
 
+/* Groups waiting for (connector, anchor) to join: export them again. */
+static canopy_err resolve_anchor_waiters(join_ctx *jc, const canopy_cs_record *rec) {
+        size_t bl = 4 * ((rec->anchor.len + 2) / 3) + 1;
+        char *b64 = malloc(bl), *key = NULL, **groups = NULL;
+        size_t n = 0;
+        if (!b64)
+                return CANOPY_ERR_NOMEM;
+        canopy_state_anchor_b64(&rec->anchor, b64, bl);
+        int r = asprintf(&key, "c:%s\x1f%s", rec->connector, b64);
+        free(b64);
+        if (r < 0)
+                return CANOPY_ERR_NOMEM;
+        canopy_err err = canopy_state_pending_take(jc->st, key, &groups, &n);
+        for (size_t i = 0; !err && i < n; i++)
+                err = publish_mv(jc, groups[i], "group", CANOPY_MV_RESOLVE, rec->connector);
+        if (err && groups)
+                for (size_t i = 0; i < n; i++)
+                        canopy_state_pending_add(jc->st, key, groups[i]);
+        canopy_state_strv_free(groups);
+        free(key);
+        return err;
+}
+
 /* The contribution of rec leaves its mv object (out of scope or deleted). */
 static canopy_err disconnect(join_ctx *jc, canopy_cs_record *rec) {
         if (!rec->mv_id)
@@ -481,6 +504,8 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
                 err = canopy_state_cs_put(jc->st, rec);
         if (!err && publish)
                 err = publish_mv(jc, rec->mv_id, type, reason, rec->connector);
+        if (!err && publish && reason != CANOPY_MV_UPDATE)
+                err = resolve_anchor_waiters(jc, rec);
         canopy_cs_record_free(rec);
         return err;
 }

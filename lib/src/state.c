@@ -665,13 +665,18 @@ canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, 
                 return err;
         canopy_cs_record *rec = NULL;
         err = canopy_state_cs_get(st, connector, &anchor, &rec);
-        free(anchor.data);
-        if (err)
-                return err;
-        if (!rec->mv_id || !rec->in_scope)
-                err = CANOPY_ERR_NOT_FOUND;
-        else
+        if (!err && rec->mv_id && rec->in_scope)
                 snprintf(out, 33, "%s", rec->mv_id);
+        else if (!err || err == CANOPY_ERR_NOT_FOUND) {
+                char *b64 = b64_dup(&anchor);
+                err = CANOPY_ERR_NOT_FOUND;
+                if (!b64 || asprintf(ret_wait_key, "c:%s\x1f%s", connector, b64) < 0) {
+                        *ret_wait_key = NULL;
+                        err = CANOPY_ERR_NOMEM;
+                }
+                free(b64);
+        }
+        free(anchor.data);
         canopy_cs_record_free(rec);
         return err;
 }
@@ -1163,6 +1168,39 @@ canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, c
         }
         free(key);
         free(idx);
+        return err;
+}
+
+static canopy_err memberof_apply(canopy_state *st, const char *cmd, const char *const *eids, size_t n,
+                                 const char *group_mv) {
+        canopy_err err = CANOPY_OK;
+        for (size_t i = 0; !err && i < n; i++) {
+                char *k = canopy_state_key(st, "mof:{%s}", eids[i]);
+                err = k ? cmd3(st, cmd, k, group_mv) : CANOPY_ERR_NOMEM;
+                free(k);
+        }
+        return err;
+}
+
+canopy_err canopy_state_memberof_add(canopy_state *st, const char *const *eids, size_t n, const char *group_mv) {
+        return memberof_apply(st, "SADD", eids, n, group_mv);
+}
+
+canopy_err canopy_state_memberof_remove(canopy_state *st, const char *const *eids, size_t n, const char *group_mv) {
+        return memberof_apply(st, "SREM", eids, n, group_mv);
+}
+
+canopy_err canopy_state_memberof_take(canopy_state *st, const char *member_eid, char ***ret, size_t *ret_n) {
+        char *key = canopy_state_key(st, "mof:{%s}", member_eid);
+        if (!key)
+                return CANOPY_ERR_NOMEM;
+        redisReply *r = eval1(st, LUA_TAKE, st->sha_take, key, 0, NULL, NULL);
+        free(key);
+        canopy_err err = reply_err(st, r);
+        if (!err)
+                err = strv_from_reply(r, ret, ret_n);
+        if (r)
+                freeReplyObject(r);
         return err;
 }
 

@@ -113,9 +113,10 @@ canopy_err canopy_state_cs_members(canopy_state *st, const char *connector, cons
                                    char ***ret, size_t *ret_n);
 /* Resolve a member reference of a group of `connector` to the member's mv
  * id (out: 33 bytes). CANOPY_ERR_NOT_FOUND when it has none: *ret_wait_key
- * is then the pending key to wait on ("d:<connector>\x1f<DN>" for a DN
- * never seen; owned) or NULL when the member is known but not joined (out
- * of scope: nothing to wait for). */
+ * (owned) is then the pending key to wait on: "d:<connector>\x1f<DN>" for a
+ * DN never seen, "c:<connector>\x1f<anchor b64>" for a member known but not
+ * joined (out of scope, deleted); the join stage takes the latter when the
+ * object joins again. */
 canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, const char *ref, char out[33],
                                        char **ret_wait_key);
 /* Free an array returned by this module. NULL allowed. */
@@ -218,6 +219,14 @@ canopy_err canopy_state_pending_add(canopy_state *st, const char *member_key, co
 canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, char ***ret, size_t *ret_n);
 /* Number of members that groups are waiting for. */
 canopy_err canopy_state_pending_count(canopy_state *st, int64_t *ret);
+
+/* Reverse membership of exported members: group `group_mv` has the Entra
+ * object `member_eid` as a member in Entra. Taken when that object is
+ * deleted, so that those groups are exported again. */
+canopy_err canopy_state_memberof_add(canopy_state *st, const char *const *member_eids, size_t n, const char *group_mv);
+canopy_err canopy_state_memberof_remove(canopy_state *st, const char *const *member_eids, size_t n,
+                                        const char *group_mv);
+canopy_err canopy_state_memberof_take(canopy_state *st, const char *member_eid, char ***ret, size_t *ret_n);
 
 /* ---- errors ------------------------------------------------------------- */
 
