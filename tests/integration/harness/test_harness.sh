@@ -67,10 +67,21 @@ if [ -n "${CANOPY_TEST_AD_AD1_URI:-}" ]; then
         ok samba; pids="$pids $CANOPY_TEST_AD_AD1_PID"
 fi
 if [ -n "${CANOPY_TEST_GRAPH_URL:-}" ]; then
-        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CANOPY_TEST_GRAPH_CA" "$CANOPY_TEST_GRAPH_URL/v1.0/users") || die "emulator: TLS/HTTP failed"
-        [ "$code" != 000 ] || die "emulator: no HTTP answer"
-        [ -s "$CANOPY_TEST_GRAPH_SECRET_FILE" ] && [ -n "$CANOPY_TEST_GRAPH_TENANT" ] || die "emulator env"
-        ok "emulator (HTTP $code)"; pids="$pids $CANOPY_TEST_GRAPH_PID"
+        # Client credentials from the exported coordinates, TLS checked with _CA.
+        tok=$(curl -sS --fail --cacert "$CANOPY_TEST_GRAPH_CA" \
+                "$CANOPY_TEST_GRAPH_URL/$CANOPY_TEST_GRAPH_TENANT/oauth2/v2.0/token" \
+                -d grant_type=client_credentials -d client_id="$CANOPY_TEST_GRAPH_CLIENT_ID" \
+                --data-urlencode client_secret@"$CANOPY_TEST_GRAPH_SECRET_FILE" \
+                -d scope=https://graph.microsoft.com/.default) || die "emulator: token request failed"
+        tok=$(printf '%s' "$tok" | sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p')
+        [ -n "$tok" ] || die "emulator: no access_token"
+        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CANOPY_TEST_GRAPH_CA" \
+                -H "Authorization: Bearer $tok" "$CANOPY_TEST_GRAPH_URL/v1.0/users")
+        [ "$code" = 200 ] || die "emulator: GET /v1.0/users answered $code"
+        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$CANOPY_TEST_GRAPH_CA" \
+                "$CANOPY_TEST_GRAPH_URL/v1.0/users")
+        [ "$code" = 401 ] || die "emulator: GET /v1.0/users without a token answered $code"
+        ok "emulator (token, GET /v1.0/users)"; pids="$pids $CANOPY_TEST_GRAPH_PID"
 fi
 [ -d "$CANOPY_TEST_TMPDIR" ] || die "no CANOPY_TEST_TMPDIR"
 reaper=$(cat "$CANOPY_TEST_TMPDIR/.harness/reaper.pid")

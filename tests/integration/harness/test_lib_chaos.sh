@@ -69,6 +69,18 @@ if [ "$(id -u)" = 0 ] && command -v samba >/dev/null; then
         echo "ok: samba stop/restart"
 fi
 
+# emulator: restart on the same port (when it is built).
+if [ -x "$bin/canopy-graph-emulator" ]; then
+        harness_emulator || exit
+        old=$CANOPY_TEST_GRAPH_PID url=$CANOPY_TEST_GRAPH_URL
+        harness_stop_emulator
+        gone "$old" || fail "emulator still running"
+        harness_restart_emulator || fail "harness_restart_emulator"
+        [ "$CANOPY_TEST_GRAPH_URL" = "$url" ] || fail "emulator URL changed"
+        curl -s -o /dev/null --cacert "$CANOPY_TEST_GRAPH_CA" "$url/v1.0/users" || fail "emulator after restart"
+        echo "ok: emulator stop/restart"
+fi
+
 pids=$(awk '{print $2}' "$dir/.harness/procs")
 harness_cleanup
 trap - EXIT
