@@ -671,6 +671,9 @@ static canopy_err read_pair(struct yctx *y, const char *prefix, const yaml_event
                 if (ev.type == YAML_MAPPING_START_EVENT && is_section(t, path)) {
                         remember_section(ld, path, kev->start_mark);
                         err = read_mapping(y, path, depth + 1);
+                } else if (ev.type == YAML_SCALAR_EVENT && scalar_is_null(&ev) && is_section(t, path)) {
+                        /* An empty section ("graph:" with every key commented out). */
+                        remember_section(ld, path, kev->start_mark);
                 } else {
                         err = unknown_key(ld, kloc, path);
                 }
@@ -1144,19 +1147,41 @@ static size_t ncomps(const char *k) {
         return n;
 }
 
-void canopy_conf_dump(FILE *f, const canopy_conf_table *t, const void *cfg) {
-        if (!f || !t || !cfg)
-                return;
+/* A comment block: `text` wrapped at 78 columns after the indent. */
+static void put_comment(FILE *f, int indent, const char *text) {
+        int width = 78 - indent - 2;
+        if (width < 30)
+                width = 30;
+        const char *p = text;
+        while (*p) {
+                while (*p == ' ')
+                        p++;
+                int l = (int)strlen(p);
+                if (l > width) {
+                        l = width;
+                        while (l > 0 && p[l] != ' ')
+                                l--;
+                        if (l == 0)
+                                l = width;
+                }
+                fprintf(f, "%*s# %.*s\n", indent, "", l, p);
+                p += l;
+        }
+}
+
+/* Write cfg as nested YAML. example: document each key and comment out the
+ * keys without a value (has[i] false). */
+static void write_yaml(FILE *f, const canopy_conf_table *t, const void *cfg, const unsigned char *has, bool example) {
         const canopy_conf_def **sorted = malloc((t->ndefs + 1) * sizeof(*sorted));
         if (!sorted)
                 return;
         for (size_t i = 0; i < t->ndefs; i++)
                 sorted[i] = &t->defs[i];
         qsort(sorted, t->ndefs, sizeof(*sorted), cmp_def_key);
-        fprintf(f, "# effective configuration of %s (secrets redacted)\n", t->service);
         const char *prev = NULL;
         for (size_t i = 0; i < t->ndefs; i++) {
-                const char *k = sorted[i]->key;
+                const canopy_conf_def *d = sorted[i];
+                const char *k = d->key;
                 size_t n = ncomps(k);
                 /* Sections shared with the previous key are already open. */
                 size_t common = 0;
@@ -1172,14 +1197,90 @@ void canopy_conf_dump(FILE *f, const canopy_conf_table *t, const void *cfg) {
                 for (size_t c = common; c + 1 < n; c++) {
                         size_t from = c ? comp_prefix_len(k, c) + 1 : 0;
                         size_t to = comp_prefix_len(k, c + 1);
+                        if (example)
+                                fputc('\n', f);
                         fprintf(f, "%*s%.*s:\n", (int)(2 * c), "", (int)(to - from), k + from);
                 }
-                fprintf(f, "%*s%s: ", (int)(2 * (n - 1)), "", last_comp(k));
-                dump_value(f, sorted[i], cfg);
-                fputc('\n', f);
+                int ind = (int)(2 * (n - 1));
+                bool on = true;
+                if (example) {
+                        size_t di = (size_t)(d - t->defs);
+                        on = has[di];
+                        fputc('\n', f);
+                        put_comment(f, ind, d->doc ? d->doc : "");
+                        char info[600];
+                        size_t il = (size_t)snprintf(info, sizeof(info), "%s", type_name(d->type));
+                        if (d->type == CANOPY_CT_ENUM && d->choices && il < sizeof(info))
+                                il += (size_t)snprintf(info + il, sizeof(info) - il, ", one of %s", d->choices);
+                        if (has_bounds(d) && il < sizeof(info)) {
+                                if (d->type == CANOPY_CT_DURATION) {
+                                        char lo[32], hi[32];
+                                        format_duration((int64_t)d->min, lo, sizeof(lo));
+                                        format_duration((int64_t)d->max, hi, sizeof(hi));
+                                        il += (size_t)snprintf(info + il, sizeof(info) - il, ", %s .. %s", lo, hi);
+                                } else {
+                                        il += (size_t)snprintf(info + il, sizeof(info) - il, ", %.15g .. %.15g",
+                                                               d->min, d->max);
+                                }
+                        }
+                        if (d->env && il < sizeof(info))
+                                il += (size_t)snprintf(info + il, sizeof(info) - il, ", env %s", d->env);
+                        if (d->type == CANOPY_CT_SECRET && il < sizeof(info))
+                                il += (size_t)snprintf(info + il, sizeof(info) - il, ", or %s_file: PATH",
+                                                       last_comp(k));
+                        if ((d->flags & CANOPY_CONF_REQUIRED) && il < sizeof(info))
+                                snprintf(info + il, sizeof(info) - il, ", REQUIRED");
+                        fprintf(f, "%*s# (%s)\n", ind, "", info);
+                }
+                if (on) {
+                        fprintf(f, "%*s%s: ", ind, "", last_comp(k));
+                        dump_value(f, d, cfg);
+                        fputc('\n', f);
+                } else {
+                        fprintf(f, "%*s# %s:\n", ind, "", last_comp(k));
+                }
                 prev = k;
         }
         free(sorted);
+}
+
+void canopy_conf_dump(FILE *f, const canopy_conf_table *t, const void *cfg) {
+        if (!f || !t || !cfg)
+                return;
+        fprintf(f, "# effective configuration of %s (secrets redacted)\n", t->service);
+        write_yaml(f, t, cfg, NULL, false);
+}
+
+canopy_err canopy_conf_write_example(FILE *f, const canopy_conf_table *t) {
+        if (!f || !t)
+                return CANOPY_ERR_INVALID_ARG;
+        struct loader ld = {.t = t};
+        void *scratch = calloc(1, t->size ? t->size : 1);
+        ld.seen = calloc(t->ndefs + 1, 1);
+        ld.line = calloc(t->ndefs + 1, sizeof(size_t));
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (scratch && ld.seen && ld.line) {
+                ld.out = scratch;
+                err = apply_defaults(&ld);
+                if (!err) {
+                        fprintf(f, "# %s: reference configuration (generated by canopy-confdoc --example %s).\n",
+                                t->service, t->service);
+                        fputs("# Every key is shown with its default; keys without a default are commented\n"
+                              "# out. Precedence: this file < environment < --set key=value. See\n"
+                              "# docs/CONFIG.md.\n",
+                              f);
+                        if (t->doc && *t->doc) {
+                                fputs("#\n", f);
+                                put_comment(f, 0, t->doc);
+                        }
+                        write_yaml(f, t, scratch, ld.seen, true);
+                        err = ferror(f) ? CANOPY_ERR_IO : CANOPY_OK;
+                }
+                canopy_conf_free(t, scratch);
+        }
+        free(scratch);
+        loader_done(&ld);
+        return err;
 }
 
 /* ---- docs --------------------------------------------------------------- */

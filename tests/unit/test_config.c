@@ -456,6 +456,53 @@ static void test_dump_round_trip(void **state) {
         canopy_conf_free(&ttable, &d);
 }
 
+/* The generated reference file of every table loads: only required keys
+ * (commented out in it) may be missing. An empty section is allowed. */
+static void test_example_files(void **state) {
+        (void)state;
+        char path[512];
+        snprintf(path, sizeof(path), "%s/example.yaml", tmpdir);
+        const canopy_conf_table *tables[64];
+        size_t n = 0;
+        tables[n++] = &ttable;
+        for (size_t i = 0; canopy_conf_all_tables[i] && n < 64; i++)
+                tables[n++] = canopy_conf_all_tables[i];
+        for (size_t i = 0; i < n; i++) {
+                FILE *f = fopen(path, "w");
+                assert_non_null(f);
+                assert_int_equal(canopy_conf_write_example(f, tables[i]), CANOPY_OK);
+                fclose(f);
+                void *cfg = calloc(1, tables[i]->size);
+                char err[512];
+                canopy_err rc = canopy_conf_load(tables[i], cfg, path, NULL, 0, err, sizeof(err));
+                if (rc != CANOPY_OK && rc != CANOPY_ERR_CONFIG_MISSING) {
+                        print_error("example of %s does not load: %s\n", tables[i]->service, err);
+                        fail();
+                }
+                canopy_conf_free(tables[i], cfg);
+                free(cfg);
+        }
+        /* The test table's example: defaults on, tenant commented out. */
+        FILE *f = fopen(path, "w");
+        canopy_conf_write_example(f, &ttable);
+        fclose(f);
+        f = fopen(path, "r");
+        char text[8192];
+        size_t tl = fread(text, 1, sizeof(text) - 1, f);
+        text[tl] = 0;
+        fclose(f);
+        assert_non_null(strstr(text, "  # Count.\n  # (integer, 1 .. 64, env TCANOPY_COUNT)\n  count: 4\n"));
+        assert_non_null(strstr(text, "  # tenant:\n"));
+        assert_non_null(strstr(text, "REQUIRED"));
+        assert_non_null(strstr(text, "  brokers: [\"127.0.0.1:9092\"]\n"));
+        const char *sets[] = {"graph.tenant=t"};
+        struct tconf c;
+        assert_int_equal(load(&c, path, sets, 1, text, sizeof(text)), CANOPY_OK);
+        assert_int_equal(c.count, 4);
+        assert_int_equal(c.timeout_ms, 5000);
+        canopy_conf_free(&ttable, &c);
+}
+
 static void test_check_table(void **state) {
         (void)state;
         char err[512];
@@ -533,6 +580,7 @@ int main(void) {
                 cmocka_unit_test(test_secret_sources),
                 cmocka_unit_test(test_secret_never_logged),
                 cmocka_unit_test(test_dump_round_trip),
+                cmocka_unit_test(test_example_files),
                 cmocka_unit_test(test_check_table),
                 cmocka_unit_test(test_all_tables_registered),
         };

@@ -1,7 +1,8 @@
 /* canopy-confdoc: write the configuration reference (docs/CONFIG.md) from
  * the tables in canopy_conf_all_tables, after checking each table.
  *
- * Usage: canopy-confdoc [-o FILE]     (default: standard output)
+ * Usage: canopy-confdoc [-o FILE]                    the reference (default: standard output)
+ *        canopy-confdoc --example SERVICE [-o FILE]   a commented YAML file for one service
  * Exit status: 0 written, 1 a table is invalid or the output failed.
  */
 #include <stdio.h>
@@ -11,16 +12,21 @@
 
 static void usage(FILE *f) {
         fputs("usage: canopy-confdoc [-o FILE]\n"
+              "       canopy-confdoc --example SERVICE [-o FILE]\n"
               "Writes the Markdown configuration reference (docs/CONFIG.md) from the\n"
-              "configuration tables compiled into libcanopy.\n",
+              "configuration tables compiled into libcanopy, or a commented reference\n"
+              "YAML file for one service (every key at its default).\n",
               f);
 }
 
 int main(int argc, char **argv) {
         const char *outpath = NULL;
+        const char *example = NULL;
         for (int i = 1; i < argc; i++) {
                 if (!strcmp(argv[i], "-o") && i + 1 < argc) {
                         outpath = argv[++i];
+                } else if (!strcmp(argv[i], "--example") && i + 1 < argc) {
+                        example = argv[++i];
                 } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
                         usage(stdout);
                         return 0;
@@ -52,7 +58,24 @@ int main(int argc, char **argv) {
                         return 1;
                 }
         }
-        canopy_err err = canopy_conf_write_doc(f, canopy_conf_all_tables, n);
+        canopy_err err;
+        if (example) {
+                const canopy_conf_table *t = canopy_conf_find_table(example);
+                if (!t) {
+                        fprintf(stderr, "canopy-confdoc: no table for service '%s'; known:", example);
+                        for (size_t i = 0; i < n; i++)
+                                fprintf(stderr, " %s", canopy_conf_all_tables[i]->service);
+                        fputc('\n', stderr);
+                        if (outpath) {
+                                fclose(f);
+                                remove(tmp);
+                        }
+                        return 1;
+                }
+                err = canopy_conf_write_example(f, t);
+        } else {
+                err = canopy_conf_write_doc(f, canopy_conf_all_tables, n);
+        }
         if (outpath) {
                 if (fclose(f) != 0 && !err)
                         err = CANOPY_ERR_IO;

@@ -104,6 +104,11 @@ void canopy_conf_free(const canopy_conf_table *t, void *out);
  * Deterministic: the same tables always give the same bytes. */
 canopy_err canopy_conf_write_doc(FILE *f, const canopy_conf_table *const *tables, size_t ntables);
 
+/* Write a commented reference YAML file for one service: every key with its
+ * doc, type, bounds and env variable, set to its default; keys without a
+ * default are commented out. The output loads with canopy_conf_load. */
+canopy_err canopy_conf_write_example(FILE *f, const canopy_conf_table *t);
+
 /* Print the effective config as YAML, secrets shown as "[REDACTED]". */
 void canopy_conf_dump(FILE *f, const canopy_conf_table *t, const void *cfg);
 
