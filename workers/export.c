@@ -347,6 +347,14 @@ static canopy_err record_error(export_ctx *ec, const char *type, canopy_err gerr
                 atomic_fetch_add_explicit(&ec->w->m.conflicts, 1, memory_order_relaxed);
                 json_object_set_new(j, "property", json_string(ei->conflict_property));
                 json_object_set_new(j, "value", json_string(ei->conflict_value));
+                if (ei->conflict_property[0] && ei->conflict_value[0]) {
+                        canopy_err we = canopy_state_conflict_wait(ec->st, ei->conflict_property, ei->conflict_value,
+                                                                   ec->ev->mv_id);
+                        if (we) {
+                                json_decref(j);
+                                return we;
+                        }
+                }
                 /* Name the other object holding the value. */
                 if (ec->gc && ei->conflict_property[0] && ei->conflict_value[0]) {
                         char other[CANOPY_GRAPH_ID_MAX] = "";
@@ -370,6 +378,32 @@ static canopy_err record_error(export_ctx *ec, const char *type, canopy_err gerr
         snprintf(o->request_id, sizeof(o->request_id), "%s", ei->request_id);
         CANOPY_WARN(MOD, "%s %s: %s (%s) %s=%s", type, ec->ev->mv_id, canopy_err_name(gerr), ei->message,
                     ei->conflict_property, ei->conflict_value);
+        return err;
+}
+
+/* Values of `old_json` that `patch` changes (or every value when patch is
+ * NULL: the object is gone) are free now: retry objects that conflicted on
+ * them. */
+static canopy_err release_values(export_ctx *ec, const char *old_json, const char *patch) {
+        json_t *old = old_json ? json_loads(old_json, 0, NULL) : NULL;
+        json_t *p = patch ? json_loads(patch, 0, NULL) : NULL;
+        const char *k;
+        json_t *v;
+        canopy_err err = CANOPY_OK;
+        json_object_foreach(old, k, v) {
+                if (err || !json_is_string(v) || (patch && !json_object_get(p, k)))
+                        continue;
+                char **ids = NULL;
+                size_t n = 0;
+                err = canopy_state_conflict_take(ec->st, k, json_string_value(v), &ids, &n);
+                for (size_t i = 0; !err && i < n; i++)
+                        if (strcmp(ids[i], ec->ev->mv_id))
+                                err = publish_mv(ec, ids[i], ec->ev->object_type ? ec->ev->object_type : "user",
+                                                 CANOPY_MV_RESOLVE);
+                canopy_state_strv_free(ids);
+        }
+        json_decref(old);
+        json_decref(p);
         return err;
 }
 
@@ -458,6 +492,8 @@ static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_
         for (size_t i = 0; !err && i < ng; i++)
                 err = publish_mv(ec, groups[i], "group", CANOPY_MV_RESOLVE);
         canopy_state_strv_free(groups);
+        if (!err)
+                err = release_values(ec, es->props_json, NULL);
         if (!err)
                 err = canopy_state_exp_deleted(ec->st, ec->ev->mv_id);
         if (!err)
@@ -631,6 +667,8 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                                         goto out;
                                 snprintf(o->request_id, sizeof(o->request_id), "%s", ei.request_id);
                                 err = canopy_state_exp_record(ec->st, mv_id, es->entra_id, es->immutable_id, props_s);
+                                if (!err)
+                                        err = release_values(ec, es->props_json, patch);
                                 if (err)
                                         goto out;
                         }

@@ -1204,6 +1204,36 @@ canopy_err canopy_state_memberof_take(canopy_state *st, const char *member_eid, 
         return err;
 }
 
+static char *conflict_key(canopy_state *st, const char *prop, const char *value) {
+        char *k = canopy_state_key(st, "cfl:{%s\x1f%s}", prop, value);
+        if (k)
+                for (char *p = strchr(k, '{'); *p; p++)
+                        *p = (char)tolower((unsigned char)*p);
+        return k;
+}
+
+canopy_err canopy_state_conflict_wait(canopy_state *st, const char *prop, const char *value, const char *mv_id) {
+        char *k = conflict_key(st, prop, value);
+        canopy_err err = k ? cmd3(st, "SADD", k, mv_id) : CANOPY_ERR_NOMEM;
+        free(k);
+        return err;
+}
+
+canopy_err canopy_state_conflict_take(canopy_state *st, const char *prop, const char *value, char ***ret,
+                                      size_t *ret_n) {
+        char *key = conflict_key(st, prop, value);
+        if (!key)
+                return CANOPY_ERR_NOMEM;
+        redisReply *r = eval1(st, LUA_TAKE, st->sha_take, key, 0, NULL, NULL);
+        free(key);
+        canopy_err err = reply_err(st, r);
+        if (!err)
+                err = strv_from_reply(r, ret, ret_n);
+        if (r)
+                freeReplyObject(r);
+        return err;
+}
+
 static canopy_err int_reply(canopy_state *st, redisReply *r, int64_t *ret) {
         canopy_err err = reply_err(st, r);
         if (!err)

@@ -228,6 +228,13 @@ canopy_err canopy_state_memberof_remove(canopy_state *st, const char *const *mem
                                         const char *group_mv);
 canopy_err canopy_state_memberof_take(canopy_state *st, const char *member_eid, char ***ret, size_t *ret_n);
 
+/* An object waits for the value `value` of property `prop` to be freed by
+ * another object (ObjectConflict). Values compare case-insensitively. */
+canopy_err canopy_state_conflict_wait(canopy_state *st, const char *prop, const char *value, const char *mv_id);
+/* Take the objects waiting for (prop, value): the value was just freed. */
+canopy_err canopy_state_conflict_take(canopy_state *st, const char *prop, const char *value, char ***ret,
+                                      size_t *ret_n);
+
 /* ---- errors ------------------------------------------------------------- */
 
 /* Put mv_id in the errors set with a JSON description (copied), e.g.
