@@ -58,6 +58,7 @@ typedef struct flow {
 } flow;
 
 typedef struct typerules {
+        int *tmap; /* target index -> flow index (-1 none), built by finish() */
         flow *flows;
         size_t nflows;
         canopy_join_rule *joins;
@@ -135,6 +136,7 @@ static int type_index(const char *t)
 
 static void flows_free(typerules *t)
 {
+        free(t->tmap);
         for (size_t i = 0; i < t->nflows; i++) {
                 free(t->flows[i].target);
                 canopy_expr_free(t->flows[i].expr);
@@ -1026,6 +1028,19 @@ static void finish(canopy_rules *r)
                                         sl_add(&r->targets[t], c->t[t].flows[f].target, false);
                         }
         }
+        for (size_t i = 0; i < r->n; i++)
+                for (int t = 0; t < TY_N; t++) {
+                        typerules *tr = &r->c[i].t[t];
+                        tr->tmap = malloc((r->targets[t].n + 1) * sizeof(int));
+                        for (size_t k = 0; tr->tmap && k < r->targets[t].n; k++) {
+                                tr->tmap[k] = -1;
+                                for (size_t f = 0; f < tr->nflows; f++)
+                                        if (!tr->flows[f].disabled && !strcmp(tr->flows[f].target, r->targets[t].v[k])) {
+                                                tr->tmap[k] = (int)f;
+                                                break;
+                                        }
+                        }
+                }
 }
 
 /* ---- YAML documents ---------------------------------------------------------- */
@@ -1737,19 +1752,17 @@ canopy_err canopy_rules_compute(const canopy_rules *r, const char *object_type, 
                         if (!conns[i])
                                 continue;
                         const typerules *tr = &conns[i]->t[t];
-                        for (size_t f = 0; f < tr->nflows; f++) {
-                                const flow *fl = &tr->flows[f];
-                                if (fl->disabled || strcmp(fl->target, target) != 0)
-                                        continue;
-                                cands[nc].f = fl;
-                                cands[nc].v = &views[i];
-                                cands[nc].connector = conns[i]->id;
-                                cands[nc].prec = fl->has_prec ? fl->precedence : conns[i]->pub.precedence;
-                                cands[nc].ci = cidx[i];
-                                cands[nc].order = i;
-                                nc++;
-                                break;
-                        }
+                        int fi = tr->tmap ? tr->tmap[ti] : -1;
+                        if (fi < 0)
+                                continue;
+                        const flow *fl = &tr->flows[fi];
+                        cands[nc].f = fl;
+                        cands[nc].v = &views[i];
+                        cands[nc].connector = conns[i]->id;
+                        cands[nc].prec = fl->has_prec ? fl->precedence : conns[i]->pub.precedence;
+                        cands[nc].ci = cidx[i];
+                        cands[nc].order = i;
+                        nc++;
                 }
                 if (nc == 0)
                         continue;
