@@ -470,6 +470,20 @@ static int scen_token(void) {
         canopy_graph_stats_get(gc, &st);
         printf("token: %d requests, %llu tokens fetched\n", n, (unsigned long long)st.tokens);
         CHECK(st.tokens >= 3, "token not renewed (%llu fetched)", (unsigned long long)st.tokens);
+
+        /* the app is revoked mid-run: the 401 drops the token, the new token
+         * is refused, the call fails as AUTH (fatal) */
+        char path[256];
+        snprintf(path, sizeof(path), "/_emulator/revoke?client=%s", env("CANOPY_TEST_GRAPH_CLIENT_ID"));
+        json_decref(admin("POST", path));
+        char *json = NULL;
+        canopy_err err = canopy_graph_get(gc, CANOPY_GRAPH_USER, uid, NULL, &json, &ei);
+        CHECK(err == CANOPY_ERR_GRAPH_AUTH, "revoked app: %s (HTTP %ld)", canopy_err_name(err), ei.http_status);
+        /* and allowed again: a new token is fetched and calls work */
+        snprintf(path, sizeof(path), "/_emulator/unrevoke?client=%s", env("CANOPY_TEST_GRAPH_CLIENT_ID"));
+        json_decref(admin("POST", path));
+        CHECK_OK(canopy_graph_get(gc, CANOPY_GRAPH_USER, uid, NULL, &json, &ei), &ei);
+        free(json);
         canopy_graph_free(gc);
         return 0;
 }
@@ -821,6 +835,41 @@ static int scen_budget(void) {
                BUDGET_THREADS, BUDGET_N, BUDGET_N, BUDGET_W_MS, (long long)worst, (long long)(BUDGET_W_MS - margin),
                ns, (long long)(ts[ns - 1] - ts[0]));
         CHECK(worst <= BUDGET_N, "budget exceeded: %lld writes in one window", (long long)worst);
+        /* a client whose budget is spent gets GRAPH_BUDGET with the wait,
+         * and nothing reaches Graph */
+        {
+                canopy_graph_conf c;
+                base_conf(&c);
+                c.redis_host = getenv("CANOPY_TEST_REDIS_HOST");
+                c.redis_port = atoi(getenv("CANOPY_TEST_REDIS_PORT"));
+                c.budget_writes = 2;
+                c.budget_window_ms = 60000;
+                c.budget_max_wait_ms = 100;
+                char bkey[128];
+                snprintf(bkey, sizeof(bkey), "canopy:test:budget2:{%lu}", run_id);
+                c.budget_key = bkey;
+                canopy_graph *gc = new_client(&c);
+                canopy_graph_error ei;
+                char id[CANOPY_GRAPH_ID_MAX], body[1024];
+                canopy_err err = CANOPY_OK;
+                json_t *s1 = admin("GET", "/_emulator/stats");
+                for (int i = 0; i < 3; i++) {
+                        char name[32], imm[32];
+                        snprintf(name, sizeof(name), "spent%d", i);
+                        snprintf(imm, sizeof(imm), "c3BlbnQ%d", i);
+                        user_body(body, sizeof(body), name, imm);
+                        err = canopy_graph_user_create(gc, body, imm, false, id, NULL, &ei);
+                        if (i < 2)
+                                CHECK_OK(err, &ei);
+                }
+                json_t *s2 = admin("GET", "/_emulator/stats");
+                CHECK(err == CANOPY_ERR_GRAPH_BUDGET && ei.retry_after_ms > 50000,
+                      "third write: %s, wait %lld ms", canopy_err_name(err), (long long)ei.retry_after_ms);
+                CHECK(stat_int(s2, "writes") - stat_int(s1, "writes") == 2, "refused write reached the emulator");
+                json_decref(s1);
+                json_decref(s2);
+                canopy_graph_free(gc);
+        }
         /* direct check of the primitive: taking beyond the budget is refused with a wait */
         canopy_graph_budget *b = NULL;
         char key[128];
