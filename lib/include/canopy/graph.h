@@ -22,8 +22,9 @@
  * budget refusal). On success it is cleared. It holds no pointers: nothing to
  * free.
  *
- * Secrets (client secret, private key password) are registered with
- * canopy_log_secret() by canopy_graph_new(); tokens too, as they are fetched.
+ * Secrets (client secret, private key password, Redis password) are
+ * registered with canopy_log_secret() by canopy_graph_new(). Access tokens
+ * and client assertions are never logged (no headers or forms are logged).
  *
  * Docs: docs/GRAPH.md.
  */
