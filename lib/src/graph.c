@@ -294,6 +294,16 @@ static bool prop_name_ok(const char *p) {
         return true;
 }
 
+/* String collections of users and groups that a $filter reaches with any(). */
+static bool is_collection(const char *prop) {
+        static const char *const coll[] = {"proxyAddresses", "otherMails", "imAddresses", "businessPhones",
+                                           "groupTypes", NULL};
+        for (int i = 0; coll[i]; i++)
+                if (!strcmp(prop, coll[i]))
+                        return true;
+        return false;
+}
+
 canopy_err canopy_graph_find(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
                              char *ret_id, char **ret_json, canopy_graph_error *ei) {
         if (!gc || !value || !ret_id || !prop_name_ok(prop))
@@ -303,7 +313,11 @@ canopy_err canopy_graph_find(canopy_graph *gc, canopy_graph_kind kind, const cha
         canopy_err err = canopy_graph_odata_quote(value, lit, sizeof(lit));
         if (err)
                 return err;
-        snprintf(path, sizeof(path), "%s?$filter=%s%%20eq%%20%s", kind_path(kind), prop, lit);
+        if (is_collection(prop))
+                /* multi-valued: proxyAddresses/any(x:x eq '...') */
+                snprintf(path, sizeof(path), "%s?$filter=%s/any(x:x%%20eq%%20%s)", kind_path(kind), prop, lit);
+        else
+                snprintf(path, sizeof(path), "%s?$filter=%s%%20eq%%20%s", kind_path(kind), prop, lit);
         canopy_graph_result res = {0};
         err = canopy_graph_request(gc, "GET", path, NULL, 0, &res, ei);
         if (err)

@@ -139,7 +139,10 @@ typedef struct canopy_graph_error {
         } details[CANOPY_GRAPH_MAX_DETAILS];
         int ndetails;
         /* ObjectConflict: which property and value collided (from details[] or
-         * the message), e.g. "userPrincipalName", "a@contoso.com". */
+         * the message), e.g. "userPrincipalName", "a@contoso.com". The value
+         * comes from the request body; for a collection (proxyAddresses)
+         * Graph does not say which element collided, so it holds every
+         * element sent, comma-separated. */
         char conflict_property[64];
         char conflict_value[256];
         int64_t retry_after_ms;      /* last Retry-After, or the budget wait (CANOPY_ERR_GRAPH_BUDGET) */
@@ -296,7 +299,8 @@ canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char
                             char **ret_json, canopy_graph_error *ei);
 
 /* Look an object up by prop eq value ($filter, value safely quoted; for
- * users prop is usually "onPremisesImmutableId"). ret_id (CANOPY_GRAPH_ID_MAX
+ * users prop is usually "onPremisesImmutableId"; for a string collection
+ * such as proxyAddresses or otherMails, prop/any(x:x eq value)). ret_id (CANOPY_GRAPH_ID_MAX
  * bytes) gets the id; ret_json (may be NULL) the object (owned, free()).
  * CANOPY_ERR_GRAPH_NOT_FOUND when none; CANOPY_ERR_GRAPH_CONFLICT when more
  * than one matches (ei->conflict_property/value set). */

@@ -220,6 +220,10 @@ static int scen_ops(void) {
         CHECK_OK(canopy_graph_user_create(gc, body, "o'brien+&/=", false, id2, NULL, &ei), &ei);
         CHECK_OK(canopy_graph_user_find(gc, "o'brien+&/=", fid, NULL, &ei), &ei);
         CHECK(!strcmp(fid, id2), "quoted value found another object");
+        /* a collection property is matched with any() */
+        CHECK_OK(canopy_graph_update(gc, CANOPY_GRAPH_USER, id2, "{\"otherMails\":[\"o'k+1@ext.test\"]}", &ei), &ei);
+        CHECK_OK(canopy_graph_find(gc, CANOPY_GRAPH_USER, "otherMails", "o'k+1@ext.test", fid, NULL, &ei), &ei);
+        CHECK(!strcmp(fid, id2), "otherMails look-up found another object");
 
         /* update only what changed */
         char *patch = NULL;
