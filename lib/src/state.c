@@ -10,6 +10,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "canopy/arena.h"
+#include "canopy/rules.h"
+
 /* ---- scripts ------------------------------------------------------------ */
 
 /* KEYS[1] join key; ARGV[1] candidate mv id. Returns the holder. */
@@ -240,6 +243,23 @@ static canopy_err b64_decode(const char *s, size_t len, canopy_bytes *out) {
 }
 
 canopy_err canopy_state_dn_norm(const char *dn, char **ret) {
+        /* RFC 4514 canonical form (escapes decoded and re-encoded one way,
+         * Unicode case folding, multi-valued RDNs sorted), so that a member
+         * value written as `cn=O'Brien\, Se\C3\A1n` finds the entry whose DN
+         * the server returns as `cn=O'Brien\2C Seán`. */
+        canopy_arena *a = canopy_arena_new(0, 0);
+        if (!a)
+                return CANOPY_ERR_NOMEM;
+        const char *canon = canopy_dn_normalize(dn, a);
+        char *dup = canon ? strdup(canon) : NULL;
+        canopy_arena_free(a);
+        if (canon && !dup)
+                return CANOPY_ERR_NOMEM;
+        if (dup) {
+                *ret = dup;
+                return CANOPY_OK;
+        }
+        /* A DN that does not parse: fold it loosely so it can still be looked up. */
         size_t n = strlen(dn);
         char *o = malloc(n + 1);
         if (!o)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# canopy-demo on a small forest with awkward data (escaped and multi-valued
+# RDNs, Unicode and right-to-left names, nested groups, an excluded OU):
+# it converges, the dump matches the LDIF under the default rules, and no
+# process or temp dir is left. Bad input (LDIF, rules) fails clearly and
+# leaves nothing behind.
+set -uo pipefail
+bin=$1 here=$(dirname "$(readlink -f "$0")")
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+fail() { echo "FAIL: $*" >&2; tail -n 60 "$out/demo.log" >&2; exit 1; }
+
+leftovers() { # WORKDIR: nothing may run from it, and it must be gone
+        local w=$1
+        [ -n "$w" ] || fail "the demo did not print its workdir"
+        [ ! -e "$w" ] || fail "workdir $w left behind"
+        if pgrep -f -- "$w" >/dev/null; then
+                pgrep -af -- "$w" >&2
+                fail "processes of $w left running"
+        fi
+}
+
+# 1. Bad input: an LDIF that does not parse, rules with an error.
+printf 'this is not ldif\n' > "$out/bad.ldif"
+"$bin/canopy-demo" --forest bad="$out/bad.ldif" --until-converged > "$out/demo.log" 2>&1
+rc=$?
+[ $rc = 2 ] || fail "bad LDIF: exit $rc, want 2"
+grep -q "bad.ldif: line 1: an LDIF must start with a 'dn:' line" "$out/demo.log" || fail "bad LDIF message"
+printf 'version: 1\nconnectors:\n  - id: small\n    kind: openldap\n    flows:\n      user:\n        - {target: displayName, expression: "Lefft([cn], 3)"}\n' > "$out/bad-rules.yaml"
+"$bin/canopy-demo" --forest small="$here/small.ldif" --rules "$out/bad-rules.yaml" --until-converged > "$out/demo.log" 2>&1
+rc=$?
+[ $rc = 2 ] || fail "bad rules: exit $rc, want 2"
+grep -q "bad-rules.yaml:7:" "$out/demo.log" || fail "bad rules: no file:line in the message"
+# An LDIF that looks right but slapd refuses (unknown attribute): no server left.
+printf 'dn: dc=oops,dc=test\nobjectClass: dcObject\nobjectClass: organization\ndc: oops\no: oops\nnoSuchAttribute: x\n\n' > "$out/refused.ldif"
+"$bin/canopy-demo" --forest oops="$out/refused.ldif" --until-converged > "$out/demo.log" 2>&1
+rc=$?
+[ $rc = 2 ] || fail "refused LDIF: exit $rc, want 2"
+leftovers "$(awk '/^workdir: /{print $2}' "$out/demo.log")"
+
+# 2. The small forest converges; the dump matches the LDIF.
+"$bin/canopy-demo" --forest small="$here/small.ldif" --workers 2 --until-converged --timeout 240 \
+        --dump "$out/dump.json" > "$out/demo.log" 2>&1 || fail "canopy-demo did not converge"
+leftovers "$(awk '/^workdir: /{print $2}' "$out/demo.log")"
+d=$out/dump.json
+jq -e . "$d" >/dev/null || fail "dump is not JSON"
+
+users=$(jq -c '[.users[] | {upn: .userPrincipalName, dn: .displayName, mail: .mail}] | sort_by(.upn)' "$d")
+want='[{"upn":"ahmad@canopy.test","dn":"أحمد عبدالله","mail":"ahmad@canopy.test"},{"upn":"alice@canopy.test","dn":"Alice Smith","mail":"alice@canopy.test"},{"upn":"plus@canopy.test","dn":"Plus+Sign, Tester","mail":"plus@canopy.test"},{"upn":"sean@canopy.test","dn":"Seán O'"'"'Brien, Jr","mail":"sean@canopy.test"},{"upn":"yamada@canopy.test","dn":"山田 太郎","mail":"yamada@canopy.test"},{"upn":"zoe@canopy.test","dn":"Zoë Müller","mail":"zoe@canopy.test"}]'
+[ "$users" = "$want" ] || fail "users differ:
+ got  $users
+ want $want"
+# Every user carries its anchor, and there is no duplicate.
+[ "$(jq '[.users[].onPremisesImmutableId | select(. != null and . != "")] | unique | length' "$d")" = 6 ] || fail "immutable ids"
+
+members() { # GROUP DISPLAYNAME -> sorted member names (users by mailNickname, groups by displayName)
+        jq -r --arg g "$1" '
+          (.users | map({key: .id, value: .mailNickname}) | from_entries) as $u
+          | (.groups | map({key: .id, value: .displayName}) | from_entries) as $gr
+          | .groups[] | select(.displayName == $g) | [.members[] | ($u[.] // $gr[.] // "?")] | sort | join(",")' "$d"
+}
+[ "$(jq '.groups | length' "$d")" = 2 ] || fail "want 2 groups, got $(jq -c '[.groups[].displayName]' "$d")"
+[ "$(members 'Team, Alpha')" = "alice,plus,sean" ] || fail "Team, Alpha members: $(members 'Team, Alpha')"
+[ "$(members 'Everyone')" = "Team, Alpha,ahmad,yamada,zoe" ] || fail "Everyone members: $(members 'Everyone')"
+grep -q "exported to Entra" "$out/demo.log" || fail "no summary table"
+echo "PASS: canopy-demo"
