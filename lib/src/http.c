@@ -416,7 +416,10 @@ canopy_err canopy_http_new(const canopy_http_conf *conf, canopy_http **ret) {
         pthread_mutex_init(&srv->lock, NULL);
         srv->conf = *conf;
         srv->port = -1;
-        srv->bind = strdup(conf->bind ? conf->bind : "127.0.0.1");
+        const char *b = conf->bind && *conf->bind ? conf->bind : "127.0.0.1";
+        size_t bl = strlen(b);
+        /* "[::1]" (the URL form of an IPv6 address) binds like "::1". */
+        srv->bind = bl > 2 && b[0] == '[' && b[bl - 1] == ']' ? strndup(b + 1, bl - 2) : strdup(b);
         srv->conf.bind = srv->bind;
         srv->conf.tls_cert_file = conf->tls_cert_file ? strdup(conf->tls_cert_file) : NULL;
         srv->conf.tls_key_file = conf->tls_key_file ? strdup(conf->tls_key_file) : NULL;

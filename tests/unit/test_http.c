@@ -332,6 +332,18 @@ static void test_bind_errors(void **state) {
         assert_int_equal(canopy_http_new(&hc, &c), CANOPY_OK);
         assert_int_equal(canopy_http_start(c), CANOPY_ERR_CONFIG);
         canopy_http_free(c);
+        /* IPv6 loopback, also in its bracketed URL form (skipped without IPv6). */
+        hc.bind = "[::1]";
+        assert_int_equal(canopy_http_new(&hc, &c), CANOPY_OK);
+        if (canopy_http_start(c) == CANOPY_OK) {
+                char url[128];
+                snprintf(url, sizeof(url), "http://[::1]:%d/healthz", canopy_http_port(c));
+                struct reply r;
+                assert_int_equal(do_req(url, NULL, &r), CURLE_OK);
+                assert_int_equal(r.status, 200);
+                free(r.body);
+        }
+        canopy_http_free(c);
         hc.bind = NULL;
         hc.tls_cert_file = "/x.pem"; /* cert without key */
         assert_int_equal(canopy_http_new(&hc, &c), CANOPY_ERR_INVALID_ARG);
