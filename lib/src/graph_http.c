@@ -128,7 +128,6 @@ static void common_opts(canopy_graph *gc, CURL *e) {
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, gc->conf.allow_insecure ? "http,https" : "https");
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                          gc->conf.http1_only ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
-        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)gc->conf.max_response_bytes);
         curl_easy_setopt(e, CURLOPT_USERAGENT, "canopy/0.1");
 }
 
@@ -156,7 +155,7 @@ canopy_err graph_http_simple(canopy_graph *gc, const char *url, const char *cont
                              size_t ralen) {
         graph_xfer x;
         memset(&x, 0, sizeof(x));
-        x.max_body = gc->conf.max_response_bytes;
+        x.max_body = 64u << 10; /* token responses are small, whatever the Graph cap */
         CURL *e = curl_easy_init();
         if (!e)
                 return CANOPY_ERR_NOMEM;
@@ -224,6 +223,7 @@ static canopy_err xfer_start(canopy_graph *gc, graph_xfer *x) {
         x->len = x->cap = 0;
         x->too_large = false;
         x->max_body = gc->conf.max_response_bytes;
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)gc->conf.max_response_bytes);
         x->retry_after[0] = '\0';
         x->req_id_hdr[0] = '\0';
         common_opts(gc, e);

@@ -349,6 +349,19 @@ static int scen_ops(void) {
                 CHECK(br[i].res.body && strstr(br[i].res.body, mids[i]), "batch item %d got another answer", i);
         canopy_graph_req_clear(br, 30);
 
+        /* response size cap */
+        {
+                canopy_graph_conf c2;
+                base_conf(&c2);
+                c2.max_response_bytes = 200;
+                canopy_graph *small = new_client(&c2);
+                canopy_graph_result res = {0};
+                err = canopy_graph_request(small, "GET", "/users?$top=50", NULL, 0, &res, &ei);
+                CHECK(err == CANOPY_ERR_GRAPH_TOO_LARGE, "capped response: %s", canopy_err_name(err));
+                canopy_graph_result_clear(&res);
+                canopy_graph_free(small);
+        }
+
         canopy_graph_stats st;
         canopy_graph_stats_get(gc, &st);
         printf("ops: %llu requests, %llu retries, %llu batches, %llu tokens\n", (unsigned long long)st.requests,
