@@ -287,7 +287,8 @@ static void strset_free(strset *s) {
 
 /* Desired member Entra ids of a group from every contributing record;
  * members not yet exported become pending references. */
-static canopy_err desired_members(export_ctx *ec, const char *group_mv, const desired *d, strset *ret) {
+static canopy_err desired_members(export_ctx *ec, const char *group_mv, const desired *d, strset *ret,
+                                  size_t *ret_waiting) {
         canopy_err err = CANOPY_OK;
         for (size_t r = 0; !err && r < d->nrecs; r++) {
                 char **refs = NULL;
@@ -297,6 +298,11 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                         char mid[33], *wait = NULL;
                         err = canopy_state_member_resolve(ec->st, d->recs[r]->connector, refs[i], mid, &wait);
                         if (err == CANOPY_ERR_NOT_FOUND) {
+                                /* A DN not seen yet (the join stage may not
+                                 * have read the member) is waited for like a
+                                 * member not yet exported. */
+                                if (wait && !strncmp(wait, "d:", 2))
+                                        (*ret_waiting)++;
                                 err = wait ? canopy_state_pending_add(ec->st, wait, group_mv) : CANOPY_OK;
                                 free(wait);
                                 continue;
@@ -316,12 +322,15 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                                 if (!err)
                                         err = canopy_state_exp_get(ec->st, mid, &es);
                                 if (err == CANOPY_ERR_NOT_FOUND) {
+                                        (*ret_waiting)++;
                                         err = CANOPY_OK;
                                         continue;
                                 }
                         }
                         if (!err && es->entra_id && !es->deleted)
                                 err = strset_add(ret, es->entra_id);
+                        else if (!err)
+                                (*ret_waiting)++;
                         canopy_export_state_free(es);
                 }
                 canopy_state_strv_free(refs);
@@ -504,14 +513,18 @@ static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_
 }
 
 /* Bring the group's members in Entra to `want`: only the difference. */
-static canopy_err export_members(export_ctx *ec, const char *group_id, const strset *want, strset *have, outcome *o,
-                                 json_t *stage_detail) {
+static canopy_err export_members(export_ctx *ec, const char *group_id, const strset *want, strset *have,
+                                 size_t waiting, outcome *o, json_t *stage_detail) {
         strset add = {0}, rm = {0};
         canopy_err err = CANOPY_OK;
         for (size_t i = 0; !err && i < want->n; i++)
                 if (!strset_has(have, want->v[i]))
                         err = strset_add(&add, want->v[i]);
-        for (size_t i = 0; !err && i < have->n; i++)
+        /* While members of the metaverse wait for their export, their Entra
+         * ids are unknown: an object already in the group may be one of
+         * them (Redis rebuilt), so removals wait for the next export (the
+         * members' export sends RESOLVE). */
+        for (size_t i = 0; !err && !waiting && i < have->n; i++)
                 if (!strset_has(want, have->v[i]))
                         err = strset_add(&rm, have->v[i]);
         if (err || (!add.n && !rm.n))
@@ -739,8 +752,18 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                                 o->op = CANOPY_EXP_UPDATE;
                                 json_decref(o->changed);
                                 o->changed = json_array();
-                                char *cur_s = NULL;
-                                err = canopy_graph_get(ec->gc, kind, id, NULL, &cur_s, &ei);
+                                char *cur_s = NULL, *sel = NULL;
+                                size_t sl = 0;
+                                FILE *sf = open_memstream(&sel, &sl);
+                                bool first = true;
+                                json_object_foreach(d.props, k, v) {
+                                        fprintf(sf, "%s%s", first ? "" : ",", k);
+                                        first = false;
+                                }
+                                fclose(sf);
+                                /* $select: Graph returns only a default set otherwise. */
+                                err = canopy_graph_get(ec->gc, kind, id, sel, &cur_s, &ei);
+                                free(sel);
                                 count_graph(ec, GK_GET, err);
                                 if (err)
                                         goto out;
@@ -793,7 +816,8 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
         }
         (void)fresh;
         if (kind == CANOPY_GRAPH_GROUP) {
-                err = desired_members(ec, mv_id, &d, &want);
+                size_t waiting = 0;
+                err = desired_members(ec, mv_id, &d, &want, &waiting);
                 if (!err) {
                         char **h = NULL;
                         size_t nh = 0;
@@ -804,7 +828,7 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                         strset_sort(&have);
                 }
                 if (!err && (o->entra_id[0] || staging))
-                        err = export_members(ec, o->entra_id, &want, &have, o, stage_detail);
+                        err = export_members(ec, o->entra_id, &want, &have, waiting, o, stage_detail);
                 if (err)
                         goto out;
         }

@@ -306,7 +306,7 @@ replay|rebuild)
         converge_forest_a
         check_no_duplicates
         w1=$(writes)
-        [ "$w1" = "$w0" ] || fail "$scenario wrote $((w1 - w0)) times to Graph for unchanged objects"
+        [ "$w1" = "$w0" ] || fail "$scenario wrote $((w1 - w0)) times to Graph for unchanged objects: $(emu /_emulator/stats | jq -c .)"
         ;;
 sigkill)
         {
