@@ -257,6 +257,18 @@ static canopy_err check_privileged(prod *p) {
 
 /* ---- connect ---- */
 
+/* Whether the last failure was a certificate verification error (not worth
+ * retrying: the configuration must change). */
+static bool tls_failure(prod *p) {
+        char *diag = NULL;
+        ldap_get_option(p->ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &diag);
+        bool bad = diag && (strcasestr(diag, "certificate") || strcasestr(diag, "verify"));
+        if (diag)
+                canopy_log(CANOPY_LOG_DEBUG, MOD, ctx_of(p), "TLS diagnostic: %s", diag);
+        ldap_memfree(diag);
+        return bad;
+}
+
 static canopy_err connect_one(prod *p, const char *uri) {
         canopy_producer_conf *cf = p->cf;
         LDAP *ld = NULL;
@@ -302,6 +314,14 @@ static canopy_err connect_one(prod *p, const char *uri) {
         }
         if (starttls) {
                 rc = ldap_start_tls_s(ld, NULL, NULL);
+                if (rc != LDAP_SUCCESS && tls_failure(p)) {
+                        canopy_log(CANOPY_LOG_FATAL, MOD, ctx_of(p),
+                                   "StartTLS to %s failed: the server certificate could not be verified; set "
+                                   "ldap.ca_file to the CA that signs it",
+                                   uri);
+                        prod_disconnect(p);
+                        return CANOPY_ERR_CONFIG;
+                }
                 if (rc != LDAP_SUCCESS) {
                         prod_ldap_err(p, rc, "StartTLS");
                         prod_disconnect(p);
@@ -318,6 +338,14 @@ static canopy_err connect_one(prod *p, const char *uri) {
         }
         rc = ldap_sasl_bind_s(ld, cf->bind_dn && *cf->bind_dn ? cf->bind_dn : NULL, LDAP_SASL_SIMPLE, &cred, NULL,
                               NULL, NULL);
+        if (rc != LDAP_SUCCESS && tls_failure(p)) {
+                canopy_log(CANOPY_LOG_FATAL, MOD, ctx_of(p),
+                           "TLS to %s failed: the server certificate could not be verified; set ldap.ca_file to "
+                           "the CA that signs it",
+                           uri);
+                prod_disconnect(p);
+                return CANOPY_ERR_CONFIG;
+        }
         if (rc != LDAP_SUCCESS) {
                 canopy_err err = prod_ldap_err(p, rc, "bind");
                 prod_disconnect(p);

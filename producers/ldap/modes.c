@@ -195,6 +195,9 @@ static canopy_err sync_phase_end(prod *p, syncst *s, bool present, bool done) {
                 err = prod_scan_end(p);
         }
         if (done) {
+                /* an initial refresh (no cookie) is a full pass: sweep and end marker */
+                if (!err && p->scan_id)
+                        err = prod_scan_end(p);
                 if (p->tracking && !err)
                         prod_scan_abort(p);
                 s->persist = true;

@@ -3,6 +3,7 @@
  * producer tests can assert on real events.
  *
  *   events_tail BROKERS [GROUP] > events.jsonl     (runs until SIGTERM)
+ *   events_tail BROKERS --fullscan CONNECTOR       (publish a FULL_SCAN ControlEvent)
  *
  * Values print as UTF-8 strings when they are valid text, else as
  * {"hex": "..."}; anchors always as hex.
@@ -60,6 +61,22 @@ int main(int argc, char **argv) {
         setvbuf(stdout, NULL, _IOLBF, 0);
         canopy_kafka_conf kc;
         canopy_kafka_conf_init(&kc, argv[1]);
+        if (argc > 3 && !strcmp(argv[2], "--fullscan")) {
+                canopy_kafka_producer *kp = NULL;
+                char e[512];
+                if (canopy_kafka_producer_new(&kc, NULL, NULL, &kp, e, sizeof(e))) {
+                        fprintf(stderr, "events_tail: %s\n", e);
+                        return 1;
+                }
+                canopy_control_event ce = {CANOPY_CTL_FULL_SCAN, argv[3], "test asks for a full scan", "events_tail",
+                                           NULL, 0};
+                canopy_err err = canopy_kafka_produce_control(kp, &ce, NULL, e, sizeof(e));
+                if (!err)
+                        err = canopy_kafka_producer_flush(kp, 30000);
+                canopy_kafka_producer_free(kp);
+                canopy_kafka_conf_free(&kc);
+                return err ? 1 : 0;
+        }
         kc.session_timeout_ms = 6000;
         char group[128];
         snprintf(group, sizeof(group), "%s", argc > 2 ? argv[2] : "events-tail");

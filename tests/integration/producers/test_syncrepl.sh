@@ -10,7 +10,7 @@ TAIL_BIN=$1
 L=CANOPY_TEST_LDAP_FOREST
 URI=${L}_URI; BASE=${L}_BASE; ADMIN=${L}_BINDDN; APW=${L}_PWFILE; CA=${L}_CA; CDN=${L}_CONNECTOR_DN; CPW=${L}_CONNECTOR_PWFILE
 URI=${!URI} BASE=${!BASE} ADMIN=${!ADMIN} APW=${!APW} CA=${!CA} CDN=${!CDN} CPW=${!CPW}
-lm() { ldapmodify -x -H "$URI" -D "$ADMIN" -y "$APW" "$@" >/dev/null; }
+lm() { ldapmodify -x -H "$URI" -D "$ADMIN" -y "$APW" "$@" >/dev/null || fail "ldapmodify"; }
 
 cat >"$T/p.yaml" <<YAML
 connector:
@@ -81,7 +81,7 @@ lm <<LDIF
 dn: cn=Zoé Nouveau,ou=People,$BASE
 changetype: modrdn
 newrdn: cn=Zoé\, Renamed
-deleterdn: 0
+deleteoldrdn: 0
 LDIF
 wait_for "persist: rename keeps the anchor, carries prev_dn" "ev(op='RENAME', anchor='$ZOE') and ev(op='RENAME', anchor='$ZOE')[0]['prev_dn'].startswith('cn=Zo') and 'Renamed' in ev(op='RENAME', anchor='$ZOE')[0]['dn']" $n
 n=$(nevents)
@@ -89,7 +89,7 @@ lm <<LDIF
 dn: cn=Zoé\, Renamed,ou=People,$BASE
 changetype: modrdn
 newrdn: cn=Zoé\, Renamed
-deleterdn: 1
+deleteoldrdn: 1
 newsuperior: ou=Groups,$BASE
 LDIF
 wait_for "persist: move between OUs is a RENAME" "ev(op='RENAME', anchor='$ZOE') and ev(op='RENAME', anchor='$ZOE')[-1]['dn'].lower().endswith('ou=groups,$BASE'.lower())" $n
@@ -122,7 +122,7 @@ lm <<LDIF
 dn: cn=Zoé\, Renamed,ou=Groups,$BASE
 changetype: modrdn
 newrdn: cn=Zoé\, Renamed
-deleterdn: 1
+deleteoldrdn: 1
 newsuperior: ou=Other,$BASE
 LDIF
 wait_for "persist: move out of scope is a DELETE with the anchor" "ev(op='DELETE', anchor='$ZOE')" $n

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Full mode over LDAPS with the test CA: one paged scan, every event with the
+# scan id, END_OF_SCAN, exit 0; a second scan after a delete emits the
+# DELETE. TLS failures: no CA -> clear fatal error; plain LDAP without
+# allow_insecure -> refused. A FULL_SCAN ControlEvent makes a syncrepl
+# producer run a full scan.
+. "$(dirname "$0")/common.sh"
+TAIL_BIN=$1
+L=CANOPY_TEST_LDAP_FOREST
+URI=${L}_URI; LURI=${L}_LDAPS_URI; BASE=${L}_BASE; ADMIN=${L}_BINDDN; APW=${L}_PWFILE; CA=${L}_CA; CDN=${L}_CONNECTOR_DN; CPW=${L}_CONNECTOR_PWFILE
+URI=${!URI} LURI=${!LURI} BASE=${!BASE} ADMIN=${!ADMIN} APW=${!APW} CA=${!CA} CDN=${!CDN} CPW=${!CPW}
+lm() { ldapmodify -x -H "$URI" -D "$ADMIN" -y "$APW" "$@" >/dev/null || fail "ldapmodify"; }
+conf() { # conf FILE MODE URI TLS [extra]
+cat >"$1" <<YAML
+connector:
+  id: forest
+mode: $2
+ldap:
+  uris: ["$3"]
+  bind_dn: "$CDN"
+  password_file: "$CPW"
+  tls: $4
+  base_dns: ["ou=People,$BASE", "ou=Groups,$BASE"]
+  page_size: 3
+  attributes: [cn, sn, uid, member]
+$5
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+redis:
+  host: "$CANOPY_TEST_REDIS_HOST"
+  port: $CANOPY_TEST_REDIS_PORT
+lease:
+  ttl: 3s
+YAML
+}
+start_tail
+
+conf "$T/plain.yaml" full "$URI" none
+if "$BIN/canopy-producer-ldap" -c "$T/plain.yaml" >"$T/producer-plain.log" 2>&1; then fail "plain LDAP accepted"; fi
+grep -q "plain LDAP is refused unless ldap.allow_insecure" "$T/producer-plain.log" || fail "no refusal message"
+ok "plain LDAP refused without allow_insecure"
+
+conf "$T/noca.yaml" full "$LURI" ldaps
+if "$BIN/canopy-producer-ldap" -c "$T/noca.yaml" >"$T/producer-noca.log" 2>&1; then fail "unverified LDAPS accepted"; fi
+grep -q "certificate could not be verified" "$T/producer-noca.log" || { cat "$T/producer-noca.log"; fail "no TLS message"; }
+ok "LDAPS without the CA fails with a clear message"
+
+conf "$T/full.yaml" full "$LURI" ldaps "  ca_file: \"$CA\""
+"$BIN/canopy-producer-ldap" -c "$T/full.yaml" --set producer.id=full1 >"$T/producer-full1.log" 2>&1 || fail "full scan exit status"
+ok "full scan over LDAPS with the test CA exited 0"
+wait_for "full scan: END_OF_SCAN" 'len(ev(op="END_OF_SCAN")) == 1'
+assert "full scan: 7 users, 2 groups, all with the scan id of the marker, paged by 3" \
+  'len(ev(op="ADD", cls="user")) == 7 and len(ev(op="ADD", cls="group")) == 2 and all(e.get("scan_id") == ev(op="END_OF_SCAN")[0]["scan_id"] for e in E)'
+lm <<LDIF
+dn: cn=Alice Martin,ou=People,$BASE
+changetype: delete
+LDIF
+n=$(nevents)
+"$BIN/canopy-producer-ldap" -c "$T/full.yaml" --set producer.id=full2 >"$T/producer-full2.log" 2>&1 || fail "second full scan"
+wait_for "second full scan: a new END_OF_SCAN" 'len(ev(op="END_OF_SCAN")) == 1' $n
+assert "second full scan: the deleted user comes out as DELETE, the rest as MODIFY, one scan id" \
+  'ev(op="DELETE", dn_has="Alice") and len(ev(op="MODIFY")) == 8 and len(set(e.get("scan_id") for e in E)) == 1' $n
+
+# FULL_SCAN control event to a syncrepl producer
+conf "$T/sync.yaml" syncrepl "$URI" starttls "  ca_file: \"$CA\""
+n=$(nevents)
+start_producer sr "$T/sync.yaml"
+wait_log sr "refresh done, persisting"
+"$TAIL_BIN" "$CANOPY_TEST_KAFKA_BOOTSTRAP" --fullscan forest || fail "sending FULL_SCAN"
+wait_log sr "full scan requested by events_tail"
+wait_for "FULL_SCAN control event: the syncrepl producer ran a full scan" 'len(ev(op="END_OF_SCAN")) >= 2' $n
+lm <<LDIF
+dn: cn=Smith\, Bob,ou=People,$BASE
+changetype: modify
+replace: sn
+sn: Smith-Jones
+LDIF
+wait_for "after the requested scan, persist goes on" 'ev(op="MODIFY", dn_has="Smith") and vals(ev(op="MODIFY", dn_has="Smith")[-1], "sn") == ["Smith-Jones"]' $n
+echo "all full/tls checks passed"

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Producer against a Samba AD DC over LDAPS (test CA): the privileged
+# account refused, DirSync without the replication right refused with a hint,
+# dirsync mode (add, modify, rename, move between OUs, member add/remove as
+# incremental values, delete through the tombstone, ms-DS-ConsistencyGuid as
+# anchor, write-back of the anchor) and usn mode (add, modify, delete via
+# Show Deleted).
+. "$(dirname "$0")/common.sh"
+TAIL_BIN=$1
+A=CANOPY_TEST_AD_CORP
+LURI=${A}_LDAPS_URI; BASE=${A}_BASE; ADMIN=${A}_BINDDN; APW=${A}_PWFILE; CA=${A}_CA; HOSTV=${A}_HOST
+LURI=${!LURI} BASE=${!BASE} ADMIN=${!ADMIN} APW=${!APW} CA=${!CA} HOST=${!HOSTV}
+export LDAPTLS_CACERT=$CA
+lm() { ldapmodify -x -H "$LURI" -D "$ADMIN" -y "$APW" "$@" >/dev/null || fail "ldapmodify"; }
+pwattr() { printf '"%s"' "$1" | iconv -f utf-8 -t utf-16le | base64 -w0; }
+
+# ---- connector accounts: one with Replicating Directory Changes, one without
+SPW="Sync-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')-Aa1"
+printf '%s' "$SPW" >"$T/sync.pw"
+for u in canopy-sync canopy-norights; do
+lm <<LDIF
+dn: CN=$u,CN=Users,$BASE
+changetype: add
+objectClass: user
+sAMAccountName: $u
+unicodePwd:: $(pwattr "$SPW")
+userAccountControl: 512
+LDIF
+done
+samba-tool dsacl set -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" --car=get-changes \
+        --action=allow --objectdn="$BASE" --trusteedn="CN=canopy-sync,CN=Users,$BASE" >"$T/dsacl.log" 2>&1 ||
+        { cat "$T/dsacl.log"; fail "granting get-changes"; }
+ok "connector account created and granted Replicating Directory Changes"
+
+conf() { # conf FILE CONNECTOR MODE BIND PWFILE [extra yaml]
+cat >"$1" <<YAML
+connector:
+  id: $2
+mode: $3
+ldap:
+  uris: ["$LURI"]
+  bind_dn: "$4"
+  password_file: "$5"
+  tls: ldaps
+  ca_file: "$CA"
+  base_dns: ["OU=Staff,$BASE", "OU=Moved,$BASE"]
+  attributes: [cn, sn, givenName, mail, description, member, sAMAccountName, userPrincipalName]
+  poll_interval: 300ms
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+redis:
+  host: "$CANOPY_TEST_REDIS_HOST"
+  port: $CANOPY_TEST_REDIS_PORT
+lease:
+  ttl: 3s
+${6:-}
+YAML
+}
+
+# ---- the privileged account is refused
+conf "$T/admin.yaml" corp-admin dirsync "$ADMIN" "$APW"
+if "$BIN/canopy-producer-ldap" -c "$T/admin.yaml" >"$T/producer-admin.log" 2>&1; then fail "Administrator accepted"; fi
+grep -q "refusing to run: the connector account .* is a member of" "$T/producer-admin.log" || { cat "$T/producer-admin.log"; fail "no clear refusal message"; }
+ok "Administrator refused: $(grep -o 'member of [A-Za-z ]*' "$T/producer-admin.log" | head -1)"
+
+# ---- DirSync without the right: refused with a hint to use usn
+conf "$T/nr.yaml" corp-nr dirsync "CN=canopy-norights,CN=Users,$BASE" "$T/sync.pw"
+if "$BIN/canopy-producer-ldap" -c "$T/nr.yaml" >"$T/producer-nr.log" 2>&1; then fail "DirSync without rights accepted"; fi
+grep -q "Replicating Directory Changes.*mode: usn" "$T/producer-nr.log" || { cat "$T/producer-nr.log"; fail "no hint"; }
+ok "DirSync without Replicating Directory Changes refused with a hint to use usn"
+
+# ---- dirsync
+start_tail
+conf "$T/ds.yaml" corp dirsync "CN=canopy-sync,CN=Users,$BASE" "$T/sync.pw" "anchor:
+  write_consistency_guid: true"
+start_producer ds "$T/ds.yaml"
+wait_for "dirsync initial pass ends with END_OF_SCAN" 'ev(op="END_OF_SCAN")'
+assert "initial pass: 3 users, 1 group, 1 contact (connector account outside scope)" \
+  'len(set(e["anchor"] for e in ev(op="ADD", cls="user"))) == 3 and len(ev(op="ADD", cls="group")) == 1 and len(ev(op="ADD", cls="contact")) == 1 and not ev(dn_has="canopy-sync")'
+assert "objectGUID anchors, escaped and Unicode DNs" 'all(len(e["anchor"]) == 32 for e in ev(op="ADD")) and ev(op="ADD", dn_has="Smith\\, Grace") and ev(op="ADD", dn_has="Élise Müller")'
+assert "initial group image lists its member" 'len(vals(ev(op="ADD", cls="group")[0], "member")) == 1'
+ADA=$("$CHECK" --print "$EV" 'ev(op="ADD", dn_has="Ada Lovelace")[0]["anchor"]' | tr -d '"')
+wait_log ds "dirsync"
+
+n=$(nevents)
+lm <<LDIF
+dn: CN=Ada Lovelace,OU=Staff,$BASE
+changetype: modify
+replace: description
+description: Analytical Engine
+LDIF
+wait_for "dirsync modify: partial image with the changed attribute only" "[e for e in ev(op='MODIFY', anchor='$ADA') if vals(e,'description') == ['Analytical Engine'] and not e['complete'] and 'mail' not in e['attrs']]" $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Engineers,OU=Staff,$BASE
+changetype: modify
+add: member
+member: CN=Smith\, Grace,OU=Staff,$BASE
+LDIF
+wait_for "dirsync member add: one added value (incremental values)" "[e for e in ev(op='MODIFY', cls='group') if nadded(e,'member') == [norm('CN=Smith\\\\, Grace,OU=Staff,$BASE')] and removed(e,'member') == []]" $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Engineers,OU=Staff,$BASE
+changetype: modify
+delete: member
+member: CN=Ada Lovelace,OU=Staff,$BASE
+LDIF
+wait_for "dirsync member remove: one removed value" "[e for e in ev(op='MODIFY', cls='group') if nremoved(e,'member') == [norm('CN=Ada Lovelace,OU=Staff,$BASE')] and added(e,'member') == []]" $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Ada Lovelace,OU=Staff,$BASE
+changetype: modrdn
+newrdn: CN=Ada King
+deleteoldrdn: 1
+LDIF
+wait_for "dirsync rename: RENAME with prev_dn, same anchor" "[e for e in ev(op='RENAME', anchor='$ADA') if 'Ada King' in e['dn'] and 'Ada Lovelace' in e['prev_dn']]" $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Ada King,OU=Staff,$BASE
+changetype: modrdn
+newrdn: CN=Ada King
+deleteoldrdn: 1
+newsuperior: OU=Moved,$BASE
+LDIF
+wait_for "dirsync move between OUs: RENAME into OU=Moved" "[e for e in ev(op='RENAME', anchor='$ADA') if 'OU=Moved' in e['dn'] and 'OU=Staff' in e['prev_dn']]" $n
+# ms-DS-ConsistencyGuid set before the object is first seen becomes its anchor
+n=$(nevents)
+lm <<LDIF
+dn: CN=Guid Person,OU=Staff,$BASE
+changetype: add
+objectClass: user
+sAMAccountName: guidperson
+mS-DS-ConsistencyGuid:: ESIzRFVmd4iZqrvM3e7/AA==
+LDIF
+wait_for "ms-DS-ConsistencyGuid is the anchor when set" 'ev(dn_has="Guid Person", anchor="112233445566778899aabbccddeeff00")' $n
+# write-back: objects without the attribute got objectGUID written into it
+v=$(ldapsearch -x -LLL -o ldif-wrap=no -H "$LURI" -D "$ADMIN" -y "$APW" -b "CN=Smith\\, Grace,OU=Staff,$BASE" -s base mS-DS-ConsistencyGuid objectGUID)
+g1=$(printf '%s\n' "$v" | awk '/^objectGUID::/ {print $2}'); g2=$(printf '%s\n' "$v" | awk '/^mS-DS-ConsistencyGuid::/ {print $2}')
+[ -n "$g1" ] && [ "$g1" = "$g2" ] || fail "objectGUID not written into mS-DS-ConsistencyGuid ($v)"
+ok "anchor.write_consistency_guid wrote objectGUID into an empty ms-DS-ConsistencyGuid"
+n=$(nevents)
+lm <<LDIF
+dn: CN=Ada King,OU=Moved,$BASE
+changetype: delete
+LDIF
+wait_for "dirsync delete: tombstone becomes DELETE with the anchor" "ev(op='DELETE', anchor='$ADA')" $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Élise Müller,OU=Staff,$BASE
+changetype: modrdn
+newrdn: CN=Élise Müller
+deleteoldrdn: 1
+newsuperior: OU=Outside,$BASE
+LDIF
+wait_for "dirsync move out of scope: DELETE" 'ev(op="DELETE", dn_has="Élise Müller")' $n
+kill "$LAST_PID"; wait "$LAST_PID" 2>/dev/null
+
+# ---- usn mode (second connector on the same domain)
+conf "$T/usn.yaml" corp-usn usn "CN=canopy-norights,CN=Users,$BASE" "$T/sync.pw"
+n=$(nevents)
+start_producer usn "$T/usn.yaml"
+wait_for "usn initial pass ends with END_OF_SCAN" 'len([e for e in ev(op="END_OF_SCAN") if e["connector"] == "corp-usn"]) == 1' $n
+assert "usn initial pass: Grace, Guid Person, group and contact" 'len([e for e in ev(op="ADD") if e["connector"] == "corp-usn"]) == 4' $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Smith\, Grace,OU=Staff,$BASE
+changetype: modify
+replace: description
+description: via usn
+LDIF
+wait_for "usn modify: full image" '[e for e in ev(op="MODIFY", dn_has="Grace") if e["connector"] == "corp-usn" and e["complete"] and vals(e,"description") == ["via usn"]]' $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Engineers,OU=Staff,$BASE
+changetype: modify
+add: member
+member: CN=Guid Person,OU=Staff,$BASE
+LDIF
+wait_for "usn member add: delta of one value against the stored set" "[e for e in ev(op='MODIFY', cls='group') if e['connector'] == 'corp-usn' and nadded(e,'member') == [norm('CN=Guid Person,OU=Staff,$BASE')] and removed(e,'member') == []]" $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Guid Person,OU=Staff,$BASE
+changetype: delete
+LDIF
+wait_for "usn delete found through Show Deleted" '[e for e in ev(op="DELETE", anchor="112233445566778899aabbccddeeff00") if e["connector"] == "corp-usn"]' $n
+echo "all samba checks passed"
