@@ -3,7 +3,7 @@
 #ifndef CANOPY_CTL_GUARD_H
 #define CANOPY_CTL_GUARD_H
 
-int ctl_guard_main(int argc, char **argv);   /* argv[0] = "guard" */
-int ctl_history_main(int argc, char **argv); /* argv[0] = "history" */
+int ctl_guard_main(int argc, char **argv);   /* argv: the arguments after "guard" */
+int ctl_history_main(int argc, char **argv); /* argv: the arguments after "history" */
 
 #endif

@@ -1,6 +1,7 @@
 /* guard_tool: drive the guard's Redis state from test scripts.
  *   guard_tool reserve N PREFIX     reserve N deletes; prints "allow A hold H drop D"
  *   guard_tool run CONNECTOR TYPE TOTAL CHANGED DELETED FILTERED ERRORS [SCAN]
+ *   guard_tool endscan CONNECTOR SCAN  (what the join stage does at END_OF_SCAN)
  * Redis from CANOPY_TEST_REDIS_HOST/_PORT, key prefix "canopy:". */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,10 @@ int main(int argc, char **argv) {
                         if (canopy_run_count(st, argv[2], argv[3], scan, (canopy_run_field)f, atoll(argv[4 + f]),
                                              now_ms()))
                                 rc = 1;
+        } else if (!strcmp(argv[1], "endscan") && argc == 4) {
+                size_t closed = 0;
+                if (canopy_run_close(st, argv[2], argv[3], -1, 0, now_ms(), 0, &closed) || closed != 1)
+                        rc = 1;
         } else {
                 fprintf(stderr, "guard_tool: bad command\n");
                 rc = 2;

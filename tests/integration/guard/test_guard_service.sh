@@ -97,9 +97,19 @@ grep -q "mvA00005" "$t/sink/mail.1" || fail "mail lacks the held sample"
 grep -q '"reason":"deletion-threshold"' "$t/sink/hook.1" || fail "webhook body: $(cat "$t/sink/hook.1")"
 grep -q '"held":5' "$t/sink/hook.1" || fail "webhook held"
 
-# Approve: the five held deletes are released exactly once.
-[ "$(code -X POST -H "Authorization: Bearer $operator" "$api/v1/quarantine/approve")" = 200 ] || fail "approve"
-grep -q '"released":5' "$t/body" || fail "approve body: $(cat "$t/body")"
+# canopyctl shows it; a viewer may not approve; an operator approves: the
+# five held deletes are released exactly once.
+printf '%s\n' "$viewer" > "$t/viewer.tok"; printf '%s\n' "$operator" > "$t/operator.tok"
+ctl=$bin/canopyctl
+"$ctl" guard --url "$api" --token-file "$t/viewer.tok" status > "$t/ctl.out" || fail "canopyctl guard status"
+grep -q "state: *QUARANTINED" "$t/ctl.out" || fail "canopyctl status: $(cat "$t/ctl.out")"
+grep -q "held deletes: *5" "$t/ctl.out" || fail "canopyctl status held: $(cat "$t/ctl.out")"
+"$ctl" guard --url "$api" --token-file "$t/viewer.tok" held > "$t/ctl.out" || fail "canopyctl guard held"
+[ "$(grep -c '^mvA' "$t/ctl.out")" = 5 ] || fail "canopyctl held: $(cat "$t/ctl.out")"
+set +e; "$ctl" guard --url "$api" --token-file "$t/viewer.tok" approve > "$t/ctl.out" 2>&1; rc=$?; set -e
+[ "$rc" = 3 ] || fail "viewer approve through canopyctl: exit $rc: $(cat "$t/ctl.out")"
+"$ctl" guard --url "$api" --token-file "$t/operator.tok" approve > "$t/ctl.out" || fail "canopyctl approve"
+grep -q "approved: 5 held deletes released" "$t/ctl.out" || fail "canopyctl approve: $(cat "$t/ctl.out")"
 out=$("$tool" reserve 10 mvA)
 [ "$out" = "allow 10 hold 0 drop 0" ] || fail "after approve: $out"
 
@@ -118,6 +128,7 @@ allowed=$(echo "$out" | awk '{print $2}') dropped=$(echo "$out" | awk '{print $6
 # Run history as CSV.
 "$tool" run north user 12 7 1 3 1
 "$tool" run south group 4 2 0 0 0 scan-9
+"$tool" endscan south scan-9 || fail "end of scan did not close the full window"
 for _ in $(seq 50); do
         code -H "Authorization: Bearer $viewer" "$api/v1/history?format=csv" > /dev/null
         [ "$(grep -c . "$t/body")" -ge 3 ] && break
@@ -127,6 +138,9 @@ head -1 "$t/body" | grep -q '^connector,object_type,run_type,start,end,total,cha
 grep -q '^north,user,delta,.*,12,7,1,3,1,completed-errors' "$t/body" || fail "csv north: $(cat "$t/body")"
 code -H "Authorization: Bearer $viewer" "$api/v1/history?format=csv&connector=north" > /dev/null
 ! grep -q '^south' "$t/body" || fail "connector filter"
+"$ctl" history --url "$api" --token-file "$t/viewer.tok" --csv --connector south > "$t/ctl.out" || fail "canopyctl history"
+grep -q '^south,group,full,.*,4,2,0,0,0,success' "$t/ctl.out" || fail "canopyctl history csv: $(cat "$t/ctl.out")"
+[ "$(grep -c . "$t/ctl.out")" = 2 ] || fail "canopyctl history filter: $(cat "$t/ctl.out")"
 
 # Audit: who approved and rejected; the policy switch by an admin.
 [ "$(code -X POST -H "Authorization: Bearer $admin" -d '{"enabled":false}' "$api/v1/policy")" = 200 ] || fail "admin policy"

@@ -4,6 +4,7 @@
  * The API address comes from --url or CANOPY_ADMIN_URL (default
  * http://127.0.0.1:9108); the bearer token from --token-file,
  * CANOPY_ADMIN_TOKEN_FILE or CANOPY_ADMIN_TOKEN. The token is never printed. */
+#include "ctl.h"
 #include "ctl_guard.h"
 
 #include <curl/curl.h>
@@ -187,7 +188,7 @@ int ctl_guard_main(int argc, char **argv) {
         api a;
         memset(&a, 0, sizeof(a));
         const char *token_file = NULL;
-        int i = 1;
+        int i = 0;
         common_opts(argc, argv, &a, &token_file, &i);
         if (i >= argc || !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
                 guard_usage(i >= argc ? stderr : stdout);
@@ -314,7 +315,7 @@ int ctl_history_main(int argc, char **argv) {
         const char *token_file = NULL, *conn = NULL, *type = NULL;
         long limit = 50, offset = 0;
         int csv = 0;
-        int i = 1;
+        int i = 0;
         common_opts(argc, argv, &a, &token_file, &i);
         for (; i < argc; i++) {
                 if (!strcmp(argv[i], "--csv"))
@@ -384,3 +385,10 @@ int ctl_history_main(int argc, char **argv) {
         curl_global_cleanup();
         return rc;
 }
+
+static void guard_usage_stdout(void) {
+        guard_usage(stdout);
+}
+
+const canopyctl_cmd canopyctl_cmd_guard = {"guard", "deletion guard: status, held deletes, approve, reject, audit",
+                                           ctl_guard_main, guard_usage_stdout};
