@@ -1025,7 +1025,8 @@ static json_t *members_delta(emu_obj *g, uint64_t since, uint64_t upto) {
         if (since == 0) {
                 for (size_t i = 0; i < g->mvec.len; i++) {
                         emu_obj *m = g->mvec.val[i];
-                        if (m && g->mvec.seq[i] <= upto)
+                        /* Like the members list: soft-deleted members are not shown. */
+                        if (m && m->state == EMU_LIVE && g->mvec.seq[i] <= upto)
                                 json_array_append_new(arr, json_pack("{s:s, s:s}", "@odata.type",
                                                                      m->kind == EMU_USER ? "#microsoft.graph.user"
                                                                                          : "#microsoft.graph.group",
@@ -1367,7 +1368,9 @@ static void route(emu_call *c, emu_resp *r, req *rq) {
                                 return method_not_allowed(c, r);
                         if (!can(c, read_perm(kind)))
                                 return forbidden(c, r);
-                        return list_objects(c, r, tn, rq, kind, true, rq->path, "directory/deletedItems/$entity");
+                        return list_objects(c, r, tn, rq, kind, true, rq->path,
+                                            kind == EMU_USER ? "directoryObjects/microsoft.graph.user"
+                                                             : "directoryObjects/microsoft.graph.group");
                 }
                 emu_obj *o = tn ? emu_obj_find(tn, t) : NULL;
                 if (o && o->state != EMU_DELETED)

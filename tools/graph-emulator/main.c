@@ -291,6 +291,8 @@ static enum MHD_Result send_resp(struct MHD_Connection *con, emu_resp *r, const 
                                                                          : MHD_RESPMEM_PERSISTENT);
         if (ctype)
                 MHD_add_response_header(resp, "Content-Type", ctype);
+        if (r->body)
+                MHD_add_response_header(resp, "OData-Version", "4.0");
         MHD_add_response_header(resp, "request-id", request_id);
         MHD_add_response_header(resp, "client-request-id",
                                 client_request_id && *client_request_id ? client_request_id : request_id);
