@@ -270,4 +270,44 @@ await client.api(`/groups/${group.id}`).patch({
   check(state.deletedUsers.some((u) => u.id === ids[6]), "state deleted users");
 }
 
+// --- certificate credentials: MSAL signs the client assertion (RS256 with a
+// SHA-1 x5t, PS256 with x5t#S256) against a second emulator.
+if (process.env.CONF_CERT_URL) {
+  const certUrl = process.env.CONF_CERT_URL;
+  const pem = readFileSync(process.env.CONF_CERT_PEM, "utf8");
+  const key = readFileSync(process.env.CONF_CERT_KEY, "utf8");
+  const der = Buffer.from(pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, ""), "base64");
+  const { createHash } = await import("node:crypto");
+  const sha1 = createHash("sha1").update(der).digest("hex");
+  const sha256 = createHash("sha256").update(der).digest("hex");
+  for (const cert of [
+    { thumbprint: sha1, privateKey: key },
+    { thumbprintSha256: sha256, privateKey: key },
+  ]) {
+    const app = new ConfidentialClientApplication({
+      auth: {
+        clientId: process.env.CONF_CERT_CLIENT,
+        authority: `${certUrl}/${process.env.CONF_CERT_TENANT}`,
+        clientCertificate: cert,
+        knownAuthorities: [new URL(certUrl).host],
+      },
+    });
+    const r = await app.acquireTokenByClientCredential({ scopes: ["https://graph.microsoft.com/.default"] });
+    const c = Client.initWithMiddleware({
+      baseUrl: `${certUrl}/`,
+      customHosts: new Set([new URL(certUrl).hostname]),
+      authProvider: { getAccessToken: async () => r.accessToken },
+    });
+    const users = await c.api("/users").get();
+    check(Array.isArray(users.value), `certificate credential (${cert.thumbprint ? "x5t" : "x5t#S256"})`);
+    let err;
+    try {
+      await c.api("/users").post({ accountEnabled: true });
+    } catch (e) {
+      err = e;
+    }
+    check(err && err.statusCode === 403 && err.code === "Authorization_RequestDenied", "User.Read.All cannot write");
+  }
+}
+
 console.log(`conformance: ${checks} checks passed`);
