@@ -661,10 +661,11 @@ canopy_err canopy_graph_members_add(canopy_graph *gc, const char *group_id, cons
                 if (!cerr || (exists && hi - lo == 1)) {
                         for (size_t i = lo; i < hi; i++)
                                 errs[i] = CANOPY_OK;
-                } else if (hi - lo > 1 && (cerr == CANOPY_ERR_GRAPH_BAD_REQUEST || cerr == CANOPY_ERR_GRAPH_NOT_FOUND ||
-                                           exists)) {
+                } else if (hi - lo > 1 && reqs[c].ei.http_status == 400) {
                         /* the chunk failed as a whole because of some of its
-                         * members: find out which, one by one */
+                         * members (already there, missing, not allowed):
+                         * find out which, one by one. A 404 is the group
+                         * itself missing: no point asking per member. */
                         err = add_one_by_one(gc, gpath, member_ids + lo, hi - lo, errs + lo, eis + lo);
                         if (err)
                                 goto out;

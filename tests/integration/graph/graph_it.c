@@ -319,6 +319,10 @@ static int scen_ops(void) {
         CHECK(err != CANOPY_OK && errs[0] == CANOPY_OK && errs[1] != CANOPY_OK && errs[2] == CANOPY_OK,
               "mixed add: %s / %s %s %s", canopy_err_name(err), canopy_err_name(errs[0]), canopy_err_name(errs[1]),
               canopy_err_name(errs[2]));
+        /* a group that does not exist: every member fails NOT_FOUND */
+        err = canopy_graph_members_add(gc, "00000000-0000-4000-8000-0000000000bb", mptr, 25, errs, &ei);
+        CHECK(err == CANOPY_ERR_GRAPH_NOT_FOUND && errs[0] == err && errs[24] == err, "add to missing group: %s",
+              canopy_err_name(err));
         /* remove 10, plus one that is not a member (404 = success) */
         const char *rm[11];
         for (int i = 0; i < 10; i++)
