@@ -353,6 +353,21 @@ static int scen_ops(void) {
                 CHECK(br[i].res.body && strstr(br[i].res.body, mids[i]), "batch item %d got another answer", i);
         canopy_graph_req_clear(br, 30);
 
+        /* paging: an absolute @odata.nextLink on the Graph host is followed */
+        {
+                canopy_graph_result res = {0};
+                CHECK_OK(canopy_graph_request(gc, "GET", "/users?$top=5&$select=id", NULL, 0, &res, &ei), &ei);
+                json_t *page = json_loads(res.body, 0, NULL);
+                const char *next = json_string_value(json_object_get(page, "@odata.nextLink"));
+                CHECK(next != NULL, "no nextLink on a 5-user page");
+                canopy_graph_result res2 = {0};
+                CHECK_OK(canopy_graph_request(gc, "GET", next, NULL, 0, &res2, &ei), &ei);
+                CHECK(res2.body && strstr(res2.body, "\"value\""), "second page: %s", res2.body);
+                json_decref(page);
+                canopy_graph_result_clear(&res);
+                canopy_graph_result_clear(&res2);
+        }
+
         /* response size cap */
         {
                 canopy_graph_conf c2;
