@@ -74,7 +74,7 @@ typedef struct guard {
 
 static void usage(FILE *f) {
         fprintf(f,
-                "usage: canopy-guard -c FILE [--set key=value]... [--print-config]\n"
+                "usage: canopy-guard -c FILE [--set key=value]... [--dump-config]\n"
                 "\n"
                 "The deletion guard of a Canopy deployment: deletion threshold, quarantine,\n"
                 "notifications, run history and the admin API. Settings: docs/CONFIG.md\n"
@@ -82,7 +82,7 @@ static void usage(FILE *f) {
                 "\n"
                 "  -c, --config FILE   YAML configuration file\n"
                 "      --set K=V       override one setting (repeatable)\n"
-                "      --print-config  print the effective configuration (secrets redacted) and exit\n"
+                "      --dump-config   print the effective configuration (secrets redacted) and exit\n"
                 "  -h, --help          this help\n");
 }
 
@@ -546,7 +546,7 @@ int main(int argc, char **argv) {
         size_t nsets = 0;
         bool print_config = false;
         static const struct option opts[] = {{"config", 1, 0, 'c'}, {"set", 1, 0, 's'},
-                                             {"print-config", 0, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+                                             {"dump-config", 0, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
         int c;
         while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
                 switch (c) {
