@@ -692,9 +692,17 @@ static void maybe_write_consistency_guid(prod *p, const char *dn, const canopy_b
         mod.mod_bvalues = vals_;
         LDAPMod *mods[] = {&mod, NULL};
         int rc = ldap_modify_ext_s(p->ld, dn, mods, NULL, NULL);
-        if (rc != LDAP_SUCCESS)
-                prod_ldap_err(p, rc, "writing mS-DS-ConsistencyGuid (anchor.write_consistency_guid needs write "
-                                     "access to that attribute)");
+        if (rc == LDAP_INSUFFICIENT_ACCESS) {
+                /* say it once, then stop trying: every object would fail the same way */
+                canopy_log(CANOPY_LOG_ERROR, MOD, NULL,
+                           "cannot write mS-DS-ConsistencyGuid on %s (insufficient access): grant the connector "
+                           "account Write on that attribute for users; anchor.write_consistency_guid is off until "
+                           "restart",
+                           dn);
+                p->cf->write_consistency_guid = false;
+        } else if (rc != LDAP_SUCCESS) {
+                prod_ldap_err(p, rc, "writing mS-DS-ConsistencyGuid");
+        }
 }
 
 canopy_err prod_entry(prod *p, LDAPMessage *e, const void *oid_in, size_t oidlen_in, entry_kind kind, bool deleted,
@@ -797,7 +805,7 @@ canopy_err prod_entry(prod *p, LDAPMessage *e, const void *oid_in, size_t oidlen
                         canopy_log(CANOPY_LOG_WARN, MOD, &c, "%s has no %s: anchored on its object id", dn, aa);
                 }
         }
-        if (p->is_ad && p->cf->write_consistency_guid && kind == ENTRY_FULL && !cg) {
+        if (p->is_ad && p->cf->write_consistency_guid && kind == ENTRY_FULL && !cg && !strcmp(cls, "user")) {
                 const canopy_bytes *guid = first_val(&t, "objectguid");
                 if (guid && guid->len == 16)
                         maybe_write_consistency_guid(p, dn, guid);

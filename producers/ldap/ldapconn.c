@@ -1,7 +1,12 @@
 /* ldapconn.c: connection, TLS, bind, failover across URIs, rootDSE, scope
  * and the start-up security checks of the connector account. */
 #include <ctype.h>
+#include <netdb.h>
+#include <poll.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -257,6 +262,42 @@ static canopy_err check_privileged(prod *p) {
 
 /* ---- connect ---- */
 
+/* Whether a TCP connection to the URI's host and port succeeds (used to
+ * tell a TLS handshake failure from a server that is down). */
+static bool tcp_reachable(const char *uri, int timeout_ms) {
+        LDAPURLDesc *u = NULL;
+        if (ldap_url_parse(uri, &u) != LDAP_SUCCESS || !u->lud_host || !*u->lud_host) {
+                ldap_free_urldesc(u);
+                return false;
+        }
+        char port[16];
+        snprintf(port, sizeof(port), "%d", u->lud_port ? u->lud_port : (!strcasecmp(u->lud_scheme, "ldaps") ? 636 : 389));
+        struct addrinfo hints = {0}, *ai = NULL;
+        hints.ai_socktype = SOCK_STREAM;
+        bool ok = false;
+        if (!getaddrinfo(u->lud_host, port, &hints, &ai)) {
+                for (struct addrinfo *a = ai; a && !ok; a = a->ai_next) {
+                        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK, a->ai_protocol);
+                        if (fd < 0)
+                                continue;
+                        if (!connect(fd, a->ai_addr, a->ai_addrlen)) {
+                                ok = true;
+                        } else {
+                                struct pollfd pf = {fd, POLLOUT, 0};
+                                int err = 0;
+                                socklen_t el = sizeof(err);
+                                if (poll(&pf, 1, timeout_ms) == 1 && !getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) &&
+                                    !err)
+                                        ok = true;
+                        }
+                        close(fd);
+                }
+                freeaddrinfo(ai);
+        }
+        ldap_free_urldesc(u);
+        return ok;
+}
+
 /* Whether the last failure was a certificate verification error (not worth
  * retrying: the configuration must change). */
 static bool tls_failure(prod *p) {
@@ -338,7 +379,11 @@ static canopy_err connect_one(prod *p, const char *uri) {
         }
         rc = ldap_sasl_bind_s(ld, cf->bind_dn && *cf->bind_dn ? cf->bind_dn : NULL, LDAP_SASL_SIMPLE, &cred, NULL,
                               NULL, NULL);
-        if (rc != LDAP_SUCCESS && tls_failure(p)) {
+        if (rc != LDAP_SUCCESS &&
+            (tls_failure(p) || (ldaps && !p->ever_connected && (rc == LDAP_SERVER_DOWN || rc == LDAP_CONNECT_ERROR) &&
+                                tcp_reachable(uri, 2000)))) {
+                /* the server answers TCP but the TLS handshake fails: a certificate
+                 * the configured CA does not vouch for (retrying will not help) */
                 canopy_log(CANOPY_LOG_FATAL, MOD, ctx_of(p),
                            "TLS to %s failed: the server certificate could not be verified; set ldap.ca_file to "
                            "the CA that signs it",
@@ -376,6 +421,7 @@ canopy_err prod_connect(prod *p) {
                         if (i != p->uri_idx)
                                 canopy_log(CANOPY_LOG_WARN, MOD, ctx_of(p), "failed over to %s", cf->ldap_uris[i]);
                         p->uri_idx = i;
+                        p->ever_connected = true;
                         break;
                 }
                 if (canopy_err_class_of(err) == CANOPY_ERRCLASS_FATAL)

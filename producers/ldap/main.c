@@ -66,7 +66,10 @@ static char *join_filter(prod *p) {
 static char **build_attrs(prod *p) {
         static const char *const book[] = {"objectClass", "objectGUID", "mS-DS-ConsistencyGuid", "isDeleted",
                                            "uSNChanged", "whenChanged", "entryUUID", "entryCSN",
-                                           "modifyTimestamp", NULL};
+                                           "modifyTimestamp",
+                                           /* DirSync returns an object only when a requested attribute
+                                            * changed: a rename changes name, a move parentGUID */
+                                           "name", "parentGUID", NULL};
         size_t n = 0;
         for (size_t i = 0; p->cf->attributes && p->cf->attributes[i]; i++)
                 n++;

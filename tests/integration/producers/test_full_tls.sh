@@ -23,7 +23,7 @@ ldap:
   base_dns: ["ou=People,$BASE", "ou=Groups,$BASE"]
   page_size: 3
   attributes: [cn, sn, uid, member]
-$5
+${5:-}
 kafka:
   brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
 redis:

@@ -30,6 +30,13 @@ done
 samba-tool dsacl set -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" --car=get-changes \
         --action=allow --objectdn="$BASE" --trusteedn="CN=canopy-sync,CN=Users,$BASE" >"$T/dsacl.log" 2>&1 ||
         { cat "$T/dsacl.log"; fail "granting get-changes"; }
+SID=$(samba-tool user show canopy-sync -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" \
+        --attributes=objectSid 2>/dev/null | awk '/^objectSid:/ {print $2}')
+[ -n "$SID" ] || fail "objectSid of canopy-sync"
+# Write on ms-DS-ConsistencyGuid (schemaIDGUID 23773dc2-...) below OU=Staff, for the anchor write-back
+samba-tool dsacl set -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" --objectdn="OU=Staff,$BASE" \
+        --sddl="(OA;CI;WP;23773dc2-b63a-11d2-90e1-00c04fd91ab1;;$SID)" >>"$T/dsacl.log" 2>&1 ||
+        { cat "$T/dsacl.log"; fail "granting write on ms-DS-ConsistencyGuid"; }
 ok "connector account created and granted Replicating Directory Changes"
 
 conf() { # conf FILE CONNECTOR MODE BIND PWFILE [extra yaml]
