@@ -202,7 +202,8 @@ static bool sel_has(const selset *ss, const char *name) {
 
 /* ---- $filter ---------------------------------------------------------------------- */
 
-enum { N_AND, N_OR, N_EQ, N_STARTS, N_ANY_EQ, N_ANY_STARTS };
+enum { N_AND, N_OR, N_EQ, N_STARTS, N_ANY_EQ, N_ANY_STARTS, N_IN };
+#define EMU_IN_MAX 15 /* values in one `in (...)` */
 
 typedef struct fnode {
         int t;
@@ -453,7 +454,44 @@ static int parse_primary(filter *f) {
                 f->n[x].lit = lit;
                 return x;
         }
-        if (kw(f, "ne") || kw(f, "gt") || kw(f, "ge") || kw(f, "lt") || kw(f, "le") || kw(f, "in")) {
+        if (kw(f, "in")) {
+                /* prop in ('a', 'b', ...) */
+                if (!ch(f, '(')) {
+                        fsyntax(f);
+                        return -1;
+                }
+                json_t *arr = json_array();
+                do {
+                        json_t *lit = literal(f);
+                        if (!json_is_string(lit)) {
+                                json_decref(lit);
+                                json_decref(arr);
+                                fsyntax(f);
+                                return -1;
+                        }
+                        json_array_append_new(arr, lit);
+                } while (ch(f, ','));
+                if (!ch(f, ')')) {
+                        json_decref(arr);
+                        fsyntax(f);
+                        return -1;
+                }
+                if (!emu_prop_filterable(f->kind, prop) || is_array_prop(prop) ||
+                    json_array_size(arr) > EMU_IN_MAX) {
+                        json_decref(arr);
+                        funsupported_prop(f, prop);
+                        return -1;
+                }
+                int x = newnode(f, N_IN);
+                if (x < 0) {
+                        json_decref(arr);
+                        return -1;
+                }
+                snprintf(f->n[x].prop, sizeof(f->n[x].prop), "%s", prop);
+                f->n[x].lit = arr;
+                return x;
+        }
+        if (kw(f, "ne") || kw(f, "gt") || kw(f, "ge") || kw(f, "lt") || kw(f, "le")) {
                 if (!emu_prop_filterable(f->kind, prop))
                         funsupported_prop(f, prop);
                 else
@@ -560,6 +598,12 @@ static bool eval(const filter *f, int i, const emu_obj *o) {
                 return sv && lit && !strcasecmp(sv, lit);
         case N_STARTS:
                 return sv && lit && !strncasecmp(sv, lit, strlen(lit));
+        case N_IN: {
+                size_t k;
+                json_t *x;
+                json_array_foreach(n->lit, k, x) if (sv && !strcasecmp(sv, json_string_value(x))) return true;
+                return false;
+        }
         case N_ANY_EQ:
         case N_ANY_STARTS: {
                 size_t k;
@@ -577,40 +621,74 @@ static bool eval(const filter *f, int i, const emu_obj *o) {
         return false;
 }
 
-/* An index that answers the filter with at most one candidate: an eq on
- * id, userPrincipalName, onPremisesImmutableId or an SMTP address found in
- * the AND chain from the root. Returns true when the index was usable. */
-static bool index_candidate(emu_tenant *tn, const filter *f, int i, emu_kind kind, emu_obj **out) {
-        const fnode *n = &f->n[i];
-        if (n->t == N_AND)
-                return index_candidate(tn, f, n->a, kind, out) || index_candidate(tn, f, n->b, kind, out);
-        const char *lit = json_string_value(n->lit);
-        if (!lit || strlen(lit) >= 320)
-                return false;
+/* Look one value up in the index of prop; false when prop has none. */
+static bool index_lookup(emu_tenant *tn, emu_kind kind, const char *prop, bool any, const char *lit, emu_obj **out) {
         char key[320];
+        if (!lit || strlen(lit) >= sizeof(key))
+                return false;
         snprintf(key, sizeof(key), "%s", lit);
-        if (n->t == N_EQ && !strcmp(n->prop, "id")) {
+        if (!any && !strcmp(prop, "id")) {
                 *out = emu_obj_find(tn, lit);
                 return true;
         }
-        if (kind == EMU_USER && n->t == N_EQ && !strcmp(n->prop, "onPremisesImmutableId")) {
+        if (kind == EMU_USER && !any && !strcmp(prop, "onPremisesImmutableId")) {
                 *out = emu_map_get(&tn->immid, lit);
                 return true;
         }
         emu_lower(key);
-        if (kind == EMU_USER && n->t == N_EQ && !strcmp(n->prop, "userPrincipalName")) {
+        if (kind == EMU_USER && !any && !strcmp(prop, "userPrincipalName")) {
                 *out = emu_map_get(&tn->upn, key);
                 return true;
         }
-        if (n->t == N_EQ && !strcmp(n->prop, "mail")) {
+        if (!any && !strcmp(prop, "mail")) {
                 *out = emu_map_get(&tn->addr, key);
                 return true;
         }
-        if (n->t == N_ANY_EQ && !strcmp(n->prop, "proxyAddresses") && !strncasecmp(key, "smtp:", 5)) {
+        if (any && !strcmp(prop, "proxyAddresses") && !strncasecmp(key, "smtp:", 5)) {
                 *out = emu_map_get(&tn->addr, key + 5);
                 return true;
         }
         return false;
+}
+
+/* Indices that answer the filter with a few candidates: eq or in on id,
+ * userPrincipalName, onPremisesImmutableId, mail, or proxyAddresses/any eq,
+ * found in the AND chain from the root. The full filter is still applied to
+ * each candidate. Returns true (with *n candidates) when an index was usable. */
+static bool index_candidates(emu_tenant *tn, const filter *f, int i, emu_kind kind, emu_obj **out, size_t *n) {
+        const fnode *nd = &f->n[i];
+        if (nd->t == N_AND)
+                return index_candidates(tn, f, nd->a, kind, out, n) || index_candidates(tn, f, nd->b, kind, out, n);
+        *n = 0;
+        if (nd->t == N_EQ || nd->t == N_ANY_EQ) {
+                emu_obj *o = NULL;
+                if (!index_lookup(tn, kind, nd->prop, nd->t == N_ANY_EQ, json_string_value(nd->lit), &o))
+                        return false;
+                if (o)
+                        out[(*n)++] = o;
+                return true;
+        }
+        if (nd->t == N_IN) {
+                size_t k;
+                json_t *x;
+                json_array_foreach(nd->lit, k, x) {
+                        emu_obj *o = NULL;
+                        if (!index_lookup(tn, kind, nd->prop, false, json_string_value(x), &o))
+                                return false;
+                        bool dup = false;
+                        for (size_t j = 0; j < *n; j++)
+                                dup = dup || out[j] == o;
+                        if (o && !dup)
+                                out[(*n)++] = o;
+                }
+                return true;
+        }
+        return false;
+}
+
+static int cmp_cseq(const void *a, const void *b) {
+        const emu_obj *x = *(emu_obj *const *)a, *y = *(emu_obj *const *)b;
+        return x->cseq < y->cseq ? -1 : x->cseq > y->cseq;
 }
 
 /* ---- permissions ------------------------------------------------------------------- */
@@ -715,11 +793,23 @@ static void list_objects(emu_call *c, emu_resp *r, emu_tenant *tn, const req *rq
         }
         json_t *val = json_array();
         char *next = NULL;
-        emu_obj *cand = NULL;
-        if (!deleted && f.root >= 0 && tn && index_candidate(tn, &f, f.root, kind, &cand)) {
-                if (cand && cand->kind == kind && cand->state == EMU_LIVE && emu_obj_is_visible(c->srv, cand) &&
-                    cand->cseq >= start && eval(&f, f.root, cand))
-                        json_array_append_new(val, emu_obj_render(cand, ss.names, ss.n));
+        emu_obj *cands[EMU_IN_MAX + 1];
+        size_t nc = 0;
+        if (!deleted && f.root >= 0 && tn && index_candidates(tn, &f, f.root, kind, cands, &nc)) {
+                qsort(cands, nc, sizeof(cands[0]), cmp_cseq);
+                for (size_t i = 0; i < nc; i++) {
+                        emu_obj *o = cands[i];
+                        if (o->kind != kind || o->state != EMU_LIVE || !emu_obj_is_visible(c->srv, o) ||
+                            o->cseq < start || !eval(&f, f.root, o))
+                                continue;
+                        if ((int)json_array_size(val) == top) {
+                                char tok[32];
+                                snprintf(tok, sizeof(tok), "c%llu", (unsigned long long)o->cseq);
+                                next = make_link(c, rq, path, "$skiptoken", tok);
+                                break;
+                        }
+                        json_array_append_new(val, emu_obj_render(o, ss.names, ss.n));
+                }
         } else if (tn) {
                 emu_seqvec *sv = &tn->list[kind];
                 size_t i = emu_seqvec_lower(sv, start);
