@@ -101,6 +101,10 @@ static void usage(FILE *f) {
                 "  --forest I       forest index (0, 1, ...) for distinct names (default 0)\n"
                 "  --domain D       mail domain (default canopy.test)\n"
                 "  --large N        members of the largest group (default min(users, 2000))\n"
+                "  --members N      average members of the other groups (1..2N-1, uniform;\n"
+                "                   default 1..20)\n"
+                "  --big-groups K   groups 1..K get --big-size members each (default 0)\n"
+                "  --big-size M     members of each of the --big-groups (default users/5)\n"
                 "  --excluded N     users in ou=Excluded (out of the default scope example)\n"
                 "  --seed S         random seed (default 1)\n");
 }
@@ -133,10 +137,12 @@ static void user_dn(char *out, size_t cap, int i, const char *base) {
 int main(int argc, char **argv) {
         const char *base = NULL, *domain = "canopy.test";
         long users = 100, groups = -1, shared = 0, forest = 0, large = -1, excluded = 0, seed = 1;
+        long members = -1, big_groups = 0, big_size = -1;
         static const struct option opts[] = {
             {"base", 1, 0, 'b'},   {"users", 1, 0, 'u'},  {"groups", 1, 0, 'g'},    {"shared", 1, 0, 's'},
             {"forest", 1, 0, 'f'}, {"domain", 1, 0, 'd'}, {"large", 1, 0, 'l'},     {"seed", 1, 0, 'S'},
-            {"excluded", 1, 0, 'x'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+            {"excluded", 1, 0, 'x'}, {"members", 1, 0, 'm'}, {"big-groups", 1, 0, 'k'},
+            {"big-size", 1, 0, 'K'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
         };
         int c;
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -146,7 +152,7 @@ int main(int argc, char **argv) {
                 switch (c) {
                 case 'b': base = optarg; break;
                 case 'd': domain = optarg; break;
-                case 'u': case 'g': case 's': case 'f': case 'l': case 'S': case 'x':
+                case 'u': case 'g': case 's': case 'f': case 'l': case 'S': case 'x': case 'm': case 'k': case 'K':
                         if (!num) {
                                 fprintf(stderr, "canopy-genforest: option -%c wants a non-negative number, got '%s'\n",
                                         c, optarg);
@@ -159,6 +165,9 @@ int main(int argc, char **argv) {
                         if (c == 'l') large = v;
                         if (c == 'S') seed = v;
                         if (c == 'x') excluded = v;
+                        if (c == 'm') members = v;
+                        if (c == 'k') big_groups = v;
+                        if (c == 'K') big_size = v;
                         break;
                 case 'h': usage(stdout); return 0;
                 default: usage(stderr); return 2;
@@ -175,6 +184,12 @@ int main(int argc, char **argv) {
                 large = users < 2000 ? users : 2000;
         if (shared > users)
                 shared = users;
+        if (big_size < 0)
+                big_size = users / 5;
+        if (members == 0) {
+                fprintf(stderr, "canopy-genforest: --members wants at least 1\n");
+                return 2;
+        }
         g_shared = shared;
         g_forest = forest;
         rng_state ^= (uint64_t)seed * 0x9E3779B97F4A7C15ull + (uint64_t)forest;
@@ -250,14 +265,26 @@ int main(int argc, char **argv) {
                 attr("cn", buf);
                 snprintf(buf, sizeof(buf), "Sample group %ld of forest %ld", gi, forest);
                 attr("description", buf);
-                long n = gi == 0 ? large : 1 + (long)(rng() % 20);
+                long n;
+                if (gi == 0)
+                        n = large;
+                else if (gi <= big_groups)
+                        n = big_size;
+                else if (members > 0)
+                        n = 1 + (long)(rng() % (uint64_t)(2 * members - 1));
+                else
+                        n = 1 + (long)(rng() % 20);
                 if (n > users)
                         n = users;
                 if (n == 0) {
                         /* groupOfNames needs one member: an empty DN is the convention. */
                         printf("member:\n");
                 }
-                long start = gi == 0 ? 0 : (long)(rng() % (users ? users : 1));
+                /* Groups 1..big_groups start at spread offsets (no rng draw,
+                 * so that output without --big-groups is unchanged). */
+                long start = gi == 0 ? 0
+                             : gi <= big_groups ? (gi * (users / (big_groups + 1))) % (users ? users : 1)
+                                                : (long)(rng() % (users ? users : 1));
                 for (long m = 0; m < n; m++) {
                         user_dn(dn, sizeof(dn), (int)((start + m) % users), base);
                         attr("member", dn);
