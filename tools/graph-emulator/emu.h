@@ -300,6 +300,7 @@ typedef struct emu_call {
         const char *client_request_id;
         const char *request_id;
         bool in_batch;
+        int max_page_size;     /* Prefer: odata.maxpagesize=N, 0 = none */
 } emu_call;
 
 /* Run one Graph operation (not $batch) including throttling and faults. */

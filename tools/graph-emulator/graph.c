@@ -733,8 +733,16 @@ static json_t *render_typed(const emu_obj *o, char **sel, size_t nsel) {
 static int page_size(emu_call *c, emu_resp *r, const req *rq, int *out) {
         const char *t = qget(rq, "$top");
         *out = EMU_PAGE_DEFAULT;
-        if (!t)
+        if (!t) {
+                /* Prefer: odata.maxpagesize=N, honoured up to the maximum. */
+                if (c->max_page_size > 0) {
+                        *out = c->max_page_size > EMU_PAGE_MAX ? EMU_PAGE_MAX : c->max_page_size;
+                        char pa[64];
+                        snprintf(pa, sizeof(pa), "odata.maxpagesize=%d", *out);
+                        emu_resp_header(r, "Preference-Applied", pa);
+                }
                 return 0;
+        }
         char *end;
         long v = strtol(t, &end, 10);
         if (*end || v < 1 || v > EMU_PAGE_MAX) {
@@ -1164,6 +1172,18 @@ static void delta(emu_call *c, emu_resp *r, emu_tenant *tn, const req *rq, emu_k
                 return;
         uint64_t since = 0, upto = tn ? tn->seq : 0, cursor = 0;
         const char *dt = qget(rq, "$deltatoken"), *st = qget(rq, "$skiptoken");
+        if (dt && !strcmp(dt, "latest")) {
+                /* No changes, only a delta link for what comes next. */
+                char tok[32];
+                snprintf(tok, sizeof(tok), "%llu", (unsigned long long)upto);
+                char *link = make_link(c, rq, path, "$deltatoken", tok);
+                char cx[512];
+                snprintf(cx, sizeof(cx), "%s/%s/$metadata#%s", c->base, c->version, coll(kind));
+                ok_json(r, 200, json_pack("{s:s, s:s, s:[]}", "@odata.context", cx, "@odata.deltaLink", link, "value"));
+                free(link);
+                free(ss.buf);
+                return;
+        }
         if (dt) {
                 char *end;
                 since = strtoull(dt, &end, 10);
@@ -1787,6 +1807,10 @@ void emu_graph_batch(emu_call *c, emu_resp *r) {
                         ic.body = json_object_get(items[i].req, "body");
                         ic.body_invalid = false;
                         ic.in_batch = true;
+                        const char *pref = json_string_value(
+                                json_object_get(json_object_get(items[i].req, "headers"), "Prefer"));
+                        const char *mp = pref ? strstr(pref, "odata.maxpagesize=") : NULL;
+                        ic.max_page_size = mp ? atoi(mp + 18) : 0;
                         if (strncmp(u, "/$batch", 7))
                                 emu_graph_exec(&ic, ir);
                         else

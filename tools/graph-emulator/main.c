@@ -488,6 +488,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
                         body = json_loadb(cc->body, cc->len, 0, NULL);
                         invalid = body == NULL;
                 }
+                const char *prefer = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Prefer");
+                const char *mp = prefer ? strstr(prefer, "odata.maxpagesize=") : NULL;
                 /* The URL relative to the version, with its raw query. */
                 const char *rel = cc->uri + strlen(ver) + 1;
                 emu_call call = {.srv = srv,
@@ -499,7 +501,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
                                  .body_invalid = invalid,
                                  .base = base,
                                  .client_request_id = creq_buf,
-                                 .request_id = request_id};
+                                 .request_id = request_id,
+                                 .max_page_size = mp ? atoi(mp + 18) : 0};
                 if (!strcmp(path + strlen(ver) + 1, "/$batch")) {
                         if (strcmp(method, "POST")) {
                                 emu_graph_error(&r, 405, "Request_BadRequest",

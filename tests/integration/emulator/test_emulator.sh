@@ -214,6 +214,10 @@ test_main() {
                 pages=$((pages + 1))
         done
         [ $seen = 5 ] && [ $pages = 3 ] && ok || fail "paging: $seen objects in $pages pages"
+        ST=$(curl -s --cacert "$CA" -o "$T/body" -D "$T/hdr" -w '%{http_code}' -H "Authorization: Bearer $TOK" \
+                -H 'Prefer: odata.maxpagesize=4' "$URL/v1.0/users?\$select=id")
+        expect_json '.value | length' 4 "Prefer: odata.maxpagesize"
+        [ "$(header Preference-Applied)" = "odata.maxpagesize=4" ] && ok || fail "Preference-Applied header"
 
         # --- groups and members
         local g g2
@@ -255,7 +259,13 @@ test_main() {
                 req GET "$next"
         done
         [ "$n" = 7 ] && [ -n "$dl" ] && ok || fail "initial delta: $n users, deltaLink '$dl'"
+        req GET "/users/delta?\$deltatoken=latest"
+        expect_json '.value | length' 0 "deltatoken=latest returns no objects"
+        local latest
+        latest=$(jqb '."@odata.deltaLink"')
         req PATCH "/users/$b" '{"jobTitle":"Chef"}'
+        req GET "$latest"
+        expect_json '.value[0].id' "$b" "change after deltatoken=latest"
         req DELETE "/users/$a"
         expect_status 204 "soft delete"
         req GET "$dl"
