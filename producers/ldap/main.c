@@ -102,7 +102,7 @@ static void *control_thread(void *arg) {
         char group[200], errbuf[512];
         snprintf(group, sizeof(group), "canopy-producer-%s", cf->connector);
         canopy_topic topics[1] = {CANOPY_TOPIC_CONTROL};
-        canopy_kafka_consumer_opts o = {group, topics, 1, NULL, NULL, true};
+        canopy_kafka_consumer_opts o = {group, topics, 1, NULL, NULL, false}; /* from the start when the group is new: a request sent before the first run counts */
         canopy_kafka_consumer *kc = NULL;
         canopy_checkpoint *cp = NULL;
         canopy_checkpoint_opts co = {cf->redis_host, (int)cf->redis_port, cf->redis_password, 2000, cf->redis_prefix,
@@ -272,6 +272,8 @@ int main(int argc, char **argv) {
         }
         p->producer_id = strdup(idbuf);
         p->class_filter = join_filter(p);
+        if (p->class_filter && asprintf(&p->ds_filter, "(|%s(isDeleted=TRUE))", p->class_filter) < 0)
+                p->ds_filter = NULL;
         p->attrs = build_attrs(p);
         srand((unsigned)(time(NULL) ^ getpid()));
 
@@ -330,8 +332,12 @@ int main(int argc, char **argv) {
         rc = 0;
         while (!g_stop) {
                 if (!leader || !canopy_lease_held(p->lease)) {
-                        if (leader)
+                        if (leader) {
                                 canopy_log(CANOPY_LOG_WARN, MOD, &lctx, "lost the lease: stopped publishing");
+                                /* stop the renewal thread (and give the key up if it is still ours) */
+                                canopy_lease_release(p->lease);
+                                canopy_checkpoint_discard(p->cp);
+                        }
                         leader = false;
                         canopy_metrics_set(m_leader, NULL, 0);
                         prod_disconnect(p);
@@ -438,6 +444,7 @@ out:
                 free(p->attrs[i]);
         free(p->attrs);
         free(p->class_filter);
+        free(p->ds_filter);
         free(p->producer_id);
         canopy_conf_free(&canopy_conf_producer, &cf);
         canopy_log(CANOPY_LOG_INFO, MOD, NULL, "exit %d", rc);

@@ -470,8 +470,8 @@ canopy_err mode_dirsync(prod *p) {
                 LDAPControl *ctrls[2] = {dc, NULL};
                 LDAPMessage *res = NULL;
                 struct timeval tv = {(time_t)(p->cf->timeout_ms / 1000), 0};
-                rc = ldap_search_ext_s(p->ld, p->nc_root, LDAP_SCOPE_SUBTREE, p->class_filter, p->attrs, 0, ctrls,
-                                       NULL, &tv, 0, &res);
+                rc = ldap_search_ext_s(p->ld, p->nc_root, LDAP_SCOPE_SUBTREE, p->ds_filter, p->attrs, 0, ctrls, NULL,
+                                       &tv, 0, &res);
                 ldap_control_free(dc);
                 if (rc != LDAP_SUCCESS && !res) {
                         ldap_msgfree(res);
@@ -606,7 +606,7 @@ canopy_err mode_usn(prod *p) {
                         char filter[4096];
                         /* deleted objects are found through Show Deleted: tombstones keep objectClass */
                         snprintf(filter, sizeof(filter), "(&(uSNChanged>=%lld)(uSNChanged<=%lld)%s)", last + 1, high,
-                                 p->class_filter);
+                                 p->ds_filter);
                         err = prod_paged_search(p, p->nc_root, filter, &show, usn_entry, NULL);
                         if (!err && initial)
                                 err = prod_scan_end(p);

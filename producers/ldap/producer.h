@@ -49,6 +49,7 @@ typedef struct prod {
         char *nc_root;       /* naming context that holds the bases (AD defaultNamingContext) */
         char **norm_bases;   /* normalised, lower-case base DNs */
         char *class_filter;  /* (|(objectClass=...)...) possibly ANDed with ldap.filter */
+        char *ds_filter;     /* (|class_filter(isDeleted=TRUE)): DirSync and usn also read tombstones */
         char **attrs;        /* attributes requested (config + bookkeeping), NULL-terminated */
 
         /* Kafka and Redis */
