@@ -1,0 +1,623 @@
+#!/usr/bin/env bash
+# Pipeline benchmarks: the whole Canopy stack (slapd -> producer -> Kafka ->
+# workers -> Redis -> Graph emulator), each figure measured next to its
+# physical limit in the same run (docs/BENCHMARKS.md).
+#
+#   bench/pipeline/pipeline.sh --bin BUILD/bin --out DIR [--scale USERS] [--smoke]
+#                              [--scale-users USERS] [--budget-rate N] [--profile SECONDS]
+#                              [--skip LIST]
+#
+# Servers are started through the test harness library (tests/harness/lib.sh:
+# PIDs recorded, a reaper stops everything even if this script is killed).
+# Writes DIR/pipeline.json (figures, limits, targets) and DIR/pipeline.log
+# (what happened). Exit status: 0 when every benchmark ran (targets met or
+# not: speed never fails the run), 1 when one could not run, 77 when a
+# needed program is missing.
+set -uo pipefail
+
+SRC_DIR=$(cd "$(dirname "$(readlink -f "$0")")/../.." && pwd)
+BIN='' OUT='' SCALE=100000 SMOKE='' SCALE_USERS='' BUDGET_RATE=100 PROFILE_S=0 SKIP=''
+while [ $# -gt 0 ]; do
+        case $1 in
+        --bin) BIN=$(readlink -f "$2"); shift ;;
+        --out) OUT=$2; shift ;;
+        --scale) SCALE=$2; shift ;;
+        --scale-users) SCALE_USERS=$2; shift ;;
+        --smoke) SMOKE=1 ;;
+        --budget-rate) BUDGET_RATE=$2; shift ;;
+        --profile) PROFILE_S=$2; shift ;;
+        --skip) SKIP=$2; shift ;;
+        -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+        *) echo "pipeline.sh: unknown option $1" >&2; exit 2 ;;
+        esac
+        shift
+done
+[ -n "$BIN" ] && [ -n "$OUT" ] || { echo "pipeline.sh: --bin and --out are required" >&2; exit 2; }
+[[ $SCALE =~ ^[1-9][0-9]*$ ]] && [ "$SCALE" -ge 100 ] || { echo "pipeline.sh: --scale wants >= 100 users" >&2; exit 2; }
+mkdir -p "$OUT"
+OUT=$(readlink -f "$OUT")
+for b in canopy-devkafka canopy-graph-emulator canopy-producer-ldap canopy-worker canopy-genforest \
+        canopy-bench-delta canopy-bench-emulator; do
+        [ -x "$BIN/$b" ] || { echo "SKIP: $BIN/$b is not built" >&2; exit 77; }
+done
+for p in slapd ldapsearch ldapmodify redis-server redis-cli curl jq kcat; do
+        command -v "$p" >/dev/null 2>&1 || [ -x "/usr/sbin/$p" ] || { echo "SKIP: $p is not installed" >&2; exit 77; }
+done
+
+# ---- sizes ---------------------------------------------------------------------
+U=$SCALE
+G=$((U / 10))
+BIG_SIZE=$((U / 5))
+LARGE=$((U - 10))           # group 0: everyone but the last 10 users (one of them is added in (5))
+DELTA_N=500 DELTA_SPACING=50 BUDGET_N=$((BUDGET_RATE * 30)) EMU_USERS=10000 COALESCE_WIN=20
+if [ -n "$SMOKE" ]; then
+        DELTA_N=20 BUDGET_N=$((BUDGET_RATE * 3)) EMU_USERS=400 COALESCE_WIN=5
+fi
+[ "$EMU_USERS" -le "$U" ] || EMU_USERS=$U
+[ -n "$SCALE_USERS" ] || SCALE_USERS=$U
+[ "$BUDGET_N" -le $((U - 20)) ] || BUDGET_N=$((U - 20))
+
+. "$SRC_DIR/tests/harness/lib.sh"
+harness_init "$BIN" || { echo "cannot create the temp dir" >&2; exit 1; }
+T=$CANOPY_TEST_TMPDIR
+trap 'harness_cleanup' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+PREFIX=canopy.
+LOG=$OUT/pipeline.log
+: > "$LOG"
+RESULTS=$OUT/pipeline.results.jsonl
+: > "$RESULTS"
+FAILED=0
+
+say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$LOG" >&2; }
+skip() { [[ ",$SKIP," == *",$1,"* ]]; }
+now_ms() { date +%s%3N; }
+# result ID NAME VALUE UNIT [LIMIT LIMIT_NAME] [TARGET_TEXT MET] [EXTRA_JSON]
+result() {
+        local id=$1 name=$2 value=$3 unit=$4 limit=${5:-} lname=${6:-} target=${7:-} met=${8:-} extra=${9:-'{}'}
+        jq -nc --arg id "$id" --arg name "$name" --arg value "$value" --arg unit "$unit" --arg limit "$limit" \
+                --arg lname "$lname" --arg target "$target" --arg met "$met" --argjson extra "$extra" \
+                '{id: $id, name: $name, value: ($value | tonumber? // $value), unit: $unit,
+                  limit: (if $limit == "" then null else ($limit | tonumber? // $limit) end),
+                  limit_name: (if $lname == "" then null else $lname end),
+                  target: (if $target == "" then null else $target end),
+                  met: (if $met == "" then null else ($met == "1") end)} + $extra' >> "$RESULTS"
+        say "RESULT $id $name: $value $unit${limit:+ (limit $limit: $lname)}${target:+ target $target: $([ "$met" = 1 ] && echo met || echo NOT met)}"
+}
+bad() { say "ERROR: $*"; FAILED=1; }
+fcmp() { awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { if (op == ">=") exit !(a >= b); if (op == "<") exit !(a < b); if (op == "<=") exit !(a <= b); exit !(a == b) }'; }
+fdiv() { awk -v a="$1" -v b="$2" -v p="${3:-1}" 'BEGIN { if (b == 0) print 0; else printf "%.*f", p, a / b }'; }
+
+# ---- the forest ----------------------------------------------------------------
+FOREST=bench
+BASE=dc=bench,dc=canopy,dc=test
+gen_forest() { # USERS FILE
+        local u=$1
+        "$BIN/canopy-genforest" --base "$BASE" --users "$u" --groups $((u / 10)) --members 20 \
+                --big-groups 5 --big-size $((u / 5)) --large $((u - 10)) --domain canopy.test > "$2"
+}
+LDIF=$T/bench.ldif
+say "generating the forest: $U users, $G groups (avg 20 members; 5 of $BIG_SIZE; one of $LARGE)"
+gen_forest "$U" "$LDIF" || { bad "canopy-genforest failed"; exit 1; }
+NOBJ=$((U + G))
+NMEMBERS=$(grep -c '^member:' "$LDIF")
+
+say "starting redis-server, canopy-devkafka, the Graph emulator and slapd"
+harness_redis || exit
+TOPICS=("${PREFIX}changes:32" "${PREFIX}mv:32" "${PREFIX}exports:8" "${PREFIX}dlq:1" "${PREFIX}control:1")
+harness_kafka 3 "${TOPICS[@]}" || exit
+harness_emulator --domain canopy.test || exit
+harness_slapd "$FOREST" "$LDIF" || exit
+LURI=$CANOPY_TEST_LDAP_BENCH_URI
+LDAPS=$CANOPY_TEST_LDAP_BENCH_LDAPS_URI
+LCA=$CANOPY_TEST_LDAP_BENCH_CA
+LADMIN=$CANOPY_TEST_LDAP_BENCH_BINDDN
+LADMIN_PW=$CANOPY_TEST_LDAP_BENCH_PWFILE
+
+emu() { curl -sf --max-time 60 --cacert "$CANOPY_TEST_GRAPH_CA" "$CANOPY_TEST_GRAPH_URL$1"; }
+emu_post() { curl -sf --max-time 60 --cacert "$CANOPY_TEST_GRAPH_CA" -X POST -H 'Content-Type: application/json' \
+        ${2:+--data "$2"} "$CANOPY_TEST_GRAPH_URL$1"; }
+emu_stat() { emu /_emulator/stats | jq -r ".$1 // 0"; }
+rcli() { redis-cli -h "$CANOPY_TEST_REDIS_HOST" -p "$CANOPY_TEST_REDIS_PORT" "$@"; }
+rinfo() { rcli INFO "$1" | tr -d '\r' | awk -F: -v k="$2" '$1 == k { print $2 }'; }
+
+# ---- machine ---------------------------------------------------------------------
+jq -n --arg cpu "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)" --arg cores "$(nproc)" \
+        --arg mem "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" --arg kernel "$(uname -r)" \
+        --arg os "$(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-?}")" \
+        --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+        --arg slapd "$( (slapd -VV 2>&1 || true) | grep -o 'slapd [0-9.]*' | head -1)" \
+        --arg redis "$(redis-server --version | grep -o 'v=[0-9.]*')" \
+        --arg rdkafka "$(pkg-config --modversion rdkafka 2>/dev/null)" \
+        --arg curl "$(curl --version | head -1 | cut -d' ' -f1-2)" \
+        --arg cc "$(cc --version | head -1)" \
+        '{cpu: $cpu, cores: ($cores | tonumber), memory: $mem, kernel: $kernel, os: $os, loadavg_at_start: $load,
+          versions: {slapd: $slapd, redis: $redis, librdkafka: $rdkafka, curl: $curl, cc: $cc}}' > "$OUT/machine.json"
+
+# ---- raw stage limits --------------------------------------------------------------
+# (a) the paged read of the same data, as the producer reads it (LDAPS, the
+# connector account), and (b) the emulator's write capacity under a curl multi
+# load generator (bench/emulator), then the emulator is reset.
+LDAP_READ_OPS=0
+if ! skip limits; then
+        say "limit: ldapsearch -E pr=1000/noprompt of the whole forest"
+        t0=$(now_ms)
+        n=$(LDAPTLS_CACERT=$LCA ldapsearch -x -LLL -o ldif-wrap=no -H "$LDAPS" -D "$CANOPY_TEST_LDAP_BENCH_CONNECTOR_DN" \
+                -y "$CANOPY_TEST_LDAP_BENCH_CONNECTOR_PWFILE" -b "$BASE" -E pr=1000/noprompt '(objectClass=*)' '*' '+' 2>>"$LOG" |
+                grep -c '^dn:')
+        t1=$(now_ms)
+        LDAP_READ_OPS=$(fdiv "$n" "$(( t1 - t0 ))e-3" 0)
+        result limit.ldap_read "paged LDAP read (ldapsearch pr=1000)" "$LDAP_READ_OPS" "objects/s" "" "" "" "" \
+                "{\"objects\": $n, \"seconds\": $(fdiv $((t1 - t0)) 1000 2)}"
+        say "limit: emulator write capacity (canopy-bench-emulator --users $EMU_USERS --concurrency 16)"
+        if "$BIN/canopy-bench-emulator" --users "$EMU_USERS" --concurrency 16 --json "$OUT/emulator-raw.json" >>"$LOG" 2>&1; then
+                EMU_CREATE=$(jq '[.[] | select(.phase == "create")][0].objects_per_s // 0' "$OUT/emulator-raw.json")
+                EMU_BATCH=$(jq '[.[] | select(.phase == "batch-create")][0].objects_per_s // 0' "$OUT/emulator-raw.json")
+                result limit.emu_create "emulator raw creates (1 per request, 16 in flight)" "$(printf %.0f "$EMU_CREATE")" "objects/s"
+                result limit.emu_batch "emulator raw creates (\$batch of 20, 16 in flight)" "$(printf %.0f "$EMU_BATCH")" "objects/s"
+        else
+                bad "canopy-bench-emulator failed (see $LOG)"
+        fi
+        emu_post /_emulator/reset >/dev/null || bad "emulator reset failed"
+fi
+EMU_CREATE=${EMU_CREATE:-0} EMU_BATCH=${EMU_BATCH:-0}
+
+# ---- configs ----------------------------------------------------------------------------
+cat > "$T/rules.yaml" <<YAML
+version: 1
+connectors:
+  - id: $FOREST
+    kind: openldap
+    domain: canopy.test
+    precedence: 10
+    join:
+      user:
+        - source: anchor
+YAML
+
+write_producer_conf() {
+        cat > "$T/producer.yaml" <<YAML
+connector:
+  id: "$FOREST"
+mode: syncrepl
+ldap:
+  uris: ["$LDAPS"]
+  bind_dn: "$CANOPY_TEST_LDAP_BENCH_CONNECTOR_DN"
+  password_file: "$CANOPY_TEST_LDAP_BENCH_CONNECTOR_PWFILE"
+  tls: ldaps
+  ca_file: "$LCA"
+  base_dns: ["$BASE"]
+security:
+  refuse_privileged: true
+metrics:
+  listen: "127.0.0.1:0"
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+  topic_prefix: "$PREFIX"
+  session_timeout: 6s
+redis:
+  host: "$CANOPY_TEST_REDIS_HOST"
+  port: $CANOPY_TEST_REDIS_PORT
+YAML
+}
+
+# write_worker_conf NAME GROUP_SUFFIX BUDGET_WRITES BUDGET_WINDOW
+write_worker_conf() {
+        cat > "$T/worker-$1.yaml" <<YAML
+rules:
+  file: "$T/rules.yaml"
+join:
+  group_id: "bench-join-$2"
+export:
+  group_id: "bench-export-$2"
+graph:
+  tenant: "$CANOPY_TEST_GRAPH_TENANT"
+  client_id: "$CANOPY_TEST_GRAPH_CLIENT_ID"
+  client_secret_file: "$CANOPY_TEST_GRAPH_SECRET_FILE"
+  authority_url: "$CANOPY_TEST_GRAPH_URL"
+  url: "$CANOPY_TEST_GRAPH_URL"
+  ca_file: "$CANOPY_TEST_GRAPH_CA"
+  budget:
+    writes: $3
+    window: $4
+metrics:
+  listen: "127.0.0.1:0"
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+  topic_prefix: "$PREFIX"
+  session_timeout: 6s
+redis:
+  host: "$CANOPY_TEST_REDIS_HOST"
+  port: $CANOPY_TEST_REDIS_PORT
+YAML
+}
+
+# ---- processes --------------------------------------------------------------------------
+NW=0
+start_proc() { # KEY LOG CMD...
+        local key=$1 log=$2
+        shift 2
+        "$@" </dev/null >>"$log" 2>&1 &
+        _h_record "$key" $!
+        disown $! 2>/dev/null
+}
+metrics_port() { grep -o 'http://127.0.0.1:[0-9]*' "$1" 2>/dev/null | head -1 | sed 's/.*://'; }
+start_producer() {
+        write_producer_conf
+        : > "$T/producer.log"
+        start_proc producer "$T/producer.log" "$BIN/canopy-producer-ldap" -c "$T/producer.yaml"
+}
+stop_producer() { _h_stop producer; }
+# start_workers N CONF [WRAPPER...]: N workers with worker-CONF.yaml
+start_workers() {
+        local n=$1 conf=$2 w
+        shift 2
+        for ((w = 1; w <= n; w++)); do
+                : > "$T/worker-$w.log"
+                start_proc "worker.$w" "$T/worker-$w.log" "$@" "$BIN/canopy-worker" -c "$T/worker-$conf.yaml" \
+                        --set "worker.id=bench-worker-$w"
+        done
+        NW=$n
+        # Ready: every metrics endpoint answers /readyz.
+        local i ok port
+        for ((i = 0; i < 600; i++)); do
+                ok=0
+                for ((w = 1; w <= NW; w++)); do
+                        port=$(metrics_port "$T/worker-$w.log")
+                        [ -n "$port" ] && curl -sf --max-time 2 "http://127.0.0.1:$port/readyz" >/dev/null && ok=$((ok + 1))
+                done
+                [ $ok -eq "$NW" ] && return 0
+                sleep 0.2
+        done
+        bad "workers not ready (see $T/worker-*.log)"
+        return 1
+}
+stop_workers() {
+        local w
+        for ((w = 1; w <= NW; w++)); do _h_stop "worker.$w"; done
+        NW=0
+}
+worker_pids() { local w; for ((w = 1; w <= NW; w++)); do _h_pid "worker.$w"; done; }
+metric_sum() { # NAME-WITH-LABELS: summed over the running workers
+        local total=0 w port v
+        for ((w = 1; w <= NW; w++)); do
+                port=$(metrics_port "$T/worker-$w.log")
+                [ -n "$port" ] || continue
+                v=$(curl -sf --max-time 5 "http://127.0.0.1:$port/metrics" | awk -v n="$1" '$1 == n { s += $2 } END { printf "%d", s }')
+                total=$((total + ${v:-0}))
+        done
+        echo "$total"
+}
+# Topic size without reading it: the offset of the last message of each partition.
+topic_count() {
+        kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t "$PREFIX$1" -o -1 -e -q -f '%o\n' 2>/dev/null |
+                awk '{ s += $1 + 1 } END { printf "%d", s }'
+}
+cpu_ticks() { # PID: utime+stime in clock ticks
+        awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+hwm_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+alive_check() {
+        local k pid
+        for k in producer $(for ((w = 1; w <= NW; w++)); do echo "worker.$w"; done); do
+                pid=$(_h_pid "$k")
+                [ -n "$pid" ] || continue
+                kill -0 "$pid" 2>/dev/null || { bad "$k (pid $pid) exited (see $T/${k/./-}.log)"; return 1; }
+        done
+}
+
+# wait_converged TIMEOUT: join and export stages idle, no pending reference, the
+# emulator's writes unchanged on two polls in a row. Sets CONV_MS (time of the
+# first of the idle polls), CONV_STATUS.
+wait_converged() {
+        local deadline=$(( $(date +%s) + $1 )) last='' last_t=0 stable=0 changes mv joined exported pending writes key t
+        CONV_MS=0
+        while :; do
+                alive_check || return 1
+                t=$(now_ms)
+                changes=$(topic_count changes) mv=$(topic_count mv)
+                joined=$(metric_sum 'canopy_worker_events_total{stage="join"}')
+                exported=$(metric_sum 'canopy_worker_events_total{stage="export"}')
+                pending=$(metric_sum canopy_worker_pending_references)
+                writes=$(emu_stat writes)
+                CONV_STATUS="changes $changes, joined $joined, mv $mv, exported $exported, pending $pending, writes $writes"
+                key="$changes/$mv/$writes/$joined/$exported"
+                if [ "$changes" -gt 0 ] && [ "$joined" -ge "$changes" ] && [ "$exported" -ge "$mv" ] &&
+                        [ "$pending" -eq 0 ] && [ "$key" = "$last" ]; then
+                        stable=$((stable + 1))
+                        [ $stable -eq 1 ] && CONV_MS=$last_t
+                        [ $stable -ge 2 ] && { say "  converged: $CONV_STATUS"; return 0; }
+                else
+                        stable=0
+                fi
+                last=$key last_t=$t
+                say "  $CONV_STATUS"
+                [ "$(date +%s)" -lt "$deadline" ] || { bad "not converged after $1 s: $CONV_STATUS"; return 1; }
+                sleep 1
+        done
+}
+
+# ---- (1) initial sync ----------------------------------------------------------------------
+# sync_run WORKERS LABEL: from an empty Redis, Kafka and emulator, start N
+# workers, then the producer; time until converged. Sets SYNC_* variables.
+SYNC_TIMEOUT=$(( U / 5 + 600 ))
+fresh_backends() {
+        stop_workers
+        stop_producer
+        harness_restart_redis >>"$LOG" 2>&1 || { bad "redis restart failed"; return 1; }
+        harness_restart_kafka >>"$LOG" 2>&1 || { bad "kafka restart failed"; return 1; }
+        emu_post /_emulator/reset >/dev/null || { bad "emulator reset failed"; return 1; }
+        emu_post /_emulator/faults '{"writeRate":0}' >/dev/null || true
+}
+sync_run() {
+        local nw=$1 label=$2 wrap=("${@:3}")
+        say "sync ($label): $nw worker(s), throttling off"
+        write_worker_conf sync "$label" 1000000 1s
+        start_workers "$nw" sync "${wrap[@]+"${wrap[@]}"}" || return 1
+        local mem0 cmd0 req0 w0 t0 p
+        mem0=$(rinfo memory used_memory) cmd0=$(rinfo stats total_commands_processed)
+        req0=$(emu_stat requests) w0=$(emu_stat writes)
+        declare -gA CPU0=()
+        for p in redis kafka emulator slapd.bench; do CPU0[$p]=$(cpu_ticks "$(_h_pid "$p")"); done
+        t0=$(now_ms)
+        start_producer
+        SYNC_PEAK_RSS=0
+        wait_converged "$SYNC_TIMEOUT" || return 1
+        SYNC_MS=$((CONV_MS - t0))
+        SYNC_WRITES=$(( $(emu_stat writes) - w0 ))
+        SYNC_REQS=$(( $(emu_stat requests) - req0 ))
+        SYNC_REDIS_CMDS=$(( $(rinfo stats total_commands_processed) - cmd0 ))
+        SYNC_REDIS_BYTES=$(( $(rinfo memory used_memory) - mem0 ))
+        local st users groups members
+        st=$(emu /_emulator/state) || { bad "cannot read the emulator state"; return 1; }
+        read -r users groups members < <(jq -r '[(.users | length), (.groups | length), ([.groups[].members | length] | add // 0)] | @tsv' <<<"$st")
+        SYNC_USERS=$users SYNC_GROUPS=$groups SYNC_MEMBERS=$members
+        SYNC_OPS=$(fdiv $((users + groups)) "${SYNC_MS}e-3" 0)
+        SYNC_WPS=$(fdiv "$SYNC_WRITES" "${SYNC_MS}e-3" 0)
+        SYNC_PEAK_RSS=0
+        for p in $(worker_pids); do
+                local h
+                h=$(hwm_kb "$p")
+                [ "$h" -gt "$SYNC_PEAK_RSS" ] && SYNC_PEAK_RSS=$h
+        done
+        local hz
+        hz=$(getconf CLK_TCK)
+        SYNC_CPU=$(
+                for p in redis kafka emulator slapd.bench; do
+                        printf '"%s": %s,' "$p" "$(fdiv $(( $(cpu_ticks "$(_h_pid "$p")") - ${CPU0[$p]} )) "$hz" 1)"
+                done
+                printf '"producer": %s,' "$(fdiv "$(cpu_ticks "$(_h_pid producer)")" "$hz" 1)"
+                local tot=0
+                for p in $(worker_pids); do tot=$((tot + $(cpu_ticks "$p"))); done
+                printf '"workers": %s' "$(fdiv "$tot" "$hz" 1)"
+        )
+        say "sync ($label): $users users, $groups groups, $members memberships in $(fdiv "$SYNC_MS" 1000 1) s" \
+                "= $SYNC_OPS objects/s, $SYNC_WRITES Graph writes ($SYNC_WPS/s), $SYNC_REQS requests," \
+                "$SYNC_REDIS_CMDS Redis commands, worker peak RSS $SYNC_PEAK_RSS KiB; CPU s: {$SYNC_CPU}"
+        [ "$users" -eq "$U" ] && [ "$groups" -eq "$G" ] || bad "sync ($label): expected $U users and $G groups in the emulator"
+        [ "$members" -eq "$NMEMBERS" ] || bad "sync ($label): expected $NMEMBERS memberships, got $members"
+}
+
+SYNC1_OK=''
+if ! skip sync; then
+        if sync_run 2 main; then
+                SYNC1_OK=1
+                slower=$(awk -v a="$LDAP_READ_OPS" -v b="$(awk -v x="$EMU_CREATE" -v y="$EMU_BATCH" 'BEGIN{print (x > y ? x : y)}')" \
+                        'BEGIN { if (a == 0) print b; else if (b == 0) print a; else print (a < b ? a : b) }')
+                ratio=$(fdiv "$SYNC_OPS" "$slower" 3)
+                met=0
+                fcmp "$SYNC_OPS" ">=" 5000 && fcmp "$ratio" ">=" 0.5 && met=1
+                result 1.sync "initial sync ($U users, $G groups, 2 workers)" "$SYNC_OPS" "objects/s" \
+                        "$(printf %.0f "$slower")" "slower raw stage" ">= 5000 objects/s and >= 50% of the slower raw stage" "$met" \
+                        "{\"seconds\": $(fdiv "$SYNC_MS" 1000 1), \"ratio_to_limit\": $ratio, \"users\": $SYNC_USERS,
+                          \"groups\": $SYNC_GROUPS, \"memberships\": $SYNC_MEMBERS, \"graph_writes\": $SYNC_WRITES,
+                          \"graph_writes_per_s\": $SYNC_WPS, \"graph_requests\": $SYNC_REQS,
+                          \"redis_commands\": $SYNC_REDIS_CMDS, \"cpu_seconds\": {$SYNC_CPU}}"
+                result 1.sync_time "initial sync wall time" "$(fdiv "$SYNC_MS" 1000 1)" "s"
+                result 1.requests_per_object "Graph requests per object (initial sync)" "$(fdiv "$SYNC_REQS" "$NOBJ" 2)" "requests"
+                result 1.redis_per_object "Redis commands per object (initial sync)" "$(fdiv "$SYNC_REDIS_CMDS" "$NOBJ" 1)" "commands"
+                met=0; [ "$SYNC_PEAK_RSS" -le 65536 ] && met=1
+                result 6.worker_rss "worker peak RSS during (1)" "$(fdiv "$SYNC_PEAK_RSS" 1024 1)" "MiB" "" "" "<= 64 MiB" "$met"
+                result 6.redis_bytes "Redis bytes per synced object (producer + worker state)" \
+                        "$(fdiv "$SYNC_REDIS_BYTES" "$NOBJ" 0)" "bytes" "" "" "" "" "{\"used_memory_delta\": $SYNC_REDIS_BYTES}"
+                SYNC2_OPS=$SYNC_OPS
+        fi
+fi
+
+# ---- (2) delta latency ----------------------------------------------------------------------
+if [ -n "$SYNC1_OK" ] && ! skip delta; then
+        # Plain uid= users (every 7th has an escaped cn= RDN), not the last 10.
+        awk -v n="$DELTA_N" '/^dn: uid=f0u[0-9]+,ou=People,/ { print substr($0, 5); if (++c >= n) exit }' "$LDIF" > "$T/delta-dns.txt"
+        say "delta latency: $DELTA_N single-attribute changes, ${DELTA_SPACING} ms apart"
+        if "$BIN/canopy-bench-delta" --ldap-uri "$LURI" --bind-dn "$LADMIN" --pw-file "$LADMIN_PW" users \
+                --dns "$T/delta-dns.txt" --count "$DELTA_N" --spacing-ms "$DELTA_SPACING" \
+                --json "$T/delta.json" 2>>"$LOG" | tee -a "$LOG" >&2; then
+                p99=$(jq .p99_ms "$T/delta.json")
+                met=0; fcmp "$p99" "<" 1000 && met=1
+                result 2.delta_p99 "delta latency p99 (LDAP write -> emulator)" "$(printf %.0f "$p99")" "ms" "" "" "< 1000 ms" "$met" \
+                        "$(jq -c '{p50_ms, max_ms, mean_ms, changes, graph_writes}' "$T/delta.json")"
+                result 2.delta_p50 "delta latency p50" "$(jq '.p50_ms | round' "$T/delta.json")" "ms"
+                result 2.delta_max "delta latency max" "$(jq '.max_ms | round' "$T/delta.json")" "ms"
+        else
+                bad "delta latency benchmark failed"
+        fi
+fi
+
+# ---- (5) large group -----------------------------------------------------------------------------
+if [ -n "$SYNC1_OK" ] && ! skip large; then
+        gdn=$(awk '/^dn: cn=f0-g00000 /{ print substr($0, 5); exit }' "$LDIF")
+        gname=$(awk '/^dn: cn=f0-g00000 /{ f = 1 } f && /^cn: / { print substr($0, 5); exit }' "$LDIF")
+        # A user outside group 0 (the last 10), with a plain uid= RDN.
+        mdn=$(awk -v from=$((U - 10)) '/^dn: uid=f0u[0-9]+,ou=People,/ { i = substr($0, 12, 6) + 0; if (i >= from) { print substr($0, 5); exit } }' "$LDIF")
+        mnick=${mdn#uid=}; mnick=${mnick%%,*}
+        say "large group: add $mnick to '$gname' ($LARGE members)"
+        if "$BIN/canopy-bench-delta" --ldap-uri "$LURI" --bind-dn "$LADMIN" --pw-file "$LADMIN_PW" member \
+                --group-dn "$gdn" --group-name "$gname" --member-dn "$mdn" --member-nick "$mnick" --settle-ms 3000 \
+                --json "$T/large.json" 2>>"$LOG" | tee -a "$LOG" >&2; then
+                ms=$(jq '.latency_ms | round' "$T/large.json") wr=$(jq .graph_writes "$T/large.json")
+                met=0; [ "$wr" -eq 1 ] && fcmp "$ms" "<" 1000 && met=1
+                result 5.large_group "one member added to a $LARGE-member group" "$ms" "ms" "" "" "1 write, < 1000 ms" "$met" \
+                        "{\"graph_writes\": $wr}"
+        else
+                bad "large group benchmark failed"
+        fi
+fi
+
+# ---- (4) no-op replay ----------------------------------------------------------------------
+if [ -n "$SYNC1_OK" ] && ! skip replay; then
+        stop_workers
+        say "no-op replay: new consumer groups replay every change"
+        w0=$(emu_stat writes)
+        write_worker_conf replay replay 1000000 1s
+        t0=$(now_ms)
+        if start_workers 2 replay && wait_converged "$SYNC_TIMEOUT"; then
+                ms=$((CONV_MS - t0))
+                wr=$(( $(emu_stat writes) - w0 ))
+                ev=$(metric_sum 'canopy_worker_events_total{stage="join"}')
+                noop=$(metric_sum canopy_worker_export_noop_total)
+                met=0; [ "$wr" -eq 0 ] && met=1
+                result 4.replay_writes "Graph writes when replaying every change" "$wr" "writes" "" "" "0 writes" "$met" \
+                        "{\"changes_replayed\": $ev, \"export_noops\": $noop, \"seconds\": $(fdiv "$ms" 1000 1)}"
+                result 4.replay_rate "replay rate (no-op)" "$(fdiv "$ev" "${ms}e-3" 0)" "changes/s"
+        else
+                bad "replay did not converge"
+        fi
+fi
+
+# ---- (3) Graph budget shared by 3 workers --------------------------------------------------------
+if [ -n "$SYNC1_OK" ] && ! skip budget; then
+        stop_workers
+        say "budget: emulator throttles at $BUDGET_RATE writes/s, 3 workers share $BUDGET_RATE writes per 1 s; $BUDGET_N changes"
+        emu_post /_emulator/faults "{\"writeRate\":$BUDGET_RATE,\"writeBurst\":$BUDGET_RATE}" >/dev/null || bad "cannot set the write rate"
+        write_worker_conf budget replay "$BUDGET_RATE" 1s
+        if start_workers 3 budget; then
+                awk -v n="$BUDGET_N" -v tag="b$$" '/^dn: uid=f0u[0-9]+,ou=People,/ {
+                        print $0; print "changetype: modify"; print "replace: title"; print "title: Budget " tag " " c; print "";
+                        if (++c >= n) exit }' "$LDIF" > "$T/budget.ldif"
+                w0=$(emu_stat writes) r0=$(emu_stat requests) th0=$(emu_stat throttled)
+                ldapmodify -x -H "$LURI" -D "$LADMIN" -y "$LADMIN_PW" -f "$T/budget.ldif" >/dev/null 2>>"$LOG" || bad "ldapmodify failed"
+                # Sample the writes every 0.5 s until all arrived and 3 s passed without any.
+                samples=() deadline=$(( $(date +%s) + BUDGET_N / BUDGET_RATE * 4 + 120 ))
+                last_w=-1 quiet=0
+                while [ "$(date +%s)" -lt "$deadline" ]; do
+                        w=$(( $(emu_stat writes) - w0 ))
+                        samples+=("$(now_ms) $w")
+                        if [ "$w" -eq "$last_w" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+                        last_w=$w
+                        [ "$w" -ge "$BUDGET_N" ] && [ $quiet -ge 6 ] && break
+                        sleep 0.5
+                done
+                printf '%s\n' "${samples[@]}" > "$T/budget-samples.txt"
+                reqs=$(( $(emu_stat requests) - r0 )) thr=$(( $(emu_stat throttled) - th0 ))
+                # Achieved rate over the steady part: from the first sample with
+                # 10% of the writes to the first with 90%.
+                rate=$(awk -v n="$last_w" '{ if (!a && $2 >= n * 0.1) { ta = $1; wa = $2; a = 1 } if (!b && $2 >= n * 0.9) { tb = $1; wb = $2; b = 1 } }
+                        END { if (tb > ta) printf "%.1f", (wb - wa) / ((tb - ta) / 1000); else print 0 }' "$T/budget-samples.txt")
+                ratio=$(fdiv "$rate" "$BUDGET_RATE" 3)
+                pct429=$(awk -v t="$thr" -v r="$reqs" 'BEGIN { printf "%.2f", r ? 100 * t / r : 0 }')
+                met=0; fcmp "$ratio" ">=" 0.95 && fcmp "$pct429" "<" 1 && met=1
+                result 3.budget "write rate under a shared budget of $BUDGET_RATE/s (3 workers)" "$rate" "writes/s" \
+                        "$BUDGET_RATE" "allowed writes/s" ">= 95% of allowed, 429s < 1%" "$met" \
+                        "{\"ratio_to_limit\": $ratio, \"writes\": $last_w, \"changes\": $BUDGET_N, \"requests\": $reqs, \"throttled_429\": $thr, \"pct_429\": $pct429}"
+                result 3.budget_429 "429 answers under the shared budget" "$pct429" "% of requests"
+                [ "$last_w" -ge "$BUDGET_N" ] || bad "budget: only $last_w of $BUDGET_N writes arrived"
+        fi
+        emu_post /_emulator/faults '{"writeRate":0}' >/dev/null || true
+fi
+
+# ---- (8) coalescing while the budget is exhausted ----------------------------------------------
+if [ -n "$SYNC1_OK" ] && ! skip coalesce; then
+        stop_workers
+        say "coalescing: budget 1 write per ${COALESCE_WIN}s; one write spends it, then one object changes 10 times"
+        write_worker_conf coalesce replay 1 "${COALESCE_WIN}s"
+        if start_workers 1 coalesce; then
+                mapfile -t cdn < <(awk '/^dn: uid=f0u[0-9]+,ou=People,/ { print substr($0, 5); if (++c >= 2) exit }' "$LDIF")
+                tnick=${cdn[1]#uid=}; tnick=${tnick%%,*}
+                w0=$(emu_stat writes)
+                printf 'dn: %s\nchangetype: modify\nreplace: title\ntitle: Spender %s\n\n' "${cdn[0]}" "$$" |
+                        ldapmodify -x -H "$LURI" -D "$LADMIN" -y "$LADMIN_PW" >/dev/null 2>>"$LOG"
+                # Wait for the spending write, then change the target 10 times.
+                for ((i = 0; i < 300; i++)); do [ $(( $(emu_stat writes) - w0 )) -ge 1 ] && break; sleep 0.1; done
+                t0=$(now_ms)
+                for ((i = 1; i <= 10; i++)); do
+                        printf 'dn: %s\nchangetype: modify\nreplace: displayName\ndisplayName: Coalesce %s %d\n\n' "${cdn[1]}" "$$" "$i"
+                done | ldapmodify -x -H "$LURI" -D "$LADMIN" -y "$LADMIN_PW" >/dev/null 2>>"$LOG"
+                # Wait for the last state in the emulator, then a quiet period.
+                want="Coalesce $$ 10" seen='' dn_now=''
+                for ((i = 0; i < (COALESCE_WIN + 60) * 5; i++)); do
+                        dn_now=$(emu /_emulator/state | jq -r --arg n "$tnick" '.users[] | select(.mailNickname == $n) | .displayName')
+                        [ "$dn_now" = "$want" ] && { seen=$(now_ms); break; }
+                        sleep 0.2
+                done
+                sleep 3
+                wr=$(( $(emu_stat writes) - w0 - 1 ))
+                if [ -n "$seen" ]; then
+                        met=0; [ "$wr" -eq 1 ] && met=1
+                        result 8.coalesce "Graph writes for 10 changes of one object while the budget is spent" "$wr" "writes" \
+                                "" "" "1 write (the last state)" "$met" "{\"final_state_after_s\": $(fdiv $((seen - t0)) 1000 1)}"
+                else
+                        bad "coalescing: the last state never reached the emulator (displayName '$dn_now')"
+                fi
+        fi
+fi
+stop_workers
+
+# ---- (7) scale: the initial sync with 1, 2 and 4 workers --------------------------------------
+if [ -n "$SYNC1_OK" ] && ! skip scale; then
+        declare -A SC=()
+        if [ "$SCALE_USERS" -ne "$U" ]; then
+                say "scale runs on a forest of $SCALE_USERS users"
+                stop_producer
+                harness_stop_slapd "$FOREST" >>"$LOG" 2>&1
+                U=$SCALE_USERS G=$((SCALE_USERS / 10))
+                gen_forest "$U" "$LDIF" || bad "canopy-genforest failed"
+                NMEMBERS=$(grep -c '^member:' "$LDIF")
+                harness_slapd "$FOREST" "$LDIF" >>"$LOG" 2>&1 || { bad "slapd did not start"; exit 1; }
+                LURI=$CANOPY_TEST_LDAP_BENCH_URI LDAPS=$CANOPY_TEST_LDAP_BENCH_LDAPS_URI
+        fi
+        counts=(1 2 4)
+        if [ "$SCALE_USERS" -eq "$SCALE" ]; then
+                counts=(1 4)
+                SC[2]=$SYNC2_OPS
+        fi
+        [ -n "$SMOKE" ] && counts=(1)
+        for nw in "${counts[@]}"; do
+                fresh_backends && sync_run "$nw" "scale$nw" && SC[$nw]=$SYNC_OPS
+        done
+        if [ -n "${SC[1]:-}" ]; then
+                for nw in 2 4; do
+                        [ -n "${SC[$nw]:-}" ] || continue
+                        result "7.scale_$nw" "initial sync with $nw workers / with 1 worker" "$(fdiv "${SC[$nw]}" "${SC[1]}" 2)" "x" \
+                                "" "" "" "" "{\"objects_per_s\": ${SC[$nw]}, \"objects_per_s_1_worker\": ${SC[1]}, \"users\": $U}"
+                done
+                result 7.scale_1 "initial sync with 1 worker" "${SC[1]}" "objects/s" "" "" "" "" "{\"users\": $U}"
+        fi
+fi
+
+# ---- profile: one worker under callgrind for a bounded part of an initial sync ----------------
+if [ "$PROFILE_S" -gt 0 ] && ! skip profile && command -v valgrind >/dev/null; then
+        say "profile: one worker under valgrind --tool=callgrind for ${PROFILE_S}s of an initial sync"
+        if fresh_backends; then
+                write_worker_conf sync profile 1000000 1s
+                start_workers 1 sync valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.worker" --trace-children=no
+                start_producer
+                sleep "$PROFILE_S"
+                done_w=$(emu_stat writes)
+                stop_workers
+                stop_producer
+                if [ -s "$OUT/callgrind.out.worker" ]; then
+                        callgrind_annotate --inclusive=no "$OUT/callgrind.out.worker" 2>/dev/null | head -60 > "$OUT/callgrind-self.txt"
+                        callgrind_annotate --inclusive=yes "$OUT/callgrind.out.worker" 2>/dev/null | head -60 > "$OUT/callgrind-inclusive.txt"
+                        result profile.writes "Graph writes made by the worker under callgrind" "$done_w" "writes" "" "" "" "" \
+                                "{\"seconds\": $PROFILE_S}"
+                else
+                        bad "callgrind wrote no profile"
+                fi
+        fi
+fi
+
+jq -s --slurpfile m "$OUT/machine.json" --arg scale "$SCALE" --arg smoke "${SMOKE:-0}" \
+        '{machine: $m[0], scale_users: ($scale | tonumber), smoke: ($smoke == "1"), results: .}' "$RESULTS" > "$OUT/pipeline.json"
+say "pipeline benchmarks done: $OUT/pipeline.json$( [ $FAILED = 0 ] || echo ' (with errors: see above)')"
+exit $FAILED
