@@ -16,6 +16,7 @@ log() { echo "e2e[$scenario]: $*" >&2; }
 fail() {
         log "FAIL: $*"
         for f in "$T"/*.log; do echo "--- $f (tail)"; tail -n 30 "$f"; done >&2
+        { echo "--- redis keys"; rcli --scan --pattern 'w:*' | grep -E 'mof|pend|errors|staged' | head -40; } >&2 || true
         exit 1
 }
 cleanup() {
