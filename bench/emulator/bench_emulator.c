@@ -130,13 +130,15 @@ static int phase(const char *name, long total, int conc, make_fn mk, done_fn don
         }
         free(jobs);
         curl_multi_cleanup(m);
-        printf("emulator.%-14s %7ld requests in %6.2f s = %8.0f req/s, %8.0f objects/s, %ld errors (concurrency %d)\n",
+        printf("emulator.%-14s %7ld requests in %6.2f s = %8.0f req/s, %8.0f objects/s, %ld errors "
+               "(concurrency %d)\n",
                name, total, dt, (double)total / dt, (double)(total * objects_per_req) / dt, errors, conc);
         fflush(stdout);
-        json_array_append_new(g_results, json_pack("{s:s, s:I, s:f, s:f, s:f, s:I, s:i}", "phase", name, "requests",
-                                                   (json_int_t)total, "seconds", dt, "req_per_s", (double)total / dt,
-                                                   "objects_per_s", (double)(total * objects_per_req) / dt, "errors",
-                                                   (json_int_t)errors, "concurrency", conc));
+        json_array_append_new(g_results,
+                              json_pack("{s:s, s:I, s:f, s:f, s:f, s:I, s:i}", "phase", name, "requests",
+                                        (json_int_t)total, "seconds", dt, "req_per_s", (double)total / dt,
+                                        "objects_per_s", (double)(total * objects_per_req) / dt, "errors",
+                                        (json_int_t)errors, "concurrency", conc));
         return errors ? 1 : 0;
 }
 
@@ -187,7 +189,8 @@ static void mk_filter(long i, const char **method, char *url, size_t cap, char *
         (void)body;
         *method = "GET";
         long k = (i * 7919) % g_created;
-        snprintf(url, cap, "%s/v1.0/users?$filter=onPremisesImmutableId%%20eq%%20'bench-anchor-%ld'&$select=id", g_url,
+        snprintf(url, cap,
+                 "%s/v1.0/users?$filter=onPremisesImmutableId%%20eq%%20'bench-anchor-%ld'&$select=id", g_url,
                  k);
 }
 
@@ -209,8 +212,8 @@ static void mk_batch(long i, const char **method, char *url, size_t cap, char **
                 char *ub = user_body("batch", i * 20 + k);
                 char id[16];
                 snprintf(id, sizeof(id), "%d", k + 1);
-                json_array_append_new(reqs, json_pack("{s:s, s:s, s:s, s:{s:s}, s:o}", "id", id, "method", "POST",
-                                                      "url", "/users", "headers", "Content-Type",
+                json_array_append_new(reqs, json_pack("{s:s, s:s, s:s, s:{s:s}, s:o}", "id", id, "method",
+                                                      "POST", "url", "/users", "headers", "Content-Type",
                                                       "application/json", "body", json_loads(ub, 0, NULL)));
                 free(ub);
         }
@@ -226,8 +229,10 @@ static int done_batch(long i, long st, const char *body) {
         json_t *j = json_loads(body, 0, NULL);
         size_t k, bad = 0;
         json_t *r;
-        json_array_foreach(json_object_get(j, "responses"), k, r) if (json_integer_value(json_object_get(r, "status")) !=
-                                                                      201) bad++;
+        json_array_foreach(json_object_get(j, "responses"), k, r) {
+                if (json_integer_value(json_object_get(r, "status")) != 201)
+                        bad++;
+        }
         int n = (int)json_array_size(json_object_get(j, "responses"));
         json_decref(j);
         return bad || n != 20;
@@ -295,8 +300,8 @@ static int list_all(const char *name, const char *path) {
         printf("emulator.%-14s %7ld objects in %ld pages, %6.2f s = %8.0f objects/s\n", name, objs, pages, dt,
                (double)objs / dt);
         json_array_append_new(g_results, json_pack("{s:s, s:I, s:I, s:f, s:f}", "phase", name, "objects",
-                                                   (json_int_t)objs, "pages", (json_int_t)pages, "seconds", dt,
-                                                   "objects_per_s", (double)objs / dt));
+                                                   (json_int_t)objs, "pages", (json_int_t)pages, "seconds",
+                                                   dt, "objects_per_s", (double)objs / dt));
         free(next);
         curl_slist_free_all(hd);
         curl_easy_cleanup(h);
@@ -312,9 +317,10 @@ static int create_group(void) {
         buf out = {0};
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS,
-                         "{\"displayName\":\"Bench group\",\"mailNickname\":\"benchgroup\",\"mailEnabled\":false,"
-                         "\"securityEnabled\":true}");
+        curl_easy_setopt(
+            h, CURLOPT_POSTFIELDS,
+            "{\"displayName\":\"Bench group\",\"mailNickname\":\"benchgroup\",\"mailEnabled\":false,"
+            "\"securityEnabled\":true}");
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, &out);
         curl_easy_setopt(h, CURLOPT_CAINFO, g_ca);
@@ -362,7 +368,8 @@ static int get_token(void) {
         char *es = curl_easy_escape(h, secret, 0);
         char form[1024], url[1024];
         snprintf(form, sizeof(form),
-                 "grant_type=client_credentials&client_id=%s&client_secret=%s&scope=https%%3A%%2F%%2Fgraph.microsoft."
+                 "grant_type=client_credentials&client_id=%s&client_secret=%s&scope=https%%3A%%2F%%2Fgraph."
+                 "microsoft."
                  "com%%2F.default",
                  cid, es);
         curl_free(es);
@@ -437,8 +444,9 @@ int main(int argc, char **argv) {
         if (kb > 0) {
                 printf("emulator.rss %ld KiB for %ld users (%.2f KiB/user)\n", kb, users + (users / 20) * 20,
                        (double)kb / (double)(users + (users / 20) * 20));
-                json_array_append_new(g_results, json_pack("{s:s, s:I, s:I}", "phase", "rss", "kib", (json_int_t)kb,
-                                                           "users", (json_int_t)(users + (users / 20) * 20)));
+                json_array_append_new(g_results,
+                                      json_pack("{s:s, s:I, s:I}", "phase", "rss", "kib", (json_int_t)kb,
+                                                "users", (json_int_t)(users + (users / 20) * 20)));
         }
         if (json_out && json_dump_file(g_results, json_out, JSON_INDENT(2)))
                 rc = 1;

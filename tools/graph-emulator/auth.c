@@ -18,8 +18,9 @@
 
 /* Graph resources of the public and national clouds. */
 static const char *const graph_resources[] = {
-        "https://graph.microsoft.com",      "https://graph.microsoft.us", "https://dod-graph.microsoft.us",
-        "https://microsoftgraph.chinacloudapi.cn", "https://graph.microsoft.de", GRAPH_APP_ID,
+    "https://graph.microsoft.com",    "https://graph.microsoft.us",
+    "https://dod-graph.microsoft.us", "https://microsoftgraph.chinacloudapi.cn",
+    "https://graph.microsoft.de",     GRAPH_APP_ID,
 };
 
 void emu_resp_header(emu_resp *r, const char *name, const char *val) {
@@ -149,7 +150,7 @@ out:
 /* ---- token endpoint ------------------------------------------------------- */
 
 static void aad_error(emu_resp *r, int status, const char *error, int code, const char *fmt, ...)
-        __attribute__((format(printf, 5, 6)));
+    __attribute__((format(printf, 5, 6)));
 
 static void aad_error(emu_resp *r, int status, const char *error, int code, const char *fmt, ...) {
         char msg[600], trace[37], corr[37], ts[32], full[900], uri[96];
@@ -162,13 +163,13 @@ static void aad_error(emu_resp *r, int status, const char *error, int code, cons
         int64_t now = emu_now_ms();
         emu_iso_time(now, ts);
         ts[10] = ' '; /* AAD writes "2024-01-02 03:04:05Z" */
-        snprintf(full, sizeof(full), "AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s", code, msg, trace,
-                 corr, ts);
+        snprintf(full, sizeof(full), "AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s", code, msg,
+                 trace, corr, ts);
         snprintf(uri, sizeof(uri), "https://login.microsoftonline.com/error?code=%d", code);
         r->status = status;
-        r->body = json_pack("{s:s, s:s, s:[i], s:s, s:s, s:s, s:s}", "error", error, "error_description", full,
-                            "error_codes", code, "timestamp", ts, "trace_id", trace, "correlation_id", corr,
-                            "error_uri", uri);
+        r->body = json_pack("{s:s, s:s, s:[i], s:s, s:s, s:s, s:s}", "error", error, "error_description",
+                            full, "error_codes", code, "timestamp", ts, "trace_id", trace, "correlation_id",
+                            corr, "error_uri", uri);
 }
 
 static char *form_get(const char *body, size_t len, const char *key) {
@@ -223,7 +224,8 @@ static bool scope_ok(const char *scope) {
         return found;
 }
 
-static emu_client *client_find(emu_server *srv, const char *tenant, const char *client_id, bool *tenant_known) {
+static emu_client *client_find(emu_server *srv, const char *tenant, const char *client_id,
+                               bool *tenant_known) {
         *tenant_known = false;
         for (size_t i = 0; i < srv->nclients; i++) {
                 if (strcasecmp(srv->clients[i].tenant, tenant))
@@ -250,7 +252,8 @@ static const char *assertion_check(emu_client *cl, const char *assertion, const 
         *code = 700027;
         if (!cl->cert_key) {
                 *code = 700027;
-                return "Client assertion contains an invalid signature. No certificate is registered for the app.";
+                return "Client assertion contains an invalid signature. No certificate is registered for the "
+                       "app.";
         }
         if (jwt_verify(assertion, cl->cert_key, true, &hdr, &pl))
                 return "Client assertion contains an invalid signature.";
@@ -263,16 +266,18 @@ static const char *assertion_check(emu_client *cl, const char *assertion, const 
         free(want1);
         free(want256);
         if (!match) {
-                why = "The certificate with identifier used to sign the client assertion is not registered on "
-                      "application.";
+                why =
+                    "The certificate with identifier used to sign the client assertion is not registered on "
+                    "application.";
                 *code = 700027;
                 goto out;
         }
         const char *iss = json_string_value(json_object_get(pl, "iss"));
         const char *sub = json_string_value(json_object_get(pl, "sub"));
         if (!iss || !sub || strcasecmp(iss, cl->client_id) || strcasecmp(sub, cl->client_id)) {
-                why = "Client assertion failed signature validation: the iss and sub claims must be the client "
-                      "id.";
+                why =
+                    "Client assertion failed signature validation: the iss and sub claims must be the client "
+                    "id.";
                 *code = 700023;
                 goto out;
         }
@@ -324,7 +329,8 @@ void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_
         emu_resp_header(r, "Cache-Control", "no-store, no-cache");
         if (!tenant_known(srv, tenant)) {
                 aad_error(r, 400, "invalid_tenant", 90002,
-                          "Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing "
+                          "Tenant '%s' not found. Check to make sure you have the correct tenant ID and are "
+                          "signing "
                           "into the correct cloud.",
                           tenant);
                 goto out;
@@ -352,19 +358,22 @@ void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_
         bool tk;
         emu_client *cl = client_find(srv, tenant, client_id, &tk);
         if (!cl) {
-                aad_error(r, 400, "unauthorized_client", 700016,
-                          "Application with identifier '%s' was not found in the directory '%s'. This can happen if "
-                          "the application has not been installed by the administrator of the tenant or consented "
-                          "to by any user in the tenant. You might have sent your authentication request to the "
-                          "wrong tenant.",
-                          client_id, tenant);
+                aad_error(
+                    r, 400, "unauthorized_client", 700016,
+                    "Application with identifier '%s' was not found in the directory '%s'. This can happen "
+                    "if "
+                    "the application has not been installed by the administrator of the tenant or consented "
+                    "to by any user in the tenant. You might have sent your authentication request to the "
+                    "wrong tenant.",
+                    client_id, tenant);
                 goto out;
         }
         if (!scope_ok(scope)) {
-                aad_error(r, 400, "invalid_scope", 1002012,
-                          "The provided value for scope %s is not valid. Client credential flows must have a scope "
-                          "value with /.default suffixed to the resource identifier (application ID URI).",
-                          scope);
+                aad_error(
+                    r, 400, "invalid_scope", 1002012,
+                    "The provided value for scope %s is not valid. Client credential flows must have a scope "
+                    "value with /.default suffixed to the resource identifier (application ID URI).",
+                    scope);
                 goto out;
         }
         pthread_mutex_lock(&srv->mu);
@@ -377,8 +386,9 @@ void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_
                         goto out;
                 }
                 if (!assertion) {
-                        aad_error(r, 400, "invalid_request", 900144,
-                                  "The request body must contain the following parameter: 'client_assertion'.");
+                        aad_error(
+                            r, 400, "invalid_request", 900144,
+                            "The request body must contain the following parameter: 'client_assertion'.");
                         goto out;
                 }
                 char token_url[512];
@@ -391,17 +401,20 @@ void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_
                 }
                 if (revoked) {
                         aad_error(r, 401, "invalid_client", 700027,
-                                  "The certificate registered for application '%s' has been revoked.", client_id);
+                                  "The certificate registered for application '%s' has been revoked.",
+                                  client_id);
                         goto out;
                 }
         } else if (secret) {
                 bool ok = cl->secret && strlen(cl->secret) == strlen(secret) &&
                           CRYPTO_memcmp(cl->secret, secret, strlen(secret)) == 0;
                 if (!ok) {
-                        aad_error(r, 401, "invalid_client", 7000215,
-                                  "Invalid client secret provided. Ensure the secret being sent in the request is the "
-                                  "client secret value, not the client secret ID, for a secret added to app '%s'.",
-                                  client_id);
+                        aad_error(
+                            r, 401, "invalid_client", 7000215,
+                            "Invalid client secret provided. Ensure the secret being sent in the request is "
+                            "the "
+                            "client secret value, not the client secret ID, for a secret added to app '%s'.",
+                            client_id);
                         goto out;
                 }
                 if (revoked) {
@@ -421,12 +434,12 @@ void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_
         emu_uuid(oid);
         emu_uuid(uti);
         snprintf(iss, sizeof(iss), "https://sts.windows.net/%s/", cl->tenant);
-        json_t *pl = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s, s:s, s:O, s:s, s:s, s:s, s:s, s:s}", "aud",
-                               "https://graph.microsoft.com", "iss", iss, "iat", (json_int_t)now, "nbf",
-                               (json_int_t)now, "exp", (json_int_t)(now + srv->token_lifetime), "appid",
-                               cl->client_id, "appidacr", cl->secret && !assertion ? "1" : "2", "idtyp", "app", "oid",
-                               oid, "roles", cl->roles, "sub", oid, "tid", cl->tenant, "uti", uti, "ver", "1.0",
-                               "app_displayname", "canopy-emulator-client");
+        json_t *pl = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s, s:s, s:O, s:s, s:s, s:s, s:s, s:s}",
+                               "aud", "https://graph.microsoft.com", "iss", iss, "iat", (json_int_t)now,
+                               "nbf", (json_int_t)now, "exp", (json_int_t)(now + srv->token_lifetime),
+                               "appid", cl->client_id, "appidacr", cl->secret && !assertion ? "1" : "2",
+                               "idtyp", "app", "oid", oid, "roles", cl->roles, "sub", oid, "tid", cl->tenant,
+                               "uti", uti, "ver", "1.0", "app_displayname", "canopy-emulator-client");
         char *tok = jwt_sign(srv->sign_key, srv->kid, pl);
         json_decref(pl);
         if (!tok) {
@@ -455,9 +468,10 @@ out:
 static void unauthorized(emu_resp *r, const char *msg) {
         r->status = 401;
         r->body = json_pack("{s:{s:s, s:s}}", "error", "code", "InvalidAuthenticationToken", "message", msg);
-        emu_resp_header(r, "WWW-Authenticate",
-                        "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/"
-                        "authorize\", client_id=\"" GRAPH_APP_ID "\"");
+        emu_resp_header(
+            r, "WWW-Authenticate",
+            "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/"
+            "authorize\", client_id=\"" GRAPH_APP_ID "\"");
 }
 
 int emu_auth_check(emu_server *srv, const char *authz, emu_auth *out, emu_resp *r) {
@@ -536,12 +550,13 @@ void emu_auth_openid(emu_server *srv, const char *tenant, const char *base_url, 
         snprintf(iss, sizeof(iss), "%s/%s/v2.0", base_url, tenant);
         snprintf(logout, sizeof(logout), "%s/%s/oauth2/v2.0/logout", base_url, tenant);
         r->status = 200;
-        r->body = json_pack("{s:s, s:s, s:s, s:s, s:s, s:[s,s], s:[s], s:[s], s:[s], s:s, s:s}", "token_endpoint", tok,
-                            "authorization_endpoint", auth, "jwks_uri", jwks, "issuer", iss, "end_session_endpoint",
-                            logout, "token_endpoint_auth_methods_supported", "client_secret_post",
-                            "private_key_jwt", "response_types_supported", "code", "id_token_signing_alg_values_supported",
-                            "RS256", "grant_types_supported", "client_credentials", "tenant_region_scope", "NA",
-                            "cloud_instance_name", "emulator");
+        r->body =
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:[s,s], s:[s], s:[s], s:[s], s:s, s:s}", "token_endpoint",
+                      tok, "authorization_endpoint", auth, "jwks_uri", jwks, "issuer", iss,
+                      "end_session_endpoint", logout, "token_endpoint_auth_methods_supported",
+                      "client_secret_post", "private_key_jwt", "response_types_supported", "code",
+                      "id_token_signing_alg_values_supported", "RS256", "grant_types_supported",
+                      "client_credentials", "tenant_region_scope", "NA", "cloud_instance_name", "emulator");
         (void)srv;
 }
 
@@ -553,8 +568,8 @@ void emu_auth_jwks(emu_server *srv, emu_resp *r) {
         int nl = n ? BN_bn2bin(n, nb) : 0, el = e ? BN_bn2bin(e, eb) : 0;
         char *n64 = emu_b64url_encode(nb, (size_t)nl), *e64 = emu_b64url_encode(eb, (size_t)el);
         r->status = 200;
-        r->body = json_pack("{s:[{s:s, s:s, s:s, s:s, s:s, s:s}]}", "keys", "kty", "RSA", "use", "sig", "alg", "RS256",
-                            "kid", srv->kid, "n", n64, "e", e64);
+        r->body = json_pack("{s:[{s:s, s:s, s:s, s:s, s:s, s:s}]}", "keys", "kty", "RSA", "use", "sig", "alg",
+                            "RS256", "kid", srv->kid, "n", n64, "e", e64);
         free(n64);
         free(e64);
         BN_free(n);
@@ -565,7 +580,8 @@ void emu_auth_instance_discovery(emu_server *srv, const char *base_url, const ch
         char ep[512];
         snprintf(ep, sizeof(ep), "%s/common/v2.0/.well-known/openid-configuration", base_url);
         r->status = 200;
-        r->body = json_pack("{s:s, s:s, s:[{s:s, s:s, s:[s]}]}", "tenant_discovery_endpoint", ep, "api-version", "1.1",
-                            "metadata", "preferred_network", host, "preferred_cache", host, "aliases", host);
+        r->body =
+            json_pack("{s:s, s:s, s:[{s:s, s:s, s:[s]}]}", "tenant_discovery_endpoint", ep, "api-version",
+                      "1.1", "metadata", "preferred_network", host, "preferred_cache", host, "aliases", host);
         (void)srv;
 }

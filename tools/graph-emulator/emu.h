@@ -23,17 +23,17 @@
 #include <stdint.h>
 
 /* Caps on everything a client can grow. */
-#define EMU_BODY_MAX (8u << 20)       /* request body */
-#define EMU_BATCH_MAX 20              /* requests per $batch */
-#define EMU_BIND_MAX 20               /* members@odata.bind per request */
+#define EMU_BODY_MAX (8u << 20) /* request body */
+#define EMU_BATCH_MAX 20        /* requests per $batch */
+#define EMU_BIND_MAX 20         /* members@odata.bind per request */
 #define EMU_PAGE_DEFAULT 100
 #define EMU_PAGE_MAX 999
-#define EMU_FILTER_MAX 4096           /* $filter text */
-#define EMU_FILTER_NODES 64           /* $filter AST nodes */
-#define EMU_SELECT_MAX 64             /* $select names */
+#define EMU_FILTER_MAX 4096 /* $filter text */
+#define EMU_FILTER_NODES 64 /* $filter AST nodes */
+#define EMU_SELECT_MAX 64   /* $select names */
 #define EMU_CLIENTS_MAX 64
 #define EMU_DOMAINS_MAX 64
-#define EMU_QUERY_MAX 32              /* query parameters per URL */
+#define EMU_QUERY_MAX 32 /* query parameters per URL */
 
 /* ---- util.c ---------------------------------------------------------- */
 
@@ -93,16 +93,16 @@ typedef struct emu_kv {
 /* ---- permissions -------------------------------------------------------- */
 
 enum {
-        EMU_P_USER_READ = 1u << 0,       /* User.Read.All, User.ReadBasic.All */
-        EMU_P_USER_RW = 1u << 1,         /* User.ReadWrite.All */
-        EMU_P_GROUP_READ = 1u << 2,      /* Group.Read.All */
-        EMU_P_GROUP_RW = 1u << 3,        /* Group.ReadWrite.All */
-        EMU_P_MEMBER_READ = 1u << 4,     /* GroupMember.Read.All */
-        EMU_P_MEMBER_RW = 1u << 5,       /* GroupMember.ReadWrite.All */
-        EMU_P_DIR_READ = 1u << 6,        /* Directory.Read.All */
-        EMU_P_DIR_RW = 1u << 7,          /* Directory.ReadWrite.All */
-        EMU_P_DOMAIN_READ = 1u << 8,     /* Domain.Read.All, Domain.ReadWrite.All */
-        EMU_P_ORG_READ = 1u << 9,        /* Organization.Read.All */
+        EMU_P_USER_READ = 1u << 0,   /* User.Read.All, User.ReadBasic.All */
+        EMU_P_USER_RW = 1u << 1,     /* User.ReadWrite.All */
+        EMU_P_GROUP_READ = 1u << 2,  /* Group.Read.All */
+        EMU_P_GROUP_RW = 1u << 3,    /* Group.ReadWrite.All */
+        EMU_P_MEMBER_READ = 1u << 4, /* GroupMember.Read.All */
+        EMU_P_MEMBER_RW = 1u << 5,   /* GroupMember.ReadWrite.All */
+        EMU_P_DIR_READ = 1u << 6,    /* Directory.Read.All */
+        EMU_P_DIR_RW = 1u << 7,      /* Directory.ReadWrite.All */
+        EMU_P_DOMAIN_READ = 1u << 8, /* Domain.Read.All, Domain.ReadWrite.All */
+        EMU_P_ORG_READ = 1u << 9,    /* Organization.Read.All */
 };
 unsigned emu_role_bit(const char *role);
 
@@ -111,11 +111,11 @@ unsigned emu_role_bit(const char *role);
 typedef struct emu_client {
         char *tenant;
         char *client_id;
-        char *secret;      /* (owned) NULL if none */
+        char *secret;       /* (owned) NULL if none */
         EVP_PKEY *cert_key; /* public key of the client certificate, or NULL */
         unsigned char x5t[20];
         unsigned char x5t256[32];
-        json_t *roles;     /* array of role strings (owned) */
+        json_t *roles; /* array of role strings (owned) */
         unsigned perms;
         bool revoked;
 } emu_client;
@@ -127,9 +127,9 @@ typedef struct emu_faults {
         emu_retry_form retry_after;
         int latency_ms;
         int replication_lag_ms;
-        double write_rate;  /* per second, 0 = unlimited */
+        double write_rate; /* per second, 0 = unlimited */
         double write_burst;
-        int fail_next;      /* the next N Graph operations fail with fail_status */
+        int fail_next; /* the next N Graph operations fail with fail_status */
         int fail_status;
 } emu_faults;
 
@@ -159,7 +159,7 @@ typedef struct emu_server {
         pthread_mutex_t mu; /* faults, stats, buckets, clients' revoked flag */
         emu_faults faults;
         emu_stats stats;
-        emu_map buckets;    /* "tid/appid" -> struct bucket */
+        emu_map buckets; /* "tid/appid" -> struct bucket */
 
         pthread_rwlock_t lock; /* every tenant's data */
         emu_map tenants;       /* tenant id -> emu_tenant */
@@ -182,8 +182,8 @@ typedef struct emu_auth {
 typedef struct emu_resp {
         int status;
         json_t *body;
-        char *raw;            /* raw body when not JSON (owned) */
-        const char *ctype;    /* content type of raw */
+        char *raw;         /* raw body when not JSON (owned) */
+        const char *ctype; /* content type of raw */
         char *hname[EMU_RESP_HDRS];
         char *hval[EMU_RESP_HDRS];
         int nh;
@@ -195,8 +195,8 @@ void emu_resp_reset(emu_resp *r);
 int emu_auth_init(emu_server *srv);
 void emu_auth_free(emu_server *srv);
 /* Token endpoint: form body (borrowed), tenant from the path. */
-void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_t len,
-                    const char *basic_auth, const char *base_url, emu_resp *r);
+void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_t len, const char *basic_auth,
+                    const char *base_url, emu_resp *r);
 /* Check "Bearer ..." header; on failure fills r (401) and returns -1. */
 int emu_auth_check(emu_server *srv, const char *authz, emu_auth *out, emu_resp *r);
 /* OpenID metadata, JWKS, instance discovery (for MSAL). */
@@ -219,25 +219,25 @@ typedef struct emu_obj {
         char id[37];
         emu_kind kind;
         emu_state state;
-        json_t *props;       /* every stored property (owned) */
-        uint64_t cseq;       /* creation order */
-        uint64_t chg;        /* last change (delta) */
-        int64_t created_ms;  /* replication lag: hidden until created_ms + lag */
+        json_t *props;      /* every stored property (owned) */
+        uint64_t cseq;      /* creation order */
+        uint64_t chg;       /* last change (delta) */
+        int64_t created_ms; /* replication lag: hidden until created_ms + lag */
         /* groups */
         emu_map members;     /* member id -> (void*)(uintptr_t)seq */
         emu_seqvec mvec;     /* seq -> emu_obj* in add order */
         emu_member_ev *mlog; /* membership changes, for members@delta */
         size_t mloglen, mlogcap;
         /* every object */
-        emu_map memberof;    /* group id -> emu_obj* */
+        emu_map memberof; /* group id -> emu_obj* */
 } emu_obj;
 
 struct emu_tenant {
         char *id;
-        emu_map byid;   /* id -> obj, every state */
-        emu_map upn;    /* lower(upn) -> live user */
-        emu_map immid;  /* onPremisesImmutableId -> live user */
-        emu_map addr;   /* lower(smtp address) -> live user or group */
+        emu_map byid;       /* id -> obj, every state */
+        emu_map upn;        /* lower(upn) -> live user */
+        emu_map immid;      /* onPremisesImmutableId -> live user */
+        emu_map addr;       /* lower(smtp address) -> live user or group */
         emu_seqvec list[2]; /* by creation, per kind */
         uint64_t seq;
 };
@@ -292,15 +292,15 @@ typedef struct emu_call {
         emu_server *srv;
         const emu_auth *auth;
         const char *method;
-        const char *url;       /* path?query relative to the version, e.g. "/users?$top=5" */
-        const char *version;   /* "v1.0" */
-        json_t *body;          /* (borrowed) NULL when absent */
-        bool body_invalid;     /* body present but not JSON */
-        const char *base;      /* "https://host:port" for links */
+        const char *url;     /* path?query relative to the version, e.g. "/users?$top=5" */
+        const char *version; /* "v1.0" */
+        json_t *body;        /* (borrowed) NULL when absent */
+        bool body_invalid;   /* body present but not JSON */
+        const char *base;    /* "https://host:port" for links */
         const char *client_request_id;
         const char *request_id;
         bool in_batch;
-        int max_page_size;     /* Prefer: odata.maxpagesize=N, 0 = none */
+        int max_page_size; /* Prefer: odata.maxpagesize=N, 0 = none */
 } emu_call;
 
 /* Run one Graph operation (not $batch) including throttling and faults. */

@@ -12,7 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CT_JSON "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
+#define CT_JSON                                                                                              \
+        "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 
 /* ---- errors ---------------------------------------------------------------- */
 
@@ -21,8 +22,9 @@ static json_t *inner_error(const char *request_id, const char *client_request_id
         emu_iso_time(emu_now_ms(), ts);
         json_t *in = json_pack("{s:s, s:s}", "date", ts, "request-id", request_id ? request_id : "");
         json_object_set_new(in, "client-request-id",
-                            json_string(client_request_id && *client_request_id ? client_request_id
-                                                                                  : (request_id ? request_id : "")));
+                            json_string(client_request_id && *client_request_id
+                                            ? client_request_id
+                                            : (request_id ? request_id : "")));
         return in;
 }
 
@@ -34,13 +36,14 @@ void emu_graph_error(emu_resp *r, int status, const char *code, const char *msg,
                             inner_error(request_id, client_request_id));
 }
 
-void emu_graph_error_details(emu_resp *r, const emu_err *e, const char *request_id, const char *client_request_id) {
+void emu_graph_error_details(emu_resp *r, const emu_err *e, const char *request_id,
+                             const char *client_request_id) {
         emu_graph_error(r, e->status, e->code, e->msg, request_id, client_request_id);
         if (e->target[0]) {
                 json_t *err = json_object_get(r->body, "error");
                 json_object_set_new(err, "details",
-                                    json_pack("[{s:s, s:s, s:s}]", "code", "ObjectConflict", "message", e->msg, "target",
-                                              e->target));
+                                    json_pack("[{s:s, s:s, s:s}]", "code", "ObjectConflict", "message",
+                                              e->msg, "target", e->target));
         }
 }
 
@@ -51,16 +54,17 @@ static void finish_error(emu_call *c, emu_resp *r) {
                 json_object_set_new(err, "innerError", inner_error(c->request_id, c->client_request_id));
 }
 
-#define ERR(st, code, ...)                                                                    \
-        do {                                                                                  \
-                char m_[600];                                                                 \
-                snprintf(m_, sizeof(m_), __VA_ARGS__);                                        \
-                emu_graph_error(r, st, code, m_, c->request_id, c->client_request_id);       \
+#define ERR(st, code, ...)                                                                                   \
+        do {                                                                                                 \
+                char m_[600];                                                                                \
+                snprintf(m_, sizeof(m_), __VA_ARGS__);                                                       \
+                emu_graph_error(r, st, code, m_, c->request_id, c->client_request_id);                       \
         } while (0)
 
 static void not_found(emu_call *c, emu_resp *r, const char *id) {
         ERR(404, "Request_ResourceNotFound",
-            "Resource '%s' does not exist or one of its queried reference-property objects are not present.", id);
+            "Resource '%s' does not exist or one of its queried reference-property objects are not present.",
+            id);
 }
 
 static void forbidden(emu_call *c, emu_resp *r) {
@@ -70,8 +74,8 @@ static void forbidden(emu_call *c, emu_resp *r) {
 /* ---- request parsing ------------------------------------------------------------ */
 
 typedef struct req {
-        char *path;              /* decoded path, owned */
-        char *seg[12];           /* pointers into segbuf */
+        char *path;    /* decoded path, owned */
+        char *seg[12]; /* pointers into segbuf */
         int nseg;
         char *segbuf;
         emu_kv q[EMU_QUERY_MAX];
@@ -143,8 +147,8 @@ static char *make_link(emu_call *c, const req *rq, const char *path, const char 
         int n = snprintf(out, cap, "%s/%s%s?", c->base, c->version, path);
         for (int i = 0; i < rq->nq; i++) {
                 const char *k = rq->q[i].key;
-                if (!strcasecmp(k, "$skiptoken") || !strcasecmp(k, "$deltatoken") || !strcasecmp(k, "skiptoken") ||
-                    !strcasecmp(k, "deltatoken"))
+                if (!strcasecmp(k, "$skiptoken") || !strcasecmp(k, "$deltatoken") ||
+                    !strcasecmp(k, "skiptoken") || !strcasecmp(k, "deltatoken"))
                         continue;
                 char *ek = emu_url_encode(k), *ev = emu_url_encode(rq->q[i].val);
                 n += snprintf(out + n, cap - (size_t)n, "%s=%s&", ek, ev);
@@ -183,7 +187,8 @@ static int parse_select(emu_call *c, emu_resp *r, const req *rq, emu_kind kind, 
                 }
                 if (strcmp(t, "members") && !emu_prop_known(kind, t)) {
                         ERR(400, "Request_BadRequest",
-                            "Parsing OData Select and Expand failed: Could not find a property named '%s' on type "
+                            "Parsing OData Select and Expand failed: Could not find a property named '%s' on "
+                            "type "
                             "'microsoft.graph.%s'.",
                             t, kind == EMU_USER ? "user" : "group");
                         return -1;
@@ -207,9 +212,9 @@ enum { N_AND, N_OR, N_EQ, N_STARTS, N_ANY_EQ, N_ANY_STARTS, N_IN };
 
 typedef struct fnode {
         int t;
-        int a, b;        /* children for AND/OR */
+        int a, b; /* children for AND/OR */
         char prop[128];
-        json_t *lit;     /* (owned) */
+        json_t *lit; /* (owned) */
 } fnode;
 
 typedef struct filter {
@@ -245,8 +250,8 @@ static void funsupported_prop(filter *f, const char *prop) {
         f->status = 400;
         f->code = "Request_UnsupportedQuery";
         snprintf(f->msg, sizeof(f->msg),
-                 "Unsupported or invalid query filter clause specified for property '%s' of resource '%s'.", prop,
-                 emu_kind_name(f->kind));
+                 "Unsupported or invalid query filter clause specified for property '%s' of resource '%s'.",
+                 prop, emu_kind_name(f->kind));
 }
 
 static void funsupported(filter *f) {
@@ -412,7 +417,8 @@ static int parse_primary(filter *f) {
                 int t;
                 json_t *lit = NULL;
                 if (kw(f, "startswith")) {
-                        if (!ch(f, '(') || !ident(f, var2, sizeof(var2)) || strcmp(var, var2) || !ch(f, ',')) {
+                        if (!ch(f, '(') || !ident(f, var2, sizeof(var2)) || strcmp(var, var2) ||
+                            !ch(f, ',')) {
                                 fsyntax(f);
                                 return -1;
                         }
@@ -601,7 +607,10 @@ static bool eval(const filter *f, int i, const emu_obj *o) {
         case N_IN: {
                 size_t k;
                 json_t *x;
-                json_array_foreach(n->lit, k, x) if (sv && !strcasecmp(sv, json_string_value(x))) return true;
+                json_array_foreach(n->lit, k, x) {
+                        if (sv && !strcasecmp(sv, json_string_value(x)))
+                                return true;
+                }
                 return false;
         }
         case N_ANY_EQ:
@@ -622,7 +631,8 @@ static bool eval(const filter *f, int i, const emu_obj *o) {
 }
 
 /* Look one value up in the index of prop; false when prop has none. */
-static bool index_lookup(emu_tenant *tn, emu_kind kind, const char *prop, bool any, const char *lit, emu_obj **out) {
+static bool index_lookup(emu_tenant *tn, emu_kind kind, const char *prop, bool any, const char *lit,
+                         emu_obj **out) {
         char key[320];
         if (!lit || strlen(lit) >= sizeof(key))
                 return false;
@@ -655,10 +665,12 @@ static bool index_lookup(emu_tenant *tn, emu_kind kind, const char *prop, bool a
  * userPrincipalName, onPremisesImmutableId, mail, or proxyAddresses/any eq,
  * found in the AND chain from the root. The full filter is still applied to
  * each candidate. Returns true (with *n candidates) when an index was usable. */
-static bool index_candidates(emu_tenant *tn, const filter *f, int i, emu_kind kind, emu_obj **out, size_t *n) {
+static bool index_candidates(emu_tenant *tn, const filter *f, int i, emu_kind kind, emu_obj **out,
+                             size_t *n) {
         const fnode *nd = &f->n[i];
         if (nd->t == N_AND)
-                return index_candidates(tn, f, nd->a, kind, out, n) || index_candidates(tn, f, nd->b, kind, out, n);
+                return index_candidates(tn, f, nd->a, kind, out, n) ||
+                       index_candidates(tn, f, nd->b, kind, out, n);
         *n = 0;
         if (nd->t == N_EQ || nd->t == N_ANY_EQ) {
                 emu_obj *o = NULL;
@@ -699,8 +711,9 @@ static bool can(const emu_call *c, unsigned any_of) {
 
 #define P_READ_USERS (EMU_P_USER_READ | EMU_P_USER_RW | EMU_P_DIR_READ | EMU_P_DIR_RW)
 #define P_WRITE_USERS (EMU_P_USER_RW | EMU_P_DIR_RW)
-#define P_READ_GROUPS \
-        (EMU_P_GROUP_READ | EMU_P_GROUP_RW | EMU_P_DIR_READ | EMU_P_DIR_RW | EMU_P_MEMBER_READ | EMU_P_MEMBER_RW)
+#define P_READ_GROUPS                                                                                        \
+        (EMU_P_GROUP_READ | EMU_P_GROUP_RW | EMU_P_DIR_READ | EMU_P_DIR_RW | EMU_P_MEMBER_READ |             \
+         EMU_P_MEMBER_RW)
 #define P_WRITE_GROUPS (EMU_P_GROUP_RW | EMU_P_DIR_RW)
 #define P_WRITE_MEMBERS (EMU_P_GROUP_RW | EMU_P_DIR_RW | EMU_P_MEMBER_RW)
 
@@ -725,8 +738,9 @@ static void ok_json(emu_resp *r, int status, json_t *body) {
 
 static json_t *render_typed(const emu_obj *o, char **sel, size_t nsel) {
         json_t *j = emu_obj_render(o, sel, nsel);
-        json_object_set_new(j, "@odata.type", json_string(o->kind == EMU_USER ? "#microsoft.graph.user"
-                                                                                : "#microsoft.graph.group"));
+        json_object_set_new(
+            j, "@odata.type",
+            json_string(o->kind == EMU_USER ? "#microsoft.graph.user" : "#microsoft.graph.group"));
         return j;
 }
 
@@ -746,8 +760,9 @@ static int page_size(emu_call *c, emu_resp *r, const req *rq, int *out) {
         char *end;
         long v = strtol(t, &end, 10);
         if (*end || v < 1 || v > EMU_PAGE_MAX) {
-                ERR(400, "Request_BadRequest", "Invalid page size specified: '%s'. Must be between 1 and %d inclusive.",
-                    t, EMU_PAGE_MAX);
+                ERR(400, "Request_BadRequest",
+                    "Invalid page size specified: '%s'. Must be between 1 and %d inclusive.", t,
+                    EMU_PAGE_MAX);
                 return -1;
         }
         *out = (int)v;
@@ -755,11 +770,12 @@ static int page_size(emu_call *c, emu_resp *r, const req *rq, int *out) {
 }
 
 static int reject_unsupported_options(emu_call *c, emu_resp *r, const req *rq) {
-        static const char *const unsupported[] = {"$orderby", "$search", "$count", "$expand", "$skip", "$format"};
+        static const char *const unsupported[] = {"$orderby", "$search", "$count",
+                                                  "$expand",  "$skip",   "$format"};
         for (size_t i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++) {
                 if (qget(rq, unsupported[i])) {
-                        ERR(400, "Request_UnsupportedQuery", "The query option '%s' is not supported by the emulator.",
-                            unsupported[i]);
+                        ERR(400, "Request_UnsupportedQuery",
+                            "The query option '%s' is not supported by the emulator.", unsupported[i]);
                         return -1;
                 }
         }
@@ -823,7 +839,8 @@ static void list_objects(emu_call *c, emu_resp *r, emu_tenant *tn, const req *rq
                 size_t i = emu_seqvec_lower(sv, start);
                 for (; i < sv->len; i++) {
                         emu_obj *o = sv->val[i];
-                        if (!o || o->state != (deleted ? EMU_DELETED : EMU_LIVE) || !emu_obj_is_visible(c->srv, o))
+                        if (!o || o->state != (deleted ? EMU_DELETED : EMU_LIVE) ||
+                            !emu_obj_is_visible(c->srv, o))
                                 continue;
                         if (f.root >= 0 && !eval(&f, f.root, o))
                                 continue;
@@ -833,9 +850,11 @@ static void list_objects(emu_call *c, emu_resp *r, emu_tenant *tn, const req *rq
                                 next = make_link(c, rq, path, "$skiptoken", tok);
                                 break;
                         }
-                        json_t *j = deleted ? render_typed(o, ss.names, ss.n) : emu_obj_render(o, ss.names, ss.n);
+                        json_t *j =
+                            deleted ? render_typed(o, ss.names, ss.n) : emu_obj_render(o, ss.names, ss.n);
                         if (deleted && !ss.n)
-                                json_object_set(j, "deletedDateTime", json_object_get(o->props, "deletedDateTime"));
+                                json_object_set(j, "deletedDateTime",
+                                                json_object_get(o->props, "deletedDateTime"));
                         json_array_append_new(val, j);
                 }
         }
@@ -888,7 +907,8 @@ static const char *ref_id(const char *url, char out[64]) {
  * with r filled. */
 static int resolve_binds(emu_call *c, emu_resp *r, emu_tenant *tn, json_t *binds, emu_obj *g, emu_obj **ms) {
         if (!json_is_array(binds)) {
-                ERR(400, "Request_BadRequest", "Invalid value for 'members@odata.bind': an array of URLs is expected.");
+                ERR(400, "Request_BadRequest",
+                    "Invalid value for 'members@odata.bind': an array of URLs is expected.");
                 return -1;
         }
         if (json_array_size(binds) > EMU_BIND_MAX) {
@@ -903,7 +923,8 @@ static int resolve_binds(emu_call *c, emu_resp *r, emu_tenant *tn, json_t *binds
         json_array_foreach(binds, i, v) {
                 char id[64];
                 if (!ref_id(json_string_value(v), id)) {
-                        ERR(400, "Request_BadRequest", "Invalid URL format specified in @odata.bind for members");
+                        ERR(400, "Request_BadRequest",
+                            "Invalid URL format specified in @odata.bind for members");
                         return -1;
                 }
                 emu_obj *m = tn ? emu_obj_find(tn, id) : NULL;
@@ -918,14 +939,16 @@ static int resolve_binds(emu_call *c, emu_resp *r, emu_tenant *tn, json_t *binds
                 for (int k = 0; k < n; k++) {
                         if (ms[k] == m) {
                                 ERR(400, "Request_BadRequest",
-                                    "One or more added object references already exist for the following modified "
+                                    "One or more added object references already exist for the following "
+                                    "modified "
                                     "properties: 'members'.");
                                 return -1;
                         }
                 }
                 if (g && emu_member_has(g, m)) {
                         ERR(400, "Request_BadRequest",
-                            "One or more added object references already exist for the following modified properties: "
+                            "One or more added object references already exist for the following modified "
+                            "properties: "
                             "'members'.");
                         return -1;
                 }
@@ -937,7 +960,8 @@ static int resolve_binds(emu_call *c, emu_resp *r, emu_tenant *tn, json_t *binds
 static bool body_ok(emu_call *c, emu_resp *r) {
         if (c->body_invalid || !json_is_object(c->body)) {
                 ERR(400, "BadRequest",
-                    "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of "
+                    "Unable to read JSON request payload. Please ensure Content-Type header is set and "
+                    "payload is of "
                     "valid JSON format.");
                 return false;
         }
@@ -979,8 +1003,8 @@ static void create_object(emu_call *c, emu_resp *r, emu_tenant *tn, emu_kind kin
         json_t *j = emu_obj_render(o, NULL, 0);
         char cx[512], loc[512];
         snprintf(cx, sizeof(cx), "%s/%s/$metadata#%s/$entity", c->base, c->version, coll(kind));
-        snprintf(loc, sizeof(loc), "%s/%s/directoryObjects/%s/Microsoft.DirectoryServices.%s", c->base, c->version,
-                 o->id, emu_kind_name(kind));
+        snprintf(loc, sizeof(loc), "%s/%s/directoryObjects/%s/Microsoft.DirectoryServices.%s", c->base,
+                 c->version, o->id, emu_kind_name(kind));
         json_object_set_new(j, "@odata.context", json_string(cx));
         emu_resp_header(r, "Location", loc);
         ok_json(r, 201, j);
@@ -1085,7 +1109,8 @@ static void add_member_ref(emu_call *c, emu_resp *r, emu_tenant *tn, emu_obj *g)
         int rc = emu_member_add(tn, g, m);
         if (rc == 1) {
                 ERR(400, "Request_BadRequest",
-                    "One or more added object references already exist for the following modified properties: "
+                    "One or more added object references already exist for the following modified "
+                    "properties: "
                     "'members'.");
                 return;
         }
@@ -1104,7 +1129,8 @@ static void remove_member_ref(emu_call *c, emu_resp *r, emu_tenant *tn, emu_obj 
         }
         if (emu_member_remove(tn, g, m)) {
                 ERR(404, "Request_ResourceNotFound",
-                    "One or more removed object references do not exist for the following modified properties: "
+                    "One or more removed object references do not exist for the following modified "
+                    "properties: "
                     "'members'.");
                 return;
         }
@@ -1126,8 +1152,9 @@ static json_t *members_delta(emu_obj *g, uint64_t since, uint64_t upto) {
                         /* Like the members list: soft-deleted members are not shown. */
                         if (m && m->state == EMU_LIVE && g->mvec.seq[i] <= upto)
                                 json_array_append_new(arr, json_pack("{s:s, s:s}", "@odata.type",
-                                                                     m->kind == EMU_USER ? "#microsoft.graph.user"
-                                                                                         : "#microsoft.graph.group",
+                                                                     m->kind == EMU_USER
+                                                                         ? "#microsoft.graph.user"
+                                                                         : "#microsoft.graph.group",
                                                                      "id", m->id));
                 }
                 return arr;
@@ -1149,7 +1176,8 @@ static json_t *members_delta(emu_obj *g, uint64_t since, uint64_t upto) {
                 if (emu_map_get(&last, ev->member->id) != ev)
                         continue;
                 json_t *j = json_pack("{s:s, s:s}", "@odata.type",
-                                      ev->member->kind == EMU_USER ? "#microsoft.graph.user" : "#microsoft.graph.group",
+                                      ev->member->kind == EMU_USER ? "#microsoft.graph.user"
+                                                                   : "#microsoft.graph.group",
                                       "id", ev->member->id);
                 if (ev->removed)
                         json_object_set_new(j, "@removed", json_pack("{s:s}", "reason", "deleted"));
@@ -1179,7 +1207,9 @@ static void delta(emu_call *c, emu_resp *r, emu_tenant *tn, const req *rq, emu_k
                 char *link = make_link(c, rq, path, "$deltatoken", tok);
                 char cx[512];
                 snprintf(cx, sizeof(cx), "%s/%s/$metadata#%s", c->base, c->version, coll(kind));
-                ok_json(r, 200, json_pack("{s:s, s:s, s:[]}", "@odata.context", cx, "@odata.deltaLink", link, "value"));
+                ok_json(
+                    r, 200,
+                    json_pack("{s:s, s:s, s:[]}", "@odata.context", cx, "@odata.deltaLink", link, "value"));
                 free(link);
                 free(ss.buf);
                 return;
@@ -1241,8 +1271,8 @@ static void delta(emu_call *c, emu_resp *r, emu_tenant *tn, const req *rq, emu_k
         char tok[96], *link;
         const char *lk;
         if (i < n) {
-                snprintf(tok, sizeof(tok), "d%llu.%llu.%llu", (unsigned long long)since, (unsigned long long)upto,
-                         (unsigned long long)hits[i - 1]->chg);
+                snprintf(tok, sizeof(tok), "d%llu.%llu.%llu", (unsigned long long)since,
+                         (unsigned long long)upto, (unsigned long long)hits[i - 1]->chg);
                 link = make_link(c, rq, path, "$skiptoken", tok);
                 lk = "@odata.nextLink";
         } else {
@@ -1267,12 +1297,12 @@ static void domains(emu_call *c, emu_resp *r, const char *one) {
         for (size_t i = 0; i < srv->ndomains; i++) {
                 if (one && strcasecmp(one, srv->domains[i]))
                         continue;
-                json_t *d = json_pack("{s:s, s:s, s:b, s:b, s:b, s:b, s:b, s:[s,s], s:i, s:i}", "id", srv->domains[i],
-                                      "authenticationType", "Managed", "isAdminManaged", true, "isDefault", i == 0,
-                                      "isInitial", strstr(srv->domains[i], ".onmicrosoft.com") != NULL, "isRoot", true,
-                                      "isVerified", true, "supportedServices", "Email", "OfficeCommunicationsOnline",
-                                      "passwordValidityPeriodInDays", 2147483647,
-                                      "passwordNotificationWindowInDays", 14);
+                json_t *d = json_pack(
+                    "{s:s, s:s, s:b, s:b, s:b, s:b, s:b, s:[s,s], s:i, s:i}", "id", srv->domains[i],
+                    "authenticationType", "Managed", "isAdminManaged", true, "isDefault", i == 0, "isInitial",
+                    strstr(srv->domains[i], ".onmicrosoft.com") != NULL, "isRoot", true, "isVerified", true,
+                    "supportedServices", "Email", "OfficeCommunicationsOnline",
+                    "passwordValidityPeriodInDays", 2147483647, "passwordNotificationWindowInDays", 14);
                 if (one) {
                         char cx[512];
                         snprintf(cx, sizeof(cx), "%s/%s/$metadata#domains/$entity", c->base, c->version);
@@ -1297,16 +1327,16 @@ static void organization(emu_call *c, emu_resp *r) {
         emu_server *srv = c->srv;
         json_t *vd = json_array();
         for (size_t i = 0; i < srv->ndomains; i++)
-                json_array_append_new(vd, json_pack("{s:s, s:s, s:b, s:b, s:s}", "name", srv->domains[i], "type",
-                                                    "Managed", "isDefault", i == 0, "isInitial",
-                                                    strstr(srv->domains[i], ".onmicrosoft.com") != NULL, "capabilities",
-                                                    "Email, OfficeCommunicationsOnline"));
+                json_array_append_new(vd, json_pack("{s:s, s:s, s:b, s:b, s:s}", "name", srv->domains[i],
+                                                    "type", "Managed", "isDefault", i == 0, "isInitial",
+                                                    strstr(srv->domains[i], ".onmicrosoft.com") != NULL,
+                                                    "capabilities", "Email, OfficeCommunicationsOnline"));
         char cx[512];
         snprintf(cx, sizeof(cx), "%s/%s/$metadata#organization", c->base, c->version);
-        json_t *org = json_pack("{s:s, s:s, s:s, s:s, s:n, s:o, s:[], s:s}", "id", c->auth->tid, "displayName",
-                                "Canopy Graph Emulator", "tenantType", "AAD", "countryLetterCode", "US",
-                                "onPremisesSyncEnabled", "verifiedDomains", vd, "businessPhones", "preferredLanguage",
-                                "en");
+        json_t *org = json_pack("{s:s, s:s, s:s, s:s, s:n, s:o, s:[], s:s}", "id", c->auth->tid,
+                                "displayName", "Canopy Graph Emulator", "tenantType", "AAD",
+                                "countryLetterCode", "US", "onPremisesSyncEnabled", "verifiedDomains", vd,
+                                "businessPhones", "preferredLanguage", "en");
         ok_json(r, 200, json_pack("{s:s, s:[o]}", "@odata.context", cx, "value", org));
 }
 
@@ -1488,15 +1518,17 @@ static void route(emu_call *c, emu_resp *r, req *rq) {
                 if (ns == 3) {
                         if (!(get || del))
                                 return method_not_allowed(c, r);
-                        unsigned need = o ? (get ? read_perm(o->kind) : write_perm(o->kind))
-                                          : (get ? P_READ_USERS | P_READ_GROUPS : P_WRITE_USERS | P_WRITE_GROUPS);
+                        unsigned need =
+                            o ? (get ? read_perm(o->kind) : write_perm(o->kind))
+                              : (get ? P_READ_USERS | P_READ_GROUPS : P_WRITE_USERS | P_WRITE_GROUPS);
                         if (!can(c, need))
                                 return forbidden(c, r);
                         if (!o)
                                 return not_found(c, r, t);
                         if (get) {
                                 json_t *j = render_typed(o, NULL, 0);
-                                json_object_set(j, "deletedDateTime", json_object_get(o->props, "deletedDateTime"));
+                                json_object_set(j, "deletedDateTime",
+                                                json_object_get(o->props, "deletedDateTime"));
                                 return ok_json(r, 200, j);
                         }
                         emu_obj_purge(tn, o);
@@ -1518,7 +1550,8 @@ static void route(emu_call *c, emu_resp *r, req *rq) {
                         }
                         json_t *j = render_typed(o, NULL, 0);
                         char cx[512];
-                        snprintf(cx, sizeof(cx), "%s/%s/$metadata#directoryObjects/$entity", c->base, c->version);
+                        snprintf(cx, sizeof(cx), "%s/%s/$metadata#directoryObjects/$entity", c->base,
+                                 c->version);
                         json_object_set_new(j, "@odata.context", json_string(cx));
                         return ok_json(r, 200, j);
                 }
@@ -1648,7 +1681,8 @@ void emu_graph_exec(emu_call *c, emu_resp *r) {
                 emu_stats_add(srv, &srv->stats.faults);
                 if (fault == 429) {
                         emu_stats_add(srv, &srv->stats.throttled);
-                        ERR(429, "TooManyRequests", "Too many requests. Please retry after the time given in Retry-After.");
+                        ERR(429, "TooManyRequests",
+                            "Too many requests. Please retry after the time given in Retry-After.");
                         retry_after(srv, r, 1 + emu_rand01() * 2, form);
                 } else if (fault == 500) {
                         ERR(500, "UnknownError", "An internal server error occurred (injected).");
@@ -1669,7 +1703,8 @@ void emu_graph_exec(emu_call *c, emu_resp *r) {
                 if (wait > 0) {
                         emu_stats_add(srv, &srv->stats.throttled);
                         ERR(429, "TooManyRequests",
-                            "Too many requests. The application's write budget for this tenant is exhausted; retry "
+                            "Too many requests. The application's write budget for this tenant is exhausted; "
+                            "retry "
                             "after the time given in Retry-After.");
                         pthread_mutex_lock(&srv->mu);
                         emu_retry_form f = srv->faults.retry_after;
@@ -1697,7 +1732,7 @@ out:
 typedef struct bitem {
         json_t *req;
         const char *id;
-        int status;  /* 0 = not run */
+        int status; /* 0 = not run */
         emu_resp resp;
 } bitem;
 
@@ -1707,7 +1742,8 @@ static bool bad_batch(emu_call *c, emu_resp *r, const char *msg) {
 }
 
 void emu_graph_batch(emu_call *c, emu_resp *r) {
-        if (c->body_invalid || !json_is_object(c->body) || !json_is_array(json_object_get(c->body, "requests"))) {
+        if (c->body_invalid || !json_is_object(c->body) ||
+            !json_is_array(json_object_get(c->body, "requests"))) {
                 bad_batch(c, r, "Invalid batch payload format.");
                 finish_error(c, r);
                 return;
@@ -1716,7 +1752,8 @@ void emu_graph_batch(emu_call *c, emu_resp *r) {
         size_t n = json_array_size(reqs);
         if (n == 0 || n > EMU_BATCH_MAX) {
                 char m[128];
-                snprintf(m, sizeof(m), "Invalid batch payload format: a batch holds 1 to %d requests (got %zu).",
+                snprintf(m, sizeof(m),
+                         "Invalid batch payload format: a batch holds 1 to %d requests (got %zu).",
                          EMU_BATCH_MAX, n);
                 bad_batch(c, r, m);
                 finish_error(c, r);
@@ -1730,7 +1767,8 @@ void emu_graph_batch(emu_call *c, emu_resp *r) {
                 const char *method = json_string_value(json_object_get(it, "method"));
                 const char *url = json_string_value(json_object_get(it, "url"));
                 if (!json_is_object(it) || !id || !*id || !method || !url) {
-                        bad_batch(c, r, "Invalid batch payload format: each request needs id, method and url.");
+                        bad_batch(c, r,
+                                  "Invalid batch payload format: each request needs id, method and url.");
                         goto out;
                 }
                 for (size_t k = 0; k < i; k++) {
@@ -1749,9 +1787,12 @@ void emu_graph_batch(emu_call *c, emu_resp *r) {
                 json_array_foreach(dep, k, d) {
                         bool found = false;
                         for (size_t j = 0; j < n; j++)
-                                found = found || (json_is_string(d) && !strcmp(items[j].id, json_string_value(d)));
+                                found = found ||
+                                        (json_is_string(d) && !strcmp(items[j].id, json_string_value(d)));
                         if (!found) {
-                                bad_batch(c, r, "Invalid batch payload format: dependsOn names an unknown request id.");
+                                bad_batch(
+                                    c, r,
+                                    "Invalid batch payload format: dependsOn names an unknown request id.");
                                 goto out;
                         }
                 }
@@ -1783,9 +1824,10 @@ void emu_graph_batch(emu_call *c, emu_resp *r) {
                         done++;
                         emu_resp *ir = &items[i].resp;
                         if (failed) {
-                                emu_graph_error(ir, 424, "FailedDependency",
-                                                "The request was not run because a request it depends on failed.",
-                                                c->request_id, c->client_request_id);
+                                emu_graph_error(
+                                    ir, 424, "FailedDependency",
+                                    "The request was not run because a request it depends on failed.",
+                                    c->request_id, c->client_request_id);
                                 items[i].status = 424;
                                 continue;
                         }
@@ -1808,7 +1850,7 @@ void emu_graph_batch(emu_call *c, emu_resp *r) {
                         ic.body_invalid = false;
                         ic.in_batch = true;
                         const char *pref = json_string_value(
-                                json_object_get(json_object_get(items[i].req, "headers"), "Prefer"));
+                            json_object_get(json_object_get(items[i].req, "headers"), "Prefer"));
                         const char *mp = pref ? strstr(pref, "odata.maxpagesize=") : NULL;
                         ic.max_page_size = mp ? atoi(mp + 18) : 0;
                         if (strncmp(u, "/$batch", 7))

@@ -22,39 +22,45 @@
 #include <unistd.h>
 
 #define MOD "emulator"
-#define CT_JSON "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
+#define CT_JSON                                                                                              \
+        "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 
 static void usage(FILE *f) {
-        fputs("Usage: canopy-graph-emulator [OPTIONS]\n"
-              "A local server that speaks the Microsoft Graph v1.0 contract (token endpoint, users, groups,\n"
-              "members, deletedItems, delta, $batch, throttling, faults). See docs/EMULATOR.md.\n\n"
-              "  --listen ADDR:PORT         listen address (default 127.0.0.1:0; port 0 picks a free port)\n"
-              "  --port-file F              write the actual port to F once listening\n"
-              "  --tls-cert F --tls-key F   PEM certificate (chain) and key; TLS is the default\n"
-              "  --insecure-http            serve plain HTTP instead of TLS\n"
-              "  --client TENANT:CLIENT_ID:SECRET_FILE:ROLES\n"
-              "                             an app with a client secret (read from SECRET_FILE) and comma-\n"
-              "                             separated application permissions, e.g.\n"
-              "                             User.ReadWrite.All,Group.ReadWrite.All; repeatable\n"
-              "  --client-cert TENANT:CLIENT_ID:CERT_PEM:ROLES\n"
-              "                             an app authenticating with a client assertion signed by the key of\n"
-              "                             CERT_PEM (RS256 or PS256; x5t or x5t#S256 must match); repeatable\n"
-              "  --domain D                 verified domain (repeatable; the first is the default)\n"
-              "  --write-rate N             writes per second per app and tenant (token bucket; 0 = unlimited)\n"
-              "  --write-burst N            bucket size (default: N of --write-rate, at least 1)\n"
-              "  --fault-rate SPEC          injected faults, e.g. 429=0.1,500=0.05,503=0.05,504=0.02\n"
-              "  --retry-after int|decimal|date\n"
-              "                             form of Retry-After on 429 and 503 (default int)\n"
-              "  --latency-ms N             added latency per Graph request\n"
-              "  --replication-lag-ms N     a new object answers 404 for N ms (GET, PATCH, members, lists)\n"
-              "  --token-lifetime S         access token lifetime in seconds (default 3599)\n"
-              "  --snapshot FILE            load at start if present; save on SIGTERM and POST /_emulator/snapshot\n"
-              "  --threads N                HTTP worker threads (default 4)\n"
-              "  --help                     this text\n\n"
-              "Admin endpoints (no token, loopback clients only): GET /_emulator/state, POST /_emulator/reset,\n"
-              "GET /_emulator/stats, POST /_emulator/snapshot, POST /_emulator/revoke?client=ID,\n"
-              "POST /_emulator/unrevoke?client=ID, GET|POST /_emulator/faults, GET /_emulator/health.\n",
-              f);
+        fputs(
+            "Usage: canopy-graph-emulator [OPTIONS]\n"
+            "A local server that speaks the Microsoft Graph v1.0 contract (token endpoint, users, groups,\n"
+            "members, deletedItems, delta, $batch, throttling, faults). See docs/EMULATOR.md.\n\n"
+            "  --listen ADDR:PORT         listen address (default 127.0.0.1:0; port 0 picks a free port)\n"
+            "  --port-file F              write the actual port to F once listening\n"
+            "  --tls-cert F --tls-key F   PEM certificate (chain) and key; TLS is the default\n"
+            "  --insecure-http            serve plain HTTP instead of TLS\n"
+            "  --client TENANT:CLIENT_ID:SECRET_FILE:ROLES\n"
+            "                             an app with a client secret (read from SECRET_FILE) and comma-\n"
+            "                             separated application permissions, e.g.\n"
+            "                             User.ReadWrite.All,Group.ReadWrite.All; repeatable\n"
+            "  --client-cert TENANT:CLIENT_ID:CERT_PEM:ROLES\n"
+            "                             an app authenticating with a client assertion signed by the key "
+            "of\n"
+            "                             CERT_PEM (RS256 or PS256; x5t or x5t#S256 must match); repeatable\n"
+            "  --domain D                 verified domain (repeatable; the first is the default)\n"
+            "  --write-rate N             writes per second per app and tenant (token bucket; 0 = "
+            "unlimited)\n"
+            "  --write-burst N            bucket size (default: N of --write-rate, at least 1)\n"
+            "  --fault-rate SPEC          injected faults, e.g. 429=0.1,500=0.05,503=0.05,504=0.02\n"
+            "  --retry-after int|decimal|date\n"
+            "                             form of Retry-After on 429 and 503 (default int)\n"
+            "  --latency-ms N             added latency per Graph request\n"
+            "  --replication-lag-ms N     a new object answers 404 for N ms (GET, PATCH, members, lists)\n"
+            "  --token-lifetime S         access token lifetime in seconds (default 3599)\n"
+            "  --snapshot FILE            load at start if present; save on SIGTERM and POST "
+            "/_emulator/snapshot\n"
+            "  --threads N                HTTP worker threads (default 4)\n"
+            "  --help                     this text\n\n"
+            "Admin endpoints (no token, loopback clients only): GET /_emulator/state, POST "
+            "/_emulator/reset,\n"
+            "GET /_emulator/stats, POST /_emulator/snapshot, POST /_emulator/revoke?client=ID,\n"
+            "POST /_emulator/unrevoke?client=ID, GET|POST /_emulator/faults, GET /_emulator/health.\n",
+            f);
 }
 
 /* ---- stats -------------------------------------------------------------------- */
@@ -94,11 +100,12 @@ static void stats_reset(emu_server *srv) {
 static json_t *stats_json(emu_server *srv) {
         pthread_mutex_lock(&srv->mu);
         emu_stats *s = &srv->stats;
-        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:O, s:O, s:O}", "requests", (json_int_t)s->requests,
-                              "operations", (json_int_t)s->operations, "writes", (json_int_t)s->writes, "throttled",
-                              (json_int_t)s->throttled, "faults", (json_int_t)s->faults, "deletes",
-                              (json_int_t)s->deletes, "tokens", (json_int_t)s->tokens, "byMethod", s->by_method,
-                              "byKind", s->by_kind, "byStatus", s->by_status);
+        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:O, s:O, s:O}", "requests",
+                              (json_int_t)s->requests, "operations", (json_int_t)s->operations, "writes",
+                              (json_int_t)s->writes, "throttled", (json_int_t)s->throttled, "faults",
+                              (json_int_t)s->faults, "deletes", (json_int_t)s->deletes, "tokens",
+                              (json_int_t)s->tokens, "byMethod", s->by_method, "byKind", s->by_kind,
+                              "byStatus", s->by_status);
         pthread_mutex_unlock(&srv->mu);
         return j;
 }
@@ -162,8 +169,8 @@ static json_t *faults_json(const emu_faults *f) {
         return json_pack("{s:f, s:f, s:f, s:f, s:s, s:i, s:i, s:f, s:f, s:i, s:i}", "429", f->rate429, "500",
                          f->rate500, "503", f->rate503, "504", f->rate504, "retryAfter",
                          retry_form_name(f->retry_after), "latencyMs", f->latency_ms, "replicationLagMs",
-                         f->replication_lag_ms, "writeRate", f->write_rate, "writeBurst", f->write_burst, "failNext",
-                         f->fail_next, "failStatus", f->fail_status);
+                         f->replication_lag_ms, "writeRate", f->write_rate, "writeBurst", f->write_burst,
+                         "failNext", f->fail_next, "failStatus", f->fail_status);
 }
 
 /* Drop every write bucket (they refill from the new settings). Caller holds mu. */
@@ -194,7 +201,8 @@ static const char *faults_apply(emu_server *srv, json_t *j) {
                                 err = "retryAfter must be int, decimal or date";
                 } else if (!strcmp(k, "latencyMs") && json_is_integer(v) && json_integer_value(v) >= 0) {
                         f.latency_ms = (int)json_integer_value(v);
-                } else if (!strcmp(k, "replicationLagMs") && json_is_integer(v) && json_integer_value(v) >= 0) {
+                } else if (!strcmp(k, "replicationLagMs") && json_is_integer(v) &&
+                           json_integer_value(v) >= 0) {
                         f.replication_lag_ms = (int)json_integer_value(v);
                 } else if (!strcmp(k, "writeRate") && json_is_number(v) && json_number_value(v) >= 0) {
                         f.write_rate = json_number_value(v);
@@ -243,7 +251,8 @@ static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *con) {
         return cc;
 }
 
-static void completed_cb(void *cls, struct MHD_Connection *con, void **req_cls, enum MHD_RequestTerminationCode toe) {
+static void completed_cb(void *cls, struct MHD_Connection *con, void **req_cls,
+                         enum MHD_RequestTerminationCode toe) {
         (void)cls;
         (void)con;
         (void)toe;
@@ -265,8 +274,7 @@ static bool loopback(struct MHD_Connection *con) {
                 return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
         if (sa->sa_family == AF_INET6) {
                 const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-                return IN6_IS_ADDR_LOOPBACK(a) ||
-                       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+                return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
         }
         return false;
 }
@@ -286,9 +294,8 @@ static enum MHD_Result send_resp(struct MHD_Connection *con, emu_resp *r, const 
                 len = strlen(text);
                 ctype = r->ctype ? r->ctype : "text/plain";
         }
-        struct MHD_Response *resp = MHD_create_response_from_buffer(len, text ? text : (void *)"",
-                                                                    text ? MHD_RESPMEM_MUST_FREE
-                                                                         : MHD_RESPMEM_PERSISTENT);
+        struct MHD_Response *resp = MHD_create_response_from_buffer(
+            len, text ? text : (void *)"", text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
         if (ctype)
                 MHD_add_response_header(resp, "Content-Type", ctype);
         if (r->body)
@@ -397,7 +404,8 @@ static void admin(emu_server *srv, const char *method, const char *path, const c
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
-                                  const char *version, const char *upload_data, size_t *upload_size, void **req_cls) {
+                                  const char *version, const char *upload_data, size_t *upload_size,
+                                  void **req_cls) {
         emu_server *srv = cls;
         conn_ctx *cc = *req_cls;
         (void)url;
@@ -448,8 +456,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 
         emu_resp r = {0};
         if (cc->too_big) {
-                emu_graph_error(&r, 413, "Request_EntityTooLarge", "The request body is too large.", request_id,
-                                creq_buf);
+                emu_graph_error(&r, 413, "Request_EntityTooLarge", "The request body is too large.",
+                                request_id, creq_buf);
                 goto send;
         }
         if (!strncmp(path, "/_emulator/", 11)) {
@@ -471,14 +479,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
                 if (lat > 0)
                         usleep((useconds_t)lat * 1000);
                 emu_auth auth;
-                if (emu_auth_check(srv, MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization"), &auth,
-                                   &r)) {
+                if (emu_auth_check(srv, MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization"),
+                                   &auth, &r)) {
                         json_t *err = json_object_get(r.body, "error");
                         char ts[32];
                         emu_iso_time(emu_now_ms(), ts);
                         json_object_set_new(err, "innerError",
                                             json_pack("{s:s, s:s, s:s}", "date", ts, "request-id", request_id,
-                                                      "client-request-id", *creq_buf ? creq_buf : request_id));
+                                                      "client-request-id",
+                                                      *creq_buf ? creq_buf : request_id));
                         emu_stats_count(srv, method, "auth", r.status);
                         goto send;
                 }
@@ -535,9 +544,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
                                 r.status = 405;
                                 r.body = json_pack("{s:s}", "error", "invalid_request");
                         } else {
-                                emu_auth_token(srv, tenant, cc->body ? cc->body : "", cc->len,
-                                               MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization"),
-                                               base, &r);
+                                emu_auth_token(
+                                    srv, tenant, cc->body ? cc->body : "", cc->len,
+                                    MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization"), base,
+                                    &r);
                         }
                         emu_stats_count(srv, method, "token", r.status);
                         goto send;
@@ -588,7 +598,8 @@ static int add_client(emu_server *srv, const char *spec, bool cert) {
         parts[3] = p;
         emu_client *cl = NULL;
         for (size_t i = 0; i < srv->nclients; i++)
-                if (!strcasecmp(srv->clients[i].tenant, parts[0]) && !strcasecmp(srv->clients[i].client_id, parts[1]))
+                if (!strcasecmp(srv->clients[i].tenant, parts[0]) &&
+                    !strcasecmp(srv->clients[i].client_id, parts[1]))
                         cl = &srv->clients[i];
         if (!cl) {
                 if (srv->nclients >= EMU_CLIENTS_MAX) {
@@ -632,7 +643,9 @@ static int add_client(emu_server *srv, const char *spec, bool cert) {
                 bool dupe = false;
                 size_t i;
                 json_t *v;
-                json_array_foreach(cl->roles, i, v) dupe = dupe || !strcmp(json_string_value(v), t);
+                json_array_foreach(cl->roles, i, v) {
+                        dupe = dupe || !strcmp(json_string_value(v), t);
+                }
                 if (!dupe) {
                         json_array_append_new(cl->roles, json_string(t));
                         cl->perms |= emu_role_bit(t);
@@ -703,29 +716,45 @@ int main(int argc, char **argv) {
         canopy_log_init("graph-emulator");
 
         enum {
-                O_LISTEN = 256, O_PORTFILE, O_CERT, O_KEY, O_INSECURE, O_CLIENT, O_CLIENTCERT, O_DOMAIN, O_WRATE,
-                O_WBURST, O_FAULT, O_RETRY, O_LAT, O_LAG, O_TOKLIFE, O_SNAP, O_THREADS, O_HELP
+                O_LISTEN = 256,
+                O_PORTFILE,
+                O_CERT,
+                O_KEY,
+                O_INSECURE,
+                O_CLIENT,
+                O_CLIENTCERT,
+                O_DOMAIN,
+                O_WRATE,
+                O_WBURST,
+                O_FAULT,
+                O_RETRY,
+                O_LAT,
+                O_LAG,
+                O_TOKLIFE,
+                O_SNAP,
+                O_THREADS,
+                O_HELP
         };
         static const struct option opts[] = {
-                {"listen", required_argument, NULL, O_LISTEN},
-                {"port-file", required_argument, NULL, O_PORTFILE},
-                {"tls-cert", required_argument, NULL, O_CERT},
-                {"tls-key", required_argument, NULL, O_KEY},
-                {"insecure-http", no_argument, NULL, O_INSECURE},
-                {"client", required_argument, NULL, O_CLIENT},
-                {"client-cert", required_argument, NULL, O_CLIENTCERT},
-                {"domain", required_argument, NULL, O_DOMAIN},
-                {"write-rate", required_argument, NULL, O_WRATE},
-                {"write-burst", required_argument, NULL, O_WBURST},
-                {"fault-rate", required_argument, NULL, O_FAULT},
-                {"retry-after", required_argument, NULL, O_RETRY},
-                {"latency-ms", required_argument, NULL, O_LAT},
-                {"replication-lag-ms", required_argument, NULL, O_LAG},
-                {"token-lifetime", required_argument, NULL, O_TOKLIFE},
-                {"snapshot", required_argument, NULL, O_SNAP},
-                {"threads", required_argument, NULL, O_THREADS},
-                {"help", no_argument, NULL, O_HELP},
-                {NULL, 0, NULL, 0},
+            {"listen", required_argument, NULL, O_LISTEN},
+            {"port-file", required_argument, NULL, O_PORTFILE},
+            {"tls-cert", required_argument, NULL, O_CERT},
+            {"tls-key", required_argument, NULL, O_KEY},
+            {"insecure-http", no_argument, NULL, O_INSECURE},
+            {"client", required_argument, NULL, O_CLIENT},
+            {"client-cert", required_argument, NULL, O_CLIENTCERT},
+            {"domain", required_argument, NULL, O_DOMAIN},
+            {"write-rate", required_argument, NULL, O_WRATE},
+            {"write-burst", required_argument, NULL, O_WBURST},
+            {"fault-rate", required_argument, NULL, O_FAULT},
+            {"retry-after", required_argument, NULL, O_RETRY},
+            {"latency-ms", required_argument, NULL, O_LAT},
+            {"replication-lag-ms", required_argument, NULL, O_LAG},
+            {"token-lifetime", required_argument, NULL, O_TOKLIFE},
+            {"snapshot", required_argument, NULL, O_SNAP},
+            {"threads", required_argument, NULL, O_THREADS},
+            {"help", no_argument, NULL, O_HELP},
+            {NULL, 0, NULL, 0},
         };
         int c;
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -792,8 +821,8 @@ int main(int argc, char **argv) {
                         return 2;
                 }
                 if (bad) {
-                        fprintf(stderr, "canopy-graph-emulator: invalid value for --%s: %s\n", opts[c - O_LISTEN].name,
-                                optarg ? optarg : "");
+                        fprintf(stderr, "canopy-graph-emulator: invalid value for --%s: %s\n",
+                                opts[c - O_LISTEN].name, optarg ? optarg : "");
                         return 2;
                 }
         }
@@ -802,7 +831,9 @@ int main(int argc, char **argv) {
                 return 2;
         }
         if (!srv.insecure && (!srv.tls_cert || !srv.tls_key)) {
-                fprintf(stderr, "canopy-graph-emulator: --tls-cert and --tls-key are required (or --insecure-http)\n");
+                fprintf(
+                    stderr,
+                    "canopy-graph-emulator: --tls-cert and --tls-key are required (or --insecure-http)\n");
                 return 2;
         }
         static char default_domain[] = "emulator.onmicrosoft.com";
@@ -865,8 +896,8 @@ int main(int argc, char **argv) {
                                      (size_t)(64 * 1024), MHD_OPTION_HTTPS_MEM_CERT, cert_pem,
                                      MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
         if (!d) {
-                canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "cannot start the HTTP server on %s:%d", srv.listen_addr,
-                           srv.listen_port);
+                canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "cannot start the HTTP server on %s:%d",
+                           srv.listen_addr, srv.listen_port);
                 goto out;
         }
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);

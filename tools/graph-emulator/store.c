@@ -28,94 +28,94 @@ typedef struct prop_def {
 } prop_def;
 
 static const prop_def user_props[] = {
-        {"id", T_STR, 0, F_RO | F_FILTER | F_DEFAULT},
-        {"accountEnabled", T_BOOL, 0, F_REQ | F_FILTER},
-        {"ageGroup", T_STR, 64, 0},
-        {"businessPhones", T_STRARR, 64, F_DEFAULT},
-        {"city", T_STR, 128, F_FILTER},
-        {"companyName", T_STR, 64, F_FILTER},
-        {"consentProvidedForMinor", T_STR, 64, 0},
-        {"country", T_STR, 128, F_FILTER},
-        {"createdDateTime", T_STR, 0, F_RO},
-        {"creationType", T_STR, 0, F_RO},
-        {"deletedDateTime", T_STR, 0, F_RO},
-        {"department", T_STR, 64, F_FILTER},
-        {"displayName", T_STR, 256, F_REQ | F_FILTER | F_DEFAULT},
-        {"employeeHireDate", T_STR, 64, 0},
-        {"employeeId", T_STR, 16, F_FILTER},
-        {"employeeLeaveDateTime", T_STR, 64, 0},
-        {"employeeOrgData", T_OBJ, 0, 0},
-        {"employeeType", T_STR, 64, F_FILTER},
-        {"externalUserState", T_STR, 0, F_RO},
-        {"faxNumber", T_STR, 64, 0},
-        {"givenName", T_STR, 64, F_FILTER | F_DEFAULT},
-        {"imAddresses", T_STRARR, 0, F_RO},
-        {"jobTitle", T_STR, 128, F_FILTER | F_DEFAULT},
-        {"mail", T_STR, 256, F_FILTER | F_DEFAULT},
-        {"mailNickname", T_STR, 64, F_REQ | F_FILTER},
-        {"mobilePhone", T_STR, 64, F_DEFAULT},
-        {"officeLocation", T_STR, 128, F_DEFAULT},
-        {"onPremisesDistinguishedName", T_STR, 0, F_RO},
-        {"onPremisesDomainName", T_STR, 0, F_RO},
-        {"onPremisesExtensionAttributes", T_OBJ, 0, 0},
-        {"onPremisesImmutableId", T_STR, 256, F_FILTER},
-        {"onPremisesLastSyncDateTime", T_STR, 0, F_RO},
-        {"onPremisesProvisioningErrors", T_ANY, 0, F_RO},
-        {"onPremisesSamAccountName", T_STR, 0, F_RO},
-        {"onPremisesSecurityIdentifier", T_STR, 0, F_RO},
-        {"onPremisesSipInfo", T_ANY, 0, F_RO},
-        {"onPremisesSyncEnabled", T_BOOL, 0, F_RO},
-        {"onPremisesUserPrincipalName", T_STR, 0, F_RO},
-        {"otherMails", T_STRARR, 256, F_FILTER},
-        {"passwordPolicies", T_STR, 256, 0},
-        {"passwordProfile", T_OBJ, 0, F_REQ},
-        {"postalCode", T_STR, 40, 0},
-        {"preferredDataLocation", T_STR, 64, 0},
-        {"preferredLanguage", T_STR, 64, F_DEFAULT},
-        {"proxyAddresses", T_STRARR, 0, F_RO | F_FILTER},
-        {"securityIdentifier", T_STR, 0, F_RO},
-        {"showInAddressList", T_BOOL, 0, 0},
-        {"signInSessionsValidFromDateTime", T_STR, 0, F_RO},
-        {"state", T_STR, 128, F_FILTER},
-        {"streetAddress", T_STR, 1024, 0},
-        {"surname", T_STR, 64, F_FILTER | F_DEFAULT},
-        {"usageLocation", T_STR, 2, F_FILTER},
-        {"userPrincipalName", T_STR, 113, F_REQ | F_FILTER | F_DEFAULT},
-        {"userType", T_STR, 64, F_FILTER},
+    {"id", T_STR, 0, F_RO | F_FILTER | F_DEFAULT},
+    {"accountEnabled", T_BOOL, 0, F_REQ | F_FILTER},
+    {"ageGroup", T_STR, 64, 0},
+    {"businessPhones", T_STRARR, 64, F_DEFAULT},
+    {"city", T_STR, 128, F_FILTER},
+    {"companyName", T_STR, 64, F_FILTER},
+    {"consentProvidedForMinor", T_STR, 64, 0},
+    {"country", T_STR, 128, F_FILTER},
+    {"createdDateTime", T_STR, 0, F_RO},
+    {"creationType", T_STR, 0, F_RO},
+    {"deletedDateTime", T_STR, 0, F_RO},
+    {"department", T_STR, 64, F_FILTER},
+    {"displayName", T_STR, 256, F_REQ | F_FILTER | F_DEFAULT},
+    {"employeeHireDate", T_STR, 64, 0},
+    {"employeeId", T_STR, 16, F_FILTER},
+    {"employeeLeaveDateTime", T_STR, 64, 0},
+    {"employeeOrgData", T_OBJ, 0, 0},
+    {"employeeType", T_STR, 64, F_FILTER},
+    {"externalUserState", T_STR, 0, F_RO},
+    {"faxNumber", T_STR, 64, 0},
+    {"givenName", T_STR, 64, F_FILTER | F_DEFAULT},
+    {"imAddresses", T_STRARR, 0, F_RO},
+    {"jobTitle", T_STR, 128, F_FILTER | F_DEFAULT},
+    {"mail", T_STR, 256, F_FILTER | F_DEFAULT},
+    {"mailNickname", T_STR, 64, F_REQ | F_FILTER},
+    {"mobilePhone", T_STR, 64, F_DEFAULT},
+    {"officeLocation", T_STR, 128, F_DEFAULT},
+    {"onPremisesDistinguishedName", T_STR, 0, F_RO},
+    {"onPremisesDomainName", T_STR, 0, F_RO},
+    {"onPremisesExtensionAttributes", T_OBJ, 0, 0},
+    {"onPremisesImmutableId", T_STR, 256, F_FILTER},
+    {"onPremisesLastSyncDateTime", T_STR, 0, F_RO},
+    {"onPremisesProvisioningErrors", T_ANY, 0, F_RO},
+    {"onPremisesSamAccountName", T_STR, 0, F_RO},
+    {"onPremisesSecurityIdentifier", T_STR, 0, F_RO},
+    {"onPremisesSipInfo", T_ANY, 0, F_RO},
+    {"onPremisesSyncEnabled", T_BOOL, 0, F_RO},
+    {"onPremisesUserPrincipalName", T_STR, 0, F_RO},
+    {"otherMails", T_STRARR, 256, F_FILTER},
+    {"passwordPolicies", T_STR, 256, 0},
+    {"passwordProfile", T_OBJ, 0, F_REQ},
+    {"postalCode", T_STR, 40, 0},
+    {"preferredDataLocation", T_STR, 64, 0},
+    {"preferredLanguage", T_STR, 64, F_DEFAULT},
+    {"proxyAddresses", T_STRARR, 0, F_RO | F_FILTER},
+    {"securityIdentifier", T_STR, 0, F_RO},
+    {"showInAddressList", T_BOOL, 0, 0},
+    {"signInSessionsValidFromDateTime", T_STR, 0, F_RO},
+    {"state", T_STR, 128, F_FILTER},
+    {"streetAddress", T_STR, 1024, 0},
+    {"surname", T_STR, 64, F_FILTER | F_DEFAULT},
+    {"usageLocation", T_STR, 2, F_FILTER},
+    {"userPrincipalName", T_STR, 113, F_REQ | F_FILTER | F_DEFAULT},
+    {"userType", T_STR, 64, F_FILTER},
 };
 
 static const prop_def group_props[] = {
-        {"id", T_STR, 0, F_RO | F_FILTER},
-        {"classification", T_STR, 256, F_FILTER},
-        {"createdDateTime", T_STR, 0, F_RO},
-        {"deletedDateTime", T_STR, 0, F_RO},
-        {"description", T_STR, 1024, F_FILTER},
-        {"displayName", T_STR, 256, F_REQ | F_FILTER},
-        {"expirationDateTime", T_STR, 0, F_RO},
-        {"groupTypes", T_STRARR, 64, F_FILTER},
-        {"isAssignableToRole", T_BOOL, 0, F_CREATE},
-        {"mail", T_STR, 0, F_RO | F_FILTER},
-        {"mailEnabled", T_BOOL, 0, F_REQ | F_FILTER},
-        {"mailNickname", T_STR, 64, F_REQ | F_FILTER},
-        {"membershipRule", T_STR, 3072, 0},
-        {"membershipRuleProcessingState", T_STR, 64, 0},
-        {"onPremisesDomainName", T_STR, 0, F_RO},
-        {"onPremisesLastSyncDateTime", T_STR, 0, F_RO},
-        {"onPremisesNetBiosName", T_STR, 0, F_RO},
-        {"onPremisesProvisioningErrors", T_ANY, 0, F_RO},
-        {"onPremisesSamAccountName", T_STR, 0, F_RO},
-        {"onPremisesSecurityIdentifier", T_STR, 0, F_RO},
-        {"onPremisesSyncEnabled", T_BOOL, 0, F_RO},
-        {"preferredDataLocation", T_STR, 64, 0},
-        {"preferredLanguage", T_STR, 64, 0},
-        {"proxyAddresses", T_STRARR, 0, F_RO | F_FILTER},
-        {"renewedDateTime", T_STR, 0, F_RO},
-        {"resourceBehaviorOptions", T_STRARR, 64, F_CREATE},
-        {"resourceProvisioningOptions", T_STRARR, 64, F_CREATE},
-        {"securityEnabled", T_BOOL, 0, F_REQ | F_FILTER},
-        {"securityIdentifier", T_STR, 0, F_RO},
-        {"theme", T_STR, 64, 0},
-        {"visibility", T_STR, 64, 0},
+    {"id", T_STR, 0, F_RO | F_FILTER},
+    {"classification", T_STR, 256, F_FILTER},
+    {"createdDateTime", T_STR, 0, F_RO},
+    {"deletedDateTime", T_STR, 0, F_RO},
+    {"description", T_STR, 1024, F_FILTER},
+    {"displayName", T_STR, 256, F_REQ | F_FILTER},
+    {"expirationDateTime", T_STR, 0, F_RO},
+    {"groupTypes", T_STRARR, 64, F_FILTER},
+    {"isAssignableToRole", T_BOOL, 0, F_CREATE},
+    {"mail", T_STR, 0, F_RO | F_FILTER},
+    {"mailEnabled", T_BOOL, 0, F_REQ | F_FILTER},
+    {"mailNickname", T_STR, 64, F_REQ | F_FILTER},
+    {"membershipRule", T_STR, 3072, 0},
+    {"membershipRuleProcessingState", T_STR, 64, 0},
+    {"onPremisesDomainName", T_STR, 0, F_RO},
+    {"onPremisesLastSyncDateTime", T_STR, 0, F_RO},
+    {"onPremisesNetBiosName", T_STR, 0, F_RO},
+    {"onPremisesProvisioningErrors", T_ANY, 0, F_RO},
+    {"onPremisesSamAccountName", T_STR, 0, F_RO},
+    {"onPremisesSecurityIdentifier", T_STR, 0, F_RO},
+    {"onPremisesSyncEnabled", T_BOOL, 0, F_RO},
+    {"preferredDataLocation", T_STR, 64, 0},
+    {"preferredLanguage", T_STR, 64, 0},
+    {"proxyAddresses", T_STRARR, 0, F_RO | F_FILTER},
+    {"renewedDateTime", T_STR, 0, F_RO},
+    {"resourceBehaviorOptions", T_STRARR, 64, F_CREATE},
+    {"resourceProvisioningOptions", T_STRARR, 64, F_CREATE},
+    {"securityEnabled", T_BOOL, 0, F_REQ | F_FILTER},
+    {"securityIdentifier", T_STR, 0, F_RO},
+    {"theme", T_STR, 64, 0},
+    {"visibility", T_STR, 64, 0},
 };
 
 #define NPROPS(a) (sizeof(a) / sizeof(a[0]))
@@ -147,7 +147,7 @@ bool emu_prop_filterable(emu_kind kind, const char *name) {
 }
 
 static void seterr(emu_err *e, int status, const char *code, const char *target, const char *fmt, ...)
-        __attribute__((format(printf, 5, 6)));
+    __attribute__((format(printf, 5, 6)));
 
 static void seterr(emu_err *e, int status, const char *code, const char *target, const char *fmt, ...) {
         e->status = status;
@@ -160,8 +160,8 @@ static void seterr(emu_err *e, int status, const char *code, const char *target,
 }
 
 static void invalid_value(emu_err *e, emu_kind kind, const char *prop) {
-        seterr(e, 400, "Request_BadRequest", NULL, "Invalid value specified for property '%s' of resource '%s'.", prop,
-               emu_kind_name(kind));
+        seterr(e, 400, "Request_BadRequest", NULL,
+               "Invalid value specified for property '%s' of resource '%s'.", prop, emu_kind_name(kind));
 }
 
 /* ---- tenants and look-ups ------------------------------------------------- */
@@ -323,8 +323,8 @@ static void index_add(emu_tenant *tn, emu_obj *o) {
 }
 
 static void conflict(emu_err *e, const char *prop) {
-        seterr(e, 400, "Request_BadRequest", prop, "Another object with the same value for property %s already exists.",
-               prop);
+        seterr(e, 400, "Request_BadRequest", prop,
+               "Another object with the same value for property %s already exists.", prop);
 }
 
 /* Uniqueness of the candidate property set against every other live object. */
@@ -469,7 +469,8 @@ static int check_value(emu_kind kind, const prop_def *pd, const char *name, json
                         json_t *x;
                         json_object_foreach(v, k, x) {
                                 int idx = 0;
-                                if (strncmp(k, "extensionAttribute", 18) || (idx = atoi(k + 18)) < 1 || idx > 15 ||
+                                if (strncmp(k, "extensionAttribute", 18) || (idx = atoi(k + 18)) < 1 ||
+                                    idx > 15 ||
                                     (!json_is_null(x) &&
                                      (!json_is_string(x) || utf8_len(json_string_value(x)) > 1024))) {
                                         invalid_value(e, kind, name);
@@ -498,7 +499,8 @@ static int apply_body(emu_server *srv, emu_kind kind, json_t *cand, json_t *body
                 const prop_def *pd = prop_find(kind, k);
                 if (!pd && !is_extension(k)) {
                         seterr(e, 400, "Request_BadRequest", NULL,
-                               "Property '%s' does not exist as a declared property or extension property.", k);
+                               "Property '%s' does not exist as a declared property or extension property.",
+                               k);
                         return -1;
                 }
                 if (pd && (pd->flags & F_RO)) {
@@ -507,7 +509,8 @@ static int apply_body(emu_server *srv, emu_kind kind, json_t *cand, json_t *body
                                        "Property 'id' is read-only and cannot be set.");
                                 return -1;
                         }
-                        seterr(e, 400, "Request_BadRequest", NULL, "Property '%s' is read-only and cannot be set.", k);
+                        seterr(e, 400, "Request_BadRequest", NULL,
+                               "Property '%s' is read-only and cannot be set.", k);
                         return -1;
                 }
                 if (pd && (pd->flags & F_CREATE) && !create) {
@@ -540,7 +543,8 @@ static int apply_body(emu_server *srv, emu_kind kind, json_t *cand, json_t *body
                         json_object_set_new(pp, "forceChangePasswordNextSignIn",
                                             json_boolean(f ? json_is_true(f) : true));
                         json_t *fm = json_object_get(v, "forceChangePasswordNextSignInWithMfa");
-                        json_object_set_new(pp, "forceChangePasswordNextSignInWithMfa", json_boolean(json_is_true(fm)));
+                        json_object_set_new(pp, "forceChangePasswordNextSignInWithMfa",
+                                            json_boolean(json_is_true(fm)));
                         json_object_set_new(cand, k, pp);
                         continue;
                 }
@@ -571,7 +575,8 @@ static int apply_body(emu_server *srv, emu_kind kind, json_t *cand, json_t *body
                         }
                         if (u == 2) {
                                 seterr(e, 400, "Request_BadRequest", NULL,
-                                       "The domain portion of the userPrincipalName property is invalid. You must use "
+                                       "The domain portion of the userPrincipalName property is invalid. You "
+                                       "must use "
                                        "one of the verified domain names in your organization.");
                                 return -1;
                         }
@@ -607,8 +612,10 @@ static int apply_body(emu_server *srv, emu_kind kind, json_t *cand, json_t *body
 static bool has_unified(const json_t *props) {
         size_t i;
         json_t *x;
-        json_array_foreach(json_object_get(props, "groupTypes"), i, x) if (!strcmp(json_string_value(x), "Unified")) return
-                true;
+        json_array_foreach(json_object_get(props, "groupTypes"), i, x) {
+                if (!strcmp(json_string_value(x), "Unified"))
+                        return true;
+        }
         return false;
 }
 
@@ -667,7 +674,8 @@ emu_obj *emu_obj_create(emu_server *srv, emu_tenant *tn, emu_kind kind, json_t *
         }
         if (kind == EMU_GROUP && json_is_true(json_object_get(cand, "mailEnabled")) && !has_unified(cand)) {
                 seterr(e, 400, "Request_BadRequest", NULL,
-                       "Creating mail-enabled security or distribution groups is not supported; only Unified groups "
+                       "Creating mail-enabled security or distribution groups is not supported; only Unified "
+                       "groups "
                        "can be mail-enabled.");
                 goto fail;
         }
@@ -727,7 +735,8 @@ int emu_obj_update(emu_server *srv, emu_tenant *tn, emu_obj *o, json_t *body, em
         json_t *cand = json_deep_copy(o->props);
         if (apply_body(srv, o->kind, cand, body, false, e))
                 goto fail;
-        if (o->kind == EMU_GROUP && json_is_true(json_object_get(cand, "mailEnabled")) && !has_unified(cand)) {
+        if (o->kind == EMU_GROUP && json_is_true(json_object_get(cand, "mailEnabled")) &&
+            !has_unified(cand)) {
                 invalid_value(e, o->kind, "mailEnabled");
                 goto fail;
         }
@@ -883,7 +892,10 @@ json_t *emu_obj_render(const emu_obj *o, char **select, size_t nsel) {
                 put_prop(out, o, group_props[i].name);
         const char *k;
         json_t *v;
-        json_object_foreach(o->props, k, v) if (is_extension(k)) json_object_set(out, k, v);
+        json_object_foreach(o->props, k, v) {
+                if (is_extension(k))
+                        json_object_set(out, k, v);
+        }
         return out;
 }
 
@@ -990,8 +1002,10 @@ int emu_snapshot_save(emu_server *srv, const char *path) {
                 for (int kind = 0; kind < 2; kind++)
                         for (size_t i = 0; i < tn->list[kind].len; i++)
                                 if (tn->list[kind].val[i])
-                                        json_array_append_new(objs, emu_obj_dump(tn->list[kind].val[i], true));
-                json_object_set_new(tns, tn->id, json_pack("{s:I, s:o}", "seq", (json_int_t)tn->seq, "objects", objs));
+                                        json_array_append_new(objs,
+                                                              emu_obj_dump(tn->list[kind].val[i], true));
+                json_object_set_new(tns, tn->id,
+                                    json_pack("{s:I, s:o}", "seq", (json_int_t)tn->seq, "objects", objs));
         }
         json_object_set_new(root, "version", json_integer(1));
         json_object_set_new(root, "tenants", tns);

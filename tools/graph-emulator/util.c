@@ -409,19 +409,19 @@ unsigned emu_role_bit(const char *role) {
                 const char *name;
                 unsigned bit;
         } roles[] = {
-                {"User.Read.All", EMU_P_USER_READ},
-                {"User.ReadBasic.All", EMU_P_USER_READ},
-                {"User.ReadWrite.All", EMU_P_USER_RW | EMU_P_USER_READ},
-                {"Group.Read.All", EMU_P_GROUP_READ},
-                {"Group.ReadWrite.All", EMU_P_GROUP_RW | EMU_P_GROUP_READ},
-                {"GroupMember.Read.All", EMU_P_MEMBER_READ},
-                {"GroupMember.ReadWrite.All", EMU_P_MEMBER_RW | EMU_P_MEMBER_READ},
-                {"Directory.Read.All", EMU_P_DIR_READ},
-                {"Directory.ReadWrite.All", EMU_P_DIR_RW | EMU_P_DIR_READ},
-                {"Domain.Read.All", EMU_P_DOMAIN_READ},
-                {"Domain.ReadWrite.All", EMU_P_DOMAIN_READ},
-                {"Organization.Read.All", EMU_P_ORG_READ},
-                {"Organization.ReadWrite.All", EMU_P_ORG_READ},
+            {"User.Read.All", EMU_P_USER_READ},
+            {"User.ReadBasic.All", EMU_P_USER_READ},
+            {"User.ReadWrite.All", EMU_P_USER_RW | EMU_P_USER_READ},
+            {"Group.Read.All", EMU_P_GROUP_READ},
+            {"Group.ReadWrite.All", EMU_P_GROUP_RW | EMU_P_GROUP_READ},
+            {"GroupMember.Read.All", EMU_P_MEMBER_READ},
+            {"GroupMember.ReadWrite.All", EMU_P_MEMBER_RW | EMU_P_MEMBER_READ},
+            {"Directory.Read.All", EMU_P_DIR_READ},
+            {"Directory.ReadWrite.All", EMU_P_DIR_RW | EMU_P_DIR_READ},
+            {"Domain.Read.All", EMU_P_DOMAIN_READ},
+            {"Domain.ReadWrite.All", EMU_P_DOMAIN_READ},
+            {"Organization.Read.All", EMU_P_ORG_READ},
+            {"Organization.ReadWrite.All", EMU_P_ORG_READ},
         };
         for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
                 if (!strcmp(roles[i].name, role))
