@@ -37,8 +37,12 @@ SID=$(samba-tool user show canopy-sync -H "ldap://$HOST" --simple-bind-dn="$ADMI
 samba-tool dsacl set -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" --objectdn="OU=Staff,$BASE" \
         --sddl="(OA;CI;WP;23773dc2-b63a-11d2-90e1-00c04fd91ab1;;$SID)" >>"$T/dsacl.log" 2>&1 ||
         { cat "$T/dsacl.log"; fail "granting write on ms-DS-ConsistencyGuid"; }
-/usr/bin/python3 "$HERE/grant_deleted.py" "$T/samba-corp/private/sam.ldb" "$T/samba-corp/etc/smb.conf" "$BASE" "$SID" \
-        >>"$T/dsacl.log" 2>&1 || { cat "$T/dsacl.log"; fail "granting read on CN=Deleted Objects"; }
+SID2=$(samba-tool user show canopy-norights -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" \
+        --attributes=objectSid 2>/dev/null | awk '/^objectSid:/ {print $2}')
+for s in "$SID" "$SID2"; do
+        /usr/bin/python3 "$HERE/grant_deleted.py" "$T/samba-corp/private/sam.ldb" "$T/samba-corp/etc/smb.conf" "$BASE" "$s" \
+                >>"$T/dsacl.log" 2>&1 || { cat "$T/dsacl.log"; fail "granting read on CN=Deleted Objects"; }
+done
 ok "connector account created and granted Replicating Directory Changes"
 
 conf() { # conf FILE CONNECTOR MODE BIND PWFILE [extra yaml]
