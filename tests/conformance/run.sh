@@ -26,14 +26,16 @@ trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid"' EXIT
 if [ -s "$tls/localhost.pem" ] && [ -x "$CANOPY_TEST_BIN/canopy-graph-emulator" ]; then
         openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/app.key" -out "$d/app.pem" -days 2 \
                 -subj /CN=conformance-app 2>/dev/null
-        export CONF_CERT_TENANT=$(cat /proc/sys/kernel/random/uuid) CONF_CERT_CLIENT=$(cat /proc/sys/kernel/random/uuid)
-        export CONF_CERT_PEM=$d/app.pem CONF_CERT_KEY=$d/app.key
+        CONF_CERT_TENANT=$(cat /proc/sys/kernel/random/uuid)
+        CONF_CERT_CLIENT=$(cat /proc/sys/kernel/random/uuid)
+        export CONF_CERT_TENANT CONF_CERT_CLIENT CONF_CERT_PEM=$d/app.pem CONF_CERT_KEY=$d/app.key
         "$CANOPY_TEST_BIN/canopy-graph-emulator" --listen 127.0.0.1:0 --port-file "$d/port" \
                 --tls-cert "$tls/localhost.pem" --tls-key "$tls/localhost.key" --domain canopy.test \
                 --client-cert "$CONF_CERT_TENANT:$CONF_CERT_CLIENT:$d/app.pem:User.Read.All" 2>"$d/emulator.log" &
         pid=$!
         for _ in $(seq 100); do [ -s "$d/port" ] && break; sleep 0.1; done
         [ -s "$d/port" ] || { cat "$d/emulator.log"; echo "second emulator did not start"; exit 1; }
-        export CONF_CERT_URL=https://127.0.0.1:$(cat "$d/port")
+        CONF_CERT_URL=https://127.0.0.1:$(cat "$d/port")
+        export CONF_CERT_URL
 fi
 node conformance.mjs
