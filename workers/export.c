@@ -799,6 +799,9 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                                                 goto out;
                                         err = canopy_state_exp_members_apply(ec->st, mv_id, true,
                                                                              (const char *const *)ids, nids, NULL, 0);
+                                        if (!err)
+                                                err = canopy_state_memberof_add(ec->st, (const char *const *)ids,
+                                                                                nids, mv_id);
                                         canopy_graph_ids_free(ids, nids);
                                         if (err)
                                                 goto out;
