@@ -292,7 +292,9 @@ int main(int argc, char **argv) {
         p->m_position = canopy_metrics_gauge(reg, "canopy_producer_position",
                                              "Last checkpointed position (USN on AD).", NULL);
         p->m_lag = canopy_metrics_gauge(reg, "canopy_producer_lag_usn",
-                                        "highestCommittedUSN minus the last published USN (usn mode).", NULL);
+                                        "highestCommittedUSN minus the last published USN (usn, dirsync).", NULL);
+        p->m_lag_s = canopy_metrics_gauge(reg, "canopy_producer_lag_seconds",
+                                          "syncrepl: contextCSN minus the CSN of the saved cookie, seconds.", NULL);
         p->m_errors = canopy_metrics_counter(reg, "canopy_producer_errors_total", "Events not published, by error.",
                                              "error");
         p->m_scans = canopy_metrics_counter(reg, "canopy_producer_full_scans_total", "Full passes completed.", NULL);

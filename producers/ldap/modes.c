@@ -307,6 +307,56 @@ static canopy_err sync_entry(prod *p, syncst *s, LDAPMessage *e) {
         return err;
 }
 
+/* Seconds since epoch of the CSN in "…csn=20261124040349.410506Z#…" (or a bare CSN). */
+static double csn_time(const char *s, size_t n) {
+        char b[64];
+        const char *c = memmem(s, n, "csn=", 4);
+        const char *v = c ? c + 4 : s;
+        size_t left = n - (size_t)(v - s);
+        if (left < 14)
+                return 0;
+        snprintf(b, sizeof(b), "%.*s", (int)(left < 63 ? left : 63), v);
+        struct tm tm = {0};
+        double frac = 0;
+        if (sscanf(b, "%4d%2d%2d%2d%2d%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+                   &tm.tm_sec) != 6)
+                return 0;
+        if (b[14] == '.')
+                frac = strtod(b + 14, NULL);
+        tm.tm_year -= 1900;
+        tm.tm_mon -= 1;
+        return (double)timegm(&tm) + frac;
+}
+
+/* Lag gauge: contextCSN of the naming context minus the CSN of our cookie
+ * (seconds), read at most every 5 s while persisting. */
+static void sync_lag(prod *p, const syncst *s) {
+        static int64_t last;
+        int64_t now = prod_now_ms();
+        if (now - last < 5000 || !s->cookie.bv_val)
+                return;
+        last = now;
+        char *attrs[] = {"contextCSN", NULL};
+        LDAPMessage *res = NULL;
+        struct timeval tv = {5, 0};
+        if (ldap_search_ext_s(p->ld, p->nc_root, LDAP_SCOPE_BASE, "(objectClass=*)", attrs, 0, NULL, NULL, &tv, 1,
+                              &res) == LDAP_SUCCESS) {
+                LDAPMessage *e = ldap_first_entry(p->ld, res);
+                struct berval **v = e ? ldap_get_values_len(p->ld, e, "contextCSN") : NULL;
+                double newest = 0;
+                for (size_t i = 0; v && v[i]; i++) {
+                        double t = csn_time(v[i]->bv_val, v[i]->bv_len);
+                        if (t > newest)
+                                newest = t;
+                }
+                ldap_value_free_len(v);
+                double ours = csn_time(s->cookie.bv_val, s->cookie.bv_len);
+                if (newest > 0 && ours > 0)
+                        canopy_metrics_set(p->m_lag_s, NULL, newest > ours ? newest - ours : 0);
+        }
+        ldap_msgfree(res);
+}
+
 canopy_err mode_syncrepl(prod *p) {
         syncst s = {0};
         canopy_bytes saved = {0};
@@ -364,6 +414,8 @@ canopy_err mode_syncrepl(prod *p) {
                 if (rc == 0) {
                         if ((err = prod_alive(p)))
                                 break;
+                        if (s.persist)
+                                sync_lag(p, &s);
                         if (s.persist && (s.cookie_dirty || p->since_ckpt))
                                 err = sync_save(p, &s);
                         check_control(p);
@@ -551,6 +603,12 @@ canopy_err mode_dirsync(prod *p) {
                 }
                 if (!err && (changed || p->since_ckpt))
                         err = prod_checkpoint(p, "dirsync", cookie.bv_val, cookie.bv_len);
+                if (!err && !more && p->last_usn) {
+                        char *h = prod_root_attr(p, "highestCommittedUSN");
+                        if (h)
+                                canopy_metrics_set(p->m_lag, NULL, (double)(strtoll(h, NULL, 10) - p->last_usn));
+                        free(h);
+                }
                 if (err || more)
                         continue;
                 err = idle(p, p->cf->poll_interval_ms);
