@@ -10,7 +10,7 @@
 #   . tests/harness/lib.sh
 #   harness_init [BIN_DIR]              # temp dir, reaper; CANOPY_TEST_TMPDIR
 #   trap harness_cleanup EXIT
-#   harness_redis                       # CANOPY_TEST_REDIS_HOST/_PORT/_PID
+#   harness_redis [--appendonly] [--password] # CANOPY_TEST_REDIS_HOST/_PORT/_PID(/_PASSWORD_FILE)
 #   harness_kafka [BROKERS] [TOPIC:P..] # CANOPY_TEST_KAFKA_BOOTSTRAP/_CONTROL/_PID
 #   harness_slapd NAME FILE.ldif        # CANOPY_TEST_LDAP_<NAME>_*
 #   harness_samba NAME FILE.ldif        # CANOPY_TEST_AD_<NAME>_*
@@ -327,10 +327,22 @@ harness_cleanup() {
 # --------------------------------------------------------------- redis
 
 _h_redis_start() {
-        local d="$CANOPY_TEST_TMPDIR/redis" port=$1
+        local d="$CANOPY_TEST_TMPDIR/redis" port=$1 conf
         mkdir -p "$d"
-        redis-server --port "$port" --bind 127.0.0.1 --dir "$d" --save '' \
-                --appendonly no --daemonize no --logfile '' --databases 16 \
+        # Options of harness_redis (persistence, password) live in a config
+        # file, so that a password never appears on a command line.
+        conf="$d/extra.conf"
+        : >"$conf"
+        chmod 600 "$conf"
+        if [ -n "${HARNESS_REDIS_AOF:-}" ]; then
+                printf 'appendonly yes\nappendfsync everysec\n' >>"$conf"
+        else
+                printf 'appendonly no\n' >>"$conf"
+        fi
+        [ -z "${CANOPY_TEST_REDIS_PASSWORD_FILE:-}" ] ||
+                printf 'requirepass "%s"\n' "$(cat "$CANOPY_TEST_REDIS_PASSWORD_FILE")" >>"$conf"
+        redis-server "$conf" --port "$port" --bind 127.0.0.1 --dir "$d" --save '' \
+                --daemonize no --logfile '' --databases 16 \
                 </dev/null >>"$d/redis.log" 2>&1 &
         _h_record redis $!
         disown $! 2>/dev/null  # no job notices; bash still reaps it
@@ -338,11 +350,35 @@ _h_redis_start() {
                 _h_redis_ping "$port"
 }
 
-_h_redis_ping() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
+_h_redis_ping() {
+        if [ -n "${CANOPY_TEST_REDIS_PASSWORD_FILE:-}" ]; then
+                [ "$(REDISCLI_AUTH=$(cat "$CANOPY_TEST_REDIS_PASSWORD_FILE") redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]
+        else
+                [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]
+        fi
+}
 
-# harness_redis: start redis-server (no persistence).
+# harness_redis [--appendonly] [--password]: start redis-server. Default: no
+# persistence. --appendonly: AOF on (appendfsync everysec), so that a restart
+# (harness_restart_redis, even after SIGKILL) keeps the data. --password: a
+# random password (requirepass) in CANOPY_TEST_REDIS_PASSWORD_FILE (0600, no
+# newline).
 harness_redis() {
         local port try
+        HARNESS_REDIS_AOF=
+        unset CANOPY_TEST_REDIS_PASSWORD_FILE
+        while [ $# -gt 0 ]; do
+                case $1 in
+                --appendonly) HARNESS_REDIS_AOF=1 ;;
+                --password)
+                        mkdir -p "$CANOPY_TEST_TMPDIR/redis"
+                        export CANOPY_TEST_REDIS_PASSWORD_FILE="$CANOPY_TEST_TMPDIR/redis/password"
+                        _h_write_secret "$CANOPY_TEST_REDIS_PASSWORD_FILE" "$(_h_secret 18)"
+                        ;;
+                *) _h_err "harness_redis: unknown option $1"; return 1 ;;
+                esac
+                shift
+        done
         _h_need redis-server redis-cli || return
         for try in 1 2 3; do
                 port=$(_h_free_port) || return 1
@@ -360,7 +396,8 @@ harness_redis() {
 
 harness_stop_redis() { _h_stop redis "${1:-TERM}"; }
 
-# harness_restart_redis: same port; the data is gone (no persistence).
+# harness_restart_redis: same port, same options; the data is gone unless
+# harness_redis was given --appendonly.
 harness_restart_redis() {
         _h_stop redis
         _h_redis_start "$CANOPY_TEST_REDIS_PORT" || return 1
