@@ -95,7 +95,7 @@ static int req_parse(const char *url, req *rq) {
         memset(rq, 0, sizeof(*rq));
         const char *qm = strchr(url, '?');
         rq->path = strndup(url, qm ? (size_t)(qm - url) : strlen(url));
-        if (!rq->path)
+        if (!rq->path || strstr(rq->path, "%00"))
                 return -1;
         emu_url_decode(rq->path, false);
         size_t pl = strlen(rq->path);
@@ -112,8 +112,10 @@ static int req_parse(const char *url, req *rq) {
                 char *qs = strdup(qm + 1);
                 char *s2 = NULL;
                 for (char *t = strtok_r(qs, "&", &s2); t; t = strtok_r(NULL, "&", &s2)) {
-                        if (rq->nq >= EMU_QUERY_MAX)
-                                break;
+                        if (rq->nq >= EMU_QUERY_MAX) {
+                                free(qs);
+                                return -1; /* dropping one could drop a $filter */
+                        }
                         char *eq = strchr(t, '=');
                         if (eq)
                                 *eq = 0;
@@ -183,6 +185,8 @@ static int parse_select(emu_call *c, emu_resp *r, const req *rq, emu_kind kind, 
                         continue;
                 if (ss->n >= EMU_SELECT_MAX) {
                         ERR(400, "Request_BadRequest", "Too many properties in $select.");
+                        free(ss->buf);
+                        ss->buf = NULL;
                         return -1;
                 }
                 if (strcmp(t, "members") && !emu_prop_known(kind, t)) {
@@ -191,6 +195,8 @@ static int parse_select(emu_call *c, emu_resp *r, const req *rq, emu_kind kind, 
                             "type "
                             "'microsoft.graph.%s'.",
                             t, kind == EMU_USER ? "user" : "group");
+                        free(ss->buf);
+                        ss->buf = NULL;
                         return -1;
                 }
                 ss->names[ss->n++] = t;
@@ -220,6 +226,7 @@ typedef struct fnode {
 typedef struct filter {
         fnode n[EMU_FILTER_NODES];
         int nn;
+        int depth; /* parentheses, capped */
         int root;
         const char *src;
         const char *p;
@@ -355,7 +362,12 @@ static int parse_primary(filter *f) {
         if (f->status)
                 return -1;
         if (ch(f, '(')) {
+                if (++f->depth > 16) {
+                        fsyntax(f);
+                        return -1;
+                }
                 int x = parse_or(f);
+                f->depth--;
                 if (x < 0 || !ch(f, ')')) {
                         fsyntax(f);
                         return -1;

@@ -572,6 +572,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         emu_graph_error(&r, 400, "BadRequest", "Invalid version.", request_id, creq_buf);
         emu_stats_count(srv, method, "other", r.status);
 send:;
+        /* Access log at debug level only; never the Authorization header. */
+        if (canopy_log_enabled(CANOPY_LOG_DEBUG, MOD))
+                canopy_log(CANOPY_LOG_DEBUG, MOD, NULL, "%s %s %d request-id=%s", method, path, r.status ? r.status : 500,
+                           request_id);
         enum MHD_Result ret = send_resp(con, &r, request_id, creq_buf);
         emu_resp_reset(&r);
         free(uri);

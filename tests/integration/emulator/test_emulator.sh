@@ -10,6 +10,7 @@
 #   expiry     tokens of 2 s (--emulator="--token-lifetime 2")
 #   cert       client assertion (RS256 and PS256) on an emulator of its own
 #   snapshot   state survives SIGTERM and restart with --snapshot
+#   robust     malformed input of every kind gets a 4xx, never a crash
 set -u
 MODE=${1:-main}
 URL=${CANOPY_TEST_GRAPH_URL:?run under tests/harness/run-with --emulator}
@@ -526,8 +527,77 @@ test_snapshot() {
         expect_json '.error.details[0].code' ObjectConflict "uniqueness after restart"
 }
 
+test_robust() {
+        TOK=$(token)
+        local g u
+        g=$(mk_group robust)
+        u=$(mk_user robust)
+        local bodies=(
+                '[]' '"x"' '1' 'null' '{"accountEnabled":"yes"}' '{"displayName":null}' '{"displayName":{}}'
+                '{"passwordProfile":null}' '{"passwordProfile":{"password":7}}' '{"groupTypes":[1]}'
+                '{"groupTypes":"Unified"}' '{"businessPhones":["1","2"]}' '{"onPremisesExtensionAttributes":[]}'
+                '{"onPremisesExtensionAttributes":{"extensionAttribute16":"x"}}' '{"members@odata.bind":"x"}'
+                '{"members@odata.bind":[1,null,{}]}' '{"members@odata.bind":["https://x/v1.0/nothing/abc"]}'
+                '{"@odata.id":null}' '{"@odata.id":"no-slash"}' '{"userPrincipalName":"a@b@canopy.test"}'
+                '{"userPrincipalName":".a@canopy.test"}' '{"userPrincipalName":"a..b@canopy.test"}'
+                '{"userPrincipalName":"@canopy.test"}' '{"userPrincipalName":"\u00e9@canopy.test"}'
+                '{"mail":"no-at"}' '{"mailNickname":""}' "{\"displayName\":\"$(printf 'x%.0s' $(seq 300))\"}"
+                '{"a":' "$(printf '[%.0s' $(seq 3000))"
+        )
+        local b p m n=0
+        for b in "${bodies[@]}"; do
+                for p in /users "/users/$u" /groups "/groups/$g" "/groups/$g/members/\$ref" '/$batch'; do
+                        for m in POST PATCH; do
+                                req "$m" "$p" "$b"
+                                case $ST in 4??) n=$((n + 1)) ;; 204) [ "$m" = PATCH ] && n=$((n + 1)) ;; *) fail "$m $p $b: $ST" ;; esac
+                        done
+                done
+        done
+        [ $n -gt 100 ] && ok || fail "only $n malformed requests answered"
+        local filters=(
+                "(" ")" "'" "eq" "displayName eq 'x" "displayName eq 'x' and" "startswith(" "startswith(displayName)"
+                "startswith(displayName,'x'" "proxyAddresses/any(" "proxyAddresses/any(p:q eq 'x')"
+                "proxyAddresses/all(p:p eq 'x')" "displayName in ()" "displayName in ('a'" "id in ($(printf "'x',%.0s" $(seq 20))'y')"
+                "$(printf '(%.0s' $(seq 100))displayName eq 'x'$(printf ')%.0s' $(seq 100))"
+                "$(printf "displayName eq 'x' and %.0s" $(seq 80))displayName eq 'y'"
+                "$(printf 'x%.0s' $(seq 5000))" "not displayName eq 'x'" "displayName eq null" "1 eq 1"
+        )
+        local f
+        for f in "${filters[@]}"; do
+                req GET "/users?\$filter=$(jq -rn --arg v "$f" '$v|@uri')"
+                case $ST in 400) ok ;; *) fail "filter '$f': $ST" ;; esac
+        done
+        local paths=(
+                "/users/$(printf 'a%.0s' $(seq 400))" "/groups/$g/members/x/y/z" "/a/b/c/d/e/f/g/h/i/j/k/l/m/n"
+                "/users?\$top=abc" "/users?\$top=-1" "/users?\$skiptoken=zzz" "/users/delta?\$deltatoken=abc"
+                "/users/delta?\$skiptoken=d1.99999999.0" "/groups/$g/members?\$skiptoken=c1"
+                "/users?\$select=nope" "/users?$(printf 'a=%.0s&' $(seq 100))" "/directory/deletedItems/x/y"
+                "/users/%00" "/users/%ZZ" "/directory/deletedItems/microsoft.graph.device"
+        )
+        for p in "${paths[@]}"; do
+                req GET "$p"
+                case $ST in 4??) ok ;; *) fail "GET $p: $ST" ;; esac
+        done
+        # A body over the 8 MiB cap.
+        head -c 9000000 /dev/zero | tr '\0' 'a' >"$T/big"
+        ST=$(curl -s --cacert "$CA" -o "$T/body" -w '%{http_code}' -H "Authorization: Bearer $TOK" \
+                -H 'Content-Type: application/json' --data-binary @"$T/big" "$URL/v1.0/users")
+        expect_status 413 "body over the cap"
+        for b in 'grant_type=client_credentials&client_id=%ZZ' 'a=b&&&' '' "scope=$(printf 'x%.0s' $(seq 5000))"; do
+                ST=$(curl -s --cacert "$CA" -o "$T/body" -w '%{http_code}' -d "$b" "$URL/$TENANT/oauth2/v2.0/token")
+                case $ST in 4??) ok ;; *) fail "token body '$b': $ST" ;; esac
+        done
+        for t in x a.b.c "$(printf 'a%.0s' $(seq 3000))" eyJhbGciOiJub25lIn0.eyJ0aWQiOiJ4In0. ; do
+                TOK=$t req GET /users
+                expect_status 401 "token '${t:0:20}'"
+        done
+        req GET /_emulator/health
+        expect_json .status ok "still healthy"
+}
+
 case $MODE in
 main) test_main ;;
+robust) test_robust ;;
 forbidden) test_forbidden ;;
 expiry) test_expiry ;;
 cert) test_cert ;;
