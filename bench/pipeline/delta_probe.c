@@ -19,6 +19,8 @@
  *
  *   canopy-bench-delta --ldap-uri U --bind-dn D --pw-file F users --dns FILE
  *                      [--count N] [--spacing-ms S] [--timeout-ms T] [--json FILE]
+ *                      [--trace FILE]   (one line per change: index, write and seen
+ *                                        times in ms since the epoch)
  *   canopy-bench-delta --ldap-uri U --bind-dn D --pw-file F member --group-dn G
  *                      --group-name NAME --member-dn M --member-nick UID [--json FILE]
  */
@@ -42,6 +44,12 @@ typedef struct buf {
 static const char *g_url, *g_ca;
 static char g_auth[4096];
 static CURL *g_h;
+
+static double wall_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 
 static double now_ms(void) {
         struct timespec ts;
@@ -235,7 +243,9 @@ static char **read_lines(const char *path, int *ret_n) {
         return v;
 }
 
-static int run_users(LDAP *ld, const char *dns_file, int count, int spacing, int timeout, int settle, json_t *res) {
+static int run_users(LDAP *ld, const char *dns_file, int count, int spacing, int timeout, int settle,
+                     const char *trace_file, json_t *res) {
+        FILE *trace = trace_file ? fopen(trace_file, "w") : NULL;
         int ndn = 0;
         char **dns = read_lines(dns_file, &ndn);
         if (!dns || ndn == 0) {
@@ -257,7 +267,7 @@ static int run_users(LDAP *ld, const char *dns_file, int count, int spacing, int
         for (int i = 0; i < count; i++) {
                 char want[256];
                 snprintf(want, sizeof(want), "Bench Delta %d %ld", i, (long)getpid());
-                double t0 = now_ms();
+                double t0 = now_ms(), w0_wall = wall_ms();
                 if (ldap_mod1(ld, dns[i % ndn], LDAP_MOD_REPLACE, "displayName", want)) {
                         rc = 1;
                         break;
@@ -286,6 +296,8 @@ static int run_users(LDAP *ld, const char *dns_file, int count, int spacing, int
                         break;
                 }
                 lat[done++] = now_ms() - t0;
+                if (trace)
+                        fprintf(trace, "%d %.1f %.1f\n", i, w0_wall, wall_ms());
                 sleep_ms(spacing);
         }
         sleep_ms(settle);
@@ -308,6 +320,8 @@ static int run_users(LDAP *ld, const char *dns_file, int count, int spacing, int
         json_object_set_new(res, "polls", json_integer(polls));
         free(lat);
         free(dl);
+        if (trace)
+                fclose(trace);
         for (int i = 0; i < ndn; i++)
                 free(dns[i]);
         free(dns);
@@ -385,12 +399,12 @@ static void usage(FILE *f) {
         fprintf(f, "usage: canopy-bench-delta --ldap-uri U --bind-dn D --pw-file F\n"
                    "         users --dns FILE [--count N] [--spacing-ms S]\n"
                    "       | member --group-dn G --group-name NAME --member-dn M --member-nick UID\n"
-                   "       [--timeout-ms T] [--settle-ms S] [--json FILE]\n");
+                   "       [--timeout-ms T] [--settle-ms S] [--json FILE] [--trace FILE]\n");
 }
 
 int main(int argc, char **argv) {
         const char *uri = NULL, *bind = NULL, *pwf = NULL, *mode = NULL, *dns = NULL, *json_out = NULL;
-        const char *gdn = NULL, *gname = NULL, *mdn = NULL, *mnick = NULL;
+        const char *gdn = NULL, *gname = NULL, *mdn = NULL, *mnick = NULL, *trace = NULL;
         int count = 500, spacing = 50, timeout = 60000, settle = 2000;
         for (int i = 1; i < argc; i++) {
                 const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -407,7 +421,7 @@ int main(int argc, char **argv) {
                 continue;                                                                                              \
         }
                 OPT("--ldap-uri", uri) OPT("--bind-dn", bind) OPT("--pw-file", pwf) OPT("--dns", dns);
-                OPT("--json", json_out) OPT("--group-dn", gdn) OPT("--group-name", gname) OPT("--member-dn", mdn);
+                OPT("--json", json_out) OPT("--trace", trace) OPT("--group-dn", gdn) OPT("--group-name", gname) OPT("--member-dn", mdn);
                 OPT("--member-nick", mnick) IOPT("--count", count) IOPT("--spacing-ms", spacing);
                 IOPT("--timeout-ms", timeout) IOPT("--settle-ms", settle);
                 if (!mode && (!strcmp(a, "users") || !strcmp(a, "member"))) {
@@ -441,7 +455,7 @@ int main(int argc, char **argv) {
         if (!ld)
                 goto out;
         if (!strcmp(mode, "users"))
-                rc = run_users(ld, dns, count, spacing, timeout, settle, res);
+                rc = run_users(ld, dns, count, spacing, timeout, settle, trace, res);
         else
                 rc = run_member(ld, gdn, gname, mdn, mnick, timeout, settle, res);
         if (json_out && json_dump_file(res, json_out, JSON_INDENT(2)))

@@ -295,9 +295,12 @@ topic_count() {
                 awk '{ s += $1 + 1 } END { printf "%d", s }'
 }
 cpu_ticks() { # PID: utime+stime in clock ticks
+        [ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }
         awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-hwm_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { [ -n "$1" ] && awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Redis calls per command (INFO commandstats) as "name calls" lines.
+redis_calls() { rcli INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\),.*/\1 \2/p' | sort; }
 alive_check() {
         local k pid
         for k in producer $(for ((w = 1; w <= NW; w++)); do echo "worker.$w"; done); do
@@ -358,8 +361,9 @@ sync_run() {
         local mem0 cmd0 req0 w0 t0 p
         mem0=$(rinfo memory used_memory) cmd0=$(rinfo stats total_commands_processed)
         req0=$(emu_stat requests) w0=$(emu_stat writes)
+        redis_calls > "$T/redis-calls-0.txt"
         declare -gA CPU0=()
-        for p in redis kafka emulator slapd.bench; do CPU0[$p]=$(cpu_ticks "$(_h_pid "$p")"); done
+        for p in redis kafka emulator slapd.BENCH; do CPU0[$p]=$(cpu_ticks "$(_h_pid "$p")"); done
         t0=$(now_ms)
         start_producer
         SYNC_PEAK_RSS=0
@@ -368,6 +372,12 @@ sync_run() {
         SYNC_WRITES=$(( $(emu_stat writes) - w0 ))
         SYNC_REQS=$(( $(emu_stat requests) - req0 ))
         SYNC_REDIS_CMDS=$(( $(rinfo stats total_commands_processed) - cmd0 ))
+        redis_calls > "$T/redis-calls-1.txt"
+        # Top Redis commands of the sync, per synced object.
+        SYNC_REDIS_TOP=$(join -a2 -e0 -o 0,1.2,2.2 "$T/redis-calls-0.txt" "$T/redis-calls-1.txt" |
+                awk -v n="$NOBJ" '{ d = $3 - $2; if (d > 0) printf "%s %d %.1f\n", $1, d, d / n }' | sort -k2,2nr | head -8 |
+                jq -Rsc 'split("\n") | map(select(length > 0) | split(" ") | {command: .[0], calls: (.[1] | tonumber), per_object: (.[2] | tonumber)})')
+        cp "$T/redis-calls-1.txt" "$OUT/redis-calls-$label.txt" 2>/dev/null
         SYNC_REDIS_BYTES=$(( $(rinfo memory used_memory) - mem0 ))
         local st users groups members
         st=$(emu /_emulator/state) || { bad "cannot read the emulator state"; return 1; }
@@ -384,7 +394,7 @@ sync_run() {
         local hz
         hz=$(getconf CLK_TCK)
         SYNC_CPU=$(
-                for p in redis kafka emulator slapd.bench; do
+                for p in redis kafka emulator slapd.BENCH; do
                         printf '"%s": %s,' "$p" "$(fdiv $(( $(cpu_ticks "$(_h_pid "$p")") - ${CPU0[$p]} )) "$hz" 1)"
                 done
                 printf '"producer": %s,' "$(fdiv "$(cpu_ticks "$(_h_pid producer)")" "$hz" 1)"
@@ -413,7 +423,8 @@ if ! skip sync; then
                         "{\"seconds\": $(fdiv "$SYNC_MS" 1000 1), \"ratio_to_limit\": $ratio, \"users\": $SYNC_USERS,
                           \"groups\": $SYNC_GROUPS, \"memberships\": $SYNC_MEMBERS, \"graph_writes\": $SYNC_WRITES,
                           \"graph_writes_per_s\": $SYNC_WPS, \"graph_requests\": $SYNC_REQS,
-                          \"redis_commands\": $SYNC_REDIS_CMDS, \"cpu_seconds\": {$SYNC_CPU}}"
+                          \"redis_commands\": $SYNC_REDIS_CMDS, \"redis_top_commands\": $SYNC_REDIS_TOP,
+                          \"cpu_seconds\": {$SYNC_CPU}}"
                 result 1.sync_time "initial sync wall time" "$(fdiv "$SYNC_MS" 1000 1)" "s"
                 result 1.requests_per_object "Graph requests per object (initial sync)" "$(fdiv "$SYNC_REQS" "$NOBJ" 2)" "requests"
                 result 1.redis_per_object "Redis commands per object (initial sync)" "$(fdiv "$SYNC_REDIS_CMDS" "$NOBJ" 1)" "commands"
@@ -432,12 +443,20 @@ if [ -n "$SYNC1_OK" ] && ! skip delta; then
         say "delta latency: $DELTA_N single-attribute changes, ${DELTA_SPACING} ms apart"
         if "$BIN/canopy-bench-delta" --ldap-uri "$LURI" --bind-dn "$LADMIN" --pw-file "$LADMIN_PW" users \
                 --dns "$T/delta-dns.txt" --count "$DELTA_N" --spacing-ms "$DELTA_SPACING" \
-                --json "$T/delta.json" 2>>"$LOG" | tee -a "$LOG" >&2; then
+                --json "$T/delta.json" --trace "$T/delta-trace.txt" 2>>"$LOG" | tee -a "$LOG" >&2; then
+                # Where the time goes: Kafka CreateTime of the messages each change made.
+                for tp in changes mv exports; do
+                        kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t "$PREFIX$tp" -o beginning -e -q -f '%T\n' > "$T/ts-$tp.txt" 2>/dev/null
+                done
+                python3 "$SRC_DIR/bench/pipeline/stages.py" "$T/delta-trace.txt" "$T/ts-changes.txt" "$T/ts-mv.txt" \
+                        "$T/ts-exports.txt" > "$OUT/delta-stages.json" 2>>"$LOG" || bad "stage breakdown failed"
+                jq -r '.stages[] | "  stage \(.stage): p50 \(.p50_ms) ms, p99 \(.p99_ms) ms"' "$OUT/delta-stages.json" | tee -a "$LOG" >&2
                 p99=$(jq .p99_ms "$T/delta.json")
                 met=0; fcmp "$p99" "<" 1000 && met=1
                 result 2.delta_p99 "delta latency p99 (LDAP write -> emulator)" "$(printf %.0f "$p99")" "ms" "" "" "< 1000 ms" "$met" \
                         "$(jq -c '{p50_ms, max_ms, mean_ms, changes, graph_writes}' "$T/delta.json")"
-                result 2.delta_p50 "delta latency p50" "$(jq '.p50_ms | round' "$T/delta.json")" "ms"
+                result 2.delta_p50 "delta latency p50" "$(jq '.p50_ms | round' "$T/delta.json")" "ms" "" "" "" "" \
+                        "{\"stages\": $(jq -c '.stages' "$OUT/delta-stages.json" 2>/dev/null || echo null)}"
                 result 2.delta_max "delta latency max" "$(jq '.max_ms | round' "$T/delta.json")" "ms"
         else
                 bad "delta latency benchmark failed"
@@ -566,16 +585,16 @@ stop_workers
 # ---- (7) scale: the initial sync with 1, 2 and 4 workers --------------------------------------
 if [ -n "$SYNC1_OK" ] && ! skip scale; then
         declare -A SC=()
-        if [ "$SCALE_USERS" -ne "$U" ]; then
-                say "scale runs on a forest of $SCALE_USERS users"
-                stop_producer
-                harness_stop_slapd "$FOREST" >>"$LOG" 2>&1
-                U=$SCALE_USERS G=$((SCALE_USERS / 10))
-                gen_forest "$U" "$LDIF" || bad "canopy-genforest failed"
-                NMEMBERS=$(grep -c '^member:' "$LDIF")
-                harness_slapd "$FOREST" "$LDIF" >>"$LOG" 2>&1 || { bad "slapd did not start"; exit 1; }
-                LURI=$CANOPY_TEST_LDAP_BENCH_URI LDAPS=$CANOPY_TEST_LDAP_BENCH_LDAPS_URI
-        fi
+        # A fresh slapd with the generated data (the benchmarks above changed it).
+        say "scale runs on a fresh forest of $SCALE_USERS users"
+        stop_producer
+        harness_stop_slapd "$FOREST" >>"$LOG" 2>&1
+        rm -rf "$T/slapd-$FOREST" "$T/slapd/$FOREST" 2>/dev/null
+        U=$SCALE_USERS G=$((SCALE_USERS / 10)) NOBJ=$((SCALE_USERS + SCALE_USERS / 10))
+        gen_forest "$U" "$LDIF" || bad "canopy-genforest failed"
+        NMEMBERS=$(grep -c '^member:' "$LDIF")
+        harness_slapd "$FOREST" "$LDIF" >>"$LOG" 2>&1 || { bad "slapd did not start"; exit 1; }
+        LURI=$CANOPY_TEST_LDAP_BENCH_URI LDAPS=$CANOPY_TEST_LDAP_BENCH_LDAPS_URI
         counts=(1 2 4)
         if [ "$SCALE_USERS" -eq "$SCALE" ]; then
                 counts=(1 4)
