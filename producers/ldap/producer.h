@@ -67,6 +67,7 @@ typedef struct prod {
         char *scan_id;        /* non-NULL while a full pass runs */
         oidset seen;
         bool tracking;        /* record object ids in `seen` (full pass, syncrepl refresh) */
+        bool map_empty;       /* the object map was empty when this pass began */
         bool want_full;       /* a full scan was asked (control topic) */
 
         /* control */

@@ -76,4 +76,18 @@ replace: sn
 sn: Smith-Jones
 LDIF
 wait_for "after the requested scan, persist goes on" 'ev(op="MODIFY", dn_has="Smith") and vals(ev(op="MODIFY", dn_has="Smith")[-1], "sn") == ["Smith-Jones"]' $n
+# a leader whose lease is taken stops publishing, then leads again once it expires
+redis-cli -h "$CANOPY_TEST_REDIS_HOST" -p "$CANOPY_TEST_REDIS_PORT" SET 'canopy:{conn:forest}:lease' intruder PX 5000 >/dev/null
+wait_log sr "lost the lease: stopped publishing"
+ok "lease taken by another holder: the leader noticed and stopped publishing"
+n=$(nevents)
+lm <<LDIF
+dn: cn=Smith\, Bob,ou=People,$BASE
+changetype: modify
+replace: sn
+sn: Smith-Again
+LDIF
+wait_for "after the intruder's lease expired the producer led again and published the change" \
+  'ev(op="MODIFY", dn_has="Smith") and vals(ev(op="MODIFY", dn_has="Smith")[-1], "sn") == ["Smith-Again"]' $n
+[ "$(grep -c 'leader for connector' "$T/producer-sr.log")" -ge 2 ] || fail "did not take the lease back"
 echo "all full/tls checks passed"
