@@ -80,6 +80,7 @@ redis:
   host: "$CANOPY_TEST_REDIS_HOST"
   port: $CANOPY_TEST_REDIS_PORT
 YAML
+        [ -z "${CANOPY_TEST_REDIS_PASSWORD_FILE:-}" ] || printf '  password_file: "%s"\n' "$CANOPY_TEST_REDIS_PASSWORD_FILE"
 }
 
 _chaos_spawn() { # KEY LOG CMD...
@@ -100,14 +101,21 @@ chaos_kill() { _h_stop "$1" "${2:-KILL}"; }
 
 chaos_start() {
         local i=0 n
-        CHAOS_FORESTS=(north south)
+        # Callers may bring their own forests: CHAOS_FORESTS=(names) with
+        # $T/<name>.ldif written before chaos_start.
+        if [ -n "${CHAOS_FORESTS[*]:-}" ]; then
+                for n in "${CHAOS_FORESTS[@]}"; do [ -r "$T/$n.ldif" ] || chaos_fail "no $T/$n.ldif"; done
+        else
+                CHAOS_FORESTS=(north south)
+        fi
         for n in "${CHAOS_FORESTS[@]}"; do
+                [ -s "$T/$n.ldif" ] && continue
                 "$BIN/canopy-genforest" --base "dc=$n,dc=canopy,dc=test" --users "$CHAOS_USERS" --groups "$CHAOS_GROUPS" \
                         --shared $((CHAOS_USERS / 10)) --forest $i --domain canopy.test --excluded 5 >"$T/$n.ldif" ||
                         chaos_fail "genforest $n"
                 i=$((i + 1))
         done
-        harness_redis --appendonly || chaos_fail "redis"
+        harness_redis --appendonly ${CHAOS_REDIS_PASSWORD:+--password} || chaos_fail "redis"
         harness_kafka 3 "${PREFIX}changes:16" "${PREFIX}mv:16" "${PREFIX}exports:4" "${PREFIX}dlq:1" "${PREFIX}control:1" ||
                 chaos_fail "devkafka"
         harness_emulator --domain canopy.test || chaos_fail "emulator"
@@ -146,7 +154,7 @@ ldap:
   tls: ldaps
   ca_file: "$(_lvar "$n" CA)"
   base_dns: ["$(_lvar "$n" BASE)"]
-  attributes: $CHAOS_ATTRS
+  attributes: ${CHAOS_ATTRS_OVERRIDE:-$CHAOS_ATTRS}
 security:
   refuse_privileged: true
 metrics:
@@ -168,7 +176,8 @@ metrics:
   listen: "127.0.0.1:0"
 $(chaos_common_yaml)
 YAML
-        printf '%s admin chaos\n' "$(_h_secret 24)" >"$T/admin.tokens"
+        CHAOS_ADMIN_TOKEN=$(_h_secret 24)
+        printf '%s admin chaos\n' "$CHAOS_ADMIN_TOKEN" >"$T/admin.tokens"
         chmod 600 "$T/admin.tokens"
         cat >"$T/guard.yaml" <<YAML
 admin:

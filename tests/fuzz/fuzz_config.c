@@ -54,7 +54,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 return 0;
         static char path[64];
         if (!path[0])
-                snprintf(path, sizeof(path), "/tmp/canopy-fuzz-config-%ld.yaml", (long)getpid());
+                snprintf(path, sizeof(path), "%s/canopy-fuzz-config-%ld.yaml",
+                         access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", (long)getpid());
         const canopy_conf_table *t = &ftable;
         switch (data[0] % 4) {
         case 1:
