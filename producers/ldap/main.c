@@ -241,6 +241,7 @@ int main(int argc, char **argv) {
         if (bad || strlen(cf.connector) > CANOPY_CHECKPOINT_MAX_CONNECTOR) {
                 canopy_log(CANOPY_LOG_FATAL, MOD, &lctx, "connector.id '%s' must be 1-64 of [A-Za-z0-9._-]",
                            cf.connector);
+                canopy_conf_free(&canopy_conf_producer, &cf);
                 return 1;
         }
         for (size_t i = 0; cf.ldap_uris[i]; i++)
@@ -249,6 +250,7 @@ int main(int argc, char **argv) {
                                    "ldap.tls is none for %s: plain LDAP is refused unless ldap.allow_insecure "
                                    "is true",
                                    cf.ldap_uris[i]);
+                        canopy_conf_free(&canopy_conf_producer, &cf);
                         return 1;
                 }
         if (check) {
