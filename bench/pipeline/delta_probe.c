@@ -18,7 +18,8 @@
  * LDAP from the options. Prints one line; --json FILE writes the figures.
  *
  *   canopy-bench-delta --ldap-uri U --bind-dn D --pw-file F users --dns FILE
- *                      [--count N] [--spacing-ms S] [--timeout-ms T] [--json FILE]
+ *                      [--count N] [--warmup W (default 3, not counted)] [--spacing-ms S]
+ *                      [--timeout-ms T] [--json FILE]
  *                      [--trace FILE]   (one line per change: index, write and seen
  *                                        times in ms since the epoch)
  *   canopy-bench-delta --ldap-uri U --bind-dn D --pw-file F member --group-dn G
@@ -243,7 +244,7 @@ static char **read_lines(const char *path, int *ret_n) {
         return v;
 }
 
-static int run_users(LDAP *ld, const char *dns_file, int count, int spacing, int timeout, int settle,
+static int run_users(LDAP *ld, const char *dns_file, int count, int warmup, int spacing, int timeout, int settle,
                      const char *trace_file, json_t *res) {
         FILE *trace = trace_file ? fopen(trace_file, "w") : NULL;
         int ndn = 0;
@@ -260,15 +261,20 @@ static int run_users(LDAP *ld, const char *dns_file, int count, int spacing, int
         if (!dl)
                 return 1;
         double initial_ms = now_ms() - t;
-        long w0 = emu_writes();
+        long w0 = 0;
         double *lat = calloc((size_t)count, sizeof(double));
         long polls = 0;
         int rc = 0, done = 0;
-        for (int i = 0; i < count; i++) {
+        /* The first `warmup` changes (connections, tokens, consumer
+         * assignment) are made and waited for, but not counted. */
+        for (int i = -warmup; i < count; i++) {
                 char want[256];
+                if (i == 0)
+                        w0 = emu_writes();
                 snprintf(want, sizeof(want), "Bench Delta %d %ld", i, (long)getpid());
                 double t0 = now_ms(), w0_wall = wall_ms();
-                if (ldap_mod1(ld, dns[i % ndn], LDAP_MOD_REPLACE, "displayName", want)) {
+                const char *dn = dns[(i + warmup) % ndn];
+                if (ldap_mod1(ld, dn, LDAP_MOD_REPLACE, "displayName", want)) {
                         rc = 1;
                         break;
                 }
@@ -290,10 +296,13 @@ static int run_users(LDAP *ld, const char *dns_file, int count, int spacing, int
                 if (rc)
                         break;
                 if (!found) {
-                        fprintf(stderr, "canopy-bench-delta: change %d (%s) not seen after %d ms\n", i, dns[i % ndn],
-                                timeout);
+                        fprintf(stderr, "canopy-bench-delta: change %d (%s) not seen after %d ms\n", i, dn, timeout);
                         rc = 1;
                         break;
+                }
+                if (i < 0) {
+                        sleep_ms(spacing);
+                        continue;
                 }
                 lat[done++] = now_ms() - t0;
                 if (trace)
@@ -397,7 +406,7 @@ static int run_member(LDAP *ld, const char *group_dn, const char *group_name, co
 
 static void usage(FILE *f) {
         fprintf(f, "usage: canopy-bench-delta --ldap-uri U --bind-dn D --pw-file F\n"
-                   "         users --dns FILE [--count N] [--spacing-ms S]\n"
+                   "         users --dns FILE [--count N] [--warmup W] [--spacing-ms S]\n"
                    "       | member --group-dn G --group-name NAME --member-dn M --member-nick UID\n"
                    "       [--timeout-ms T] [--settle-ms S] [--json FILE] [--trace FILE]\n");
 }
@@ -405,7 +414,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
         const char *uri = NULL, *bind = NULL, *pwf = NULL, *mode = NULL, *dns = NULL, *json_out = NULL;
         const char *gdn = NULL, *gname = NULL, *mdn = NULL, *mnick = NULL, *trace = NULL;
-        int count = 500, spacing = 50, timeout = 60000, settle = 2000;
+        int count = 500, warmup = 3, spacing = 50, timeout = 60000, settle = 2000;
         for (int i = 1; i < argc; i++) {
                 const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define OPT(name, var)                                                                                                 \
@@ -422,7 +431,7 @@ int main(int argc, char **argv) {
         }
                 OPT("--ldap-uri", uri) OPT("--bind-dn", bind) OPT("--pw-file", pwf) OPT("--dns", dns);
                 OPT("--json", json_out) OPT("--trace", trace) OPT("--group-dn", gdn) OPT("--group-name", gname) OPT("--member-dn", mdn);
-                OPT("--member-nick", mnick) IOPT("--count", count) IOPT("--spacing-ms", spacing);
+                OPT("--member-nick", mnick) IOPT("--count", count) IOPT("--spacing-ms", spacing) IOPT("--warmup", warmup);
                 IOPT("--timeout-ms", timeout) IOPT("--settle-ms", settle);
                 if (!mode && (!strcmp(a, "users") || !strcmp(a, "member"))) {
                         mode = a;
@@ -455,7 +464,7 @@ int main(int argc, char **argv) {
         if (!ld)
                 goto out;
         if (!strcmp(mode, "users"))
-                rc = run_users(ld, dns, count, spacing, timeout, settle, trace, res);
+                rc = run_users(ld, dns, count, warmup, spacing, timeout, settle, trace, res);
         else
                 rc = run_member(ld, gdn, gname, mdn, mnick, timeout, settle, res);
         if (json_out && json_dump_file(res, json_out, JSON_INDENT(2)))

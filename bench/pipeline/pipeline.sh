@@ -202,8 +202,10 @@ redis:
 YAML
 }
 
-# write_worker_conf NAME GROUP_SUFFIX BUDGET_WRITES BUDGET_WINDOW
+# write_worker_conf NAME GROUP_SUFFIX BUDGET_WRITES BUDGET_WINDOW [KAFKA_EXTRA]
 write_worker_conf() {
+        local extra_line=''
+        [ -z "${5:-}" ] || extra_line="  extra: [\"$5\"]"
         cat > "$T/worker-$1.yaml" <<YAML
 rules:
   file: "$T/rules.yaml"
@@ -227,6 +229,7 @@ kafka:
   brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
   topic_prefix: "$PREFIX"
   session_timeout: 6s
+$extra_line
 redis:
   host: "$CANOPY_TEST_REDIS_HOST"
   port: $CANOPY_TEST_REDIS_PORT
@@ -437,27 +440,33 @@ if ! skip sync; then
 fi
 
 # ---- (2) delta latency ----------------------------------------------------------------------
-if [ -n "$SYNC1_OK" ] && ! skip delta; then
-        # Plain uid= users (every 7th has an escaped cn= RDN), not the last 10.
+# delta_run LABEL: DELTA_N changes through the running workers; sets DELTA_JSON, DELTA_STAGES.
+delta_run() {
+        local label=$1 tp
         awk -v n="$DELTA_N" '/^dn: uid=f0u[0-9]+,ou=People,/ { print substr($0, 5); if (++c >= n) exit }' "$LDIF" > "$T/delta-dns.txt"
-        say "delta latency: $DELTA_N single-attribute changes, ${DELTA_SPACING} ms apart"
-        if "$BIN/canopy-bench-delta" --ldap-uri "$LURI" --bind-dn "$LADMIN" --pw-file "$LADMIN_PW" users \
+        say "delta latency ($label): $DELTA_N single-attribute changes, ${DELTA_SPACING} ms apart"
+        "$BIN/canopy-bench-delta" --ldap-uri "$LURI" --bind-dn "$LADMIN" --pw-file "$LADMIN_PW" users \
                 --dns "$T/delta-dns.txt" --count "$DELTA_N" --spacing-ms "$DELTA_SPACING" \
-                --json "$T/delta.json" --trace "$T/delta-trace.txt" 2>>"$LOG" | tee -a "$LOG" >&2; then
-                # Where the time goes: Kafka CreateTime of the messages each change made.
-                for tp in changes mv exports; do
-                        kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t "$PREFIX$tp" -o beginning -e -q -f '%T\n' > "$T/ts-$tp.txt" 2>/dev/null
-                done
-                python3 "$SRC_DIR/bench/pipeline/stages.py" "$T/delta-trace.txt" "$T/ts-changes.txt" "$T/ts-mv.txt" \
-                        "$T/ts-exports.txt" > "$OUT/delta-stages.json" 2>>"$LOG" || bad "stage breakdown failed"
-                jq -r '.stages[] | "  stage \(.stage): p50 \(.p50_ms) ms, p99 \(.p99_ms) ms"' "$OUT/delta-stages.json" | tee -a "$LOG" >&2
-                p99=$(jq .p99_ms "$T/delta.json")
+                --json "$T/delta-$label.json" --trace "$T/delta-trace.txt" 2>>"$LOG" | tee -a "$LOG" >&2 || return 1
+        # Where the time goes: Kafka CreateTime of the messages each change made.
+        for tp in changes mv exports; do
+                kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t "$PREFIX$tp" -o beginning -e -q -f '%T\n' > "$T/ts-$tp.txt" 2>/dev/null
+        done
+        python3 "$SRC_DIR/bench/pipeline/stages.py" "$T/delta-trace.txt" "$T/ts-changes.txt" "$T/ts-mv.txt" \
+                "$T/ts-exports.txt" > "$OUT/delta-stages-$label.json" 2>>"$LOG" || bad "stage breakdown failed"
+        jq -r '.stages[] | "  stage \(.stage): p50 \(.p50_ms) ms, p99 \(.p99_ms) ms"' "$OUT/delta-stages-$label.json" | tee -a "$LOG" >&2
+        DELTA_JSON=$T/delta-$label.json
+        DELTA_STAGES=$(jq -c '.stages' "$OUT/delta-stages-$label.json" 2>/dev/null || echo null)
+}
+if [ -n "$SYNC1_OK" ] && ! skip delta; then
+        if delta_run default; then
+                p99=$(jq .p99_ms "$DELTA_JSON")
                 met=0; fcmp "$p99" "<" 1000 && met=1
                 result 2.delta_p99 "delta latency p99 (LDAP write -> emulator)" "$(printf %.0f "$p99")" "ms" "" "" "< 1000 ms" "$met" \
-                        "$(jq -c '{p50_ms, max_ms, mean_ms, changes, graph_writes}' "$T/delta.json")"
-                result 2.delta_p50 "delta latency p50" "$(jq '.p50_ms | round' "$T/delta.json")" "ms" "" "" "" "" \
-                        "{\"stages\": $(jq -c '.stages' "$OUT/delta-stages.json" 2>/dev/null || echo null)}"
-                result 2.delta_max "delta latency max" "$(jq '.max_ms | round' "$T/delta.json")" "ms"
+                        "$(jq -c '{p50_ms, max_ms, mean_ms, changes, graph_writes}' "$DELTA_JSON")"
+                result 2.delta_p50 "delta latency p50" "$(jq '.p50_ms | round' "$DELTA_JSON")" "ms" "" "" "" "" \
+                        "{\"stages\": $DELTA_STAGES}"
+                result 2.delta_max "delta latency max" "$(jq '.max_ms | round' "$DELTA_JSON")" "ms"
         else
                 bad "delta latency benchmark failed"
         fi
@@ -480,6 +489,22 @@ if [ -n "$SYNC1_OK" ] && ! skip large; then
                         "{\"graph_writes\": $wr}"
         else
                 bad "large group benchmark failed"
+        fi
+fi
+
+# ---- (2b) delta latency with consumers tuned for latency ----------------------------------------
+# The same measurement with kafka.extra fetch.wait.max.ms=10 in the workers'
+# config: shows how much of (2) is the consumers' fetch wait (500 ms by default).
+if [ -n "$SYNC1_OK" ] && ! skip delta; then
+        stop_workers
+        write_worker_conf tuned main 1000000 1s "fetch.wait.max.ms=10"
+        if start_workers 2 tuned && delta_run tuned; then
+                result 2b.delta_tuned_p99 "delta latency p99, workers with fetch.wait.max.ms=10" \
+                        "$(jq '.p99_ms | round' "$DELTA_JSON")" "ms" "" "" "< 1000 ms" \
+                        "$(fcmp "$(jq .p99_ms "$DELTA_JSON")" "<" 1000 && echo 1 || echo 0)" \
+                        "{\"p50_ms\": $(jq '.p50_ms | round' "$DELTA_JSON"), \"stages\": $DELTA_STAGES}"
+        else
+                bad "tuned delta latency benchmark failed"
         fi
 fi
 
@@ -614,16 +639,36 @@ if [ -n "$SYNC1_OK" ] && ! skip scale; then
         fi
 fi
 
-# ---- profile: one worker under callgrind for a bounded part of an initial sync ----------------
-if [ "$PROFILE_S" -gt 0 ] && ! skip profile && command -v valgrind >/dev/null; then
-        say "profile: one worker under valgrind --tool=callgrind for ${PROFILE_S}s of an initial sync"
-        if fresh_backends; then
+# ---- profile: where one worker's wall time and instructions go during an initial sync --------------
+# (a) wall clock: gdb stack samples of the join and export threads (pmp.py),
+# waiting included; (b) instructions: the worker under callgrind for a
+# bounded time (perf stat -e instructions is not supported on this machine).
+if [ "$PROFILE_S" -gt 0 ] && ! skip profile; then
+        if command -v gdb >/dev/null && fresh_backends; then
+                say "profile: gdb stack samples of one worker during ${PROFILE_S}s of an initial sync"
+                write_worker_conf sync pmp 1000000 1s
+                start_workers 1 sync && start_producer
+                : > "$OUT/pmp-samples.txt"
+                end=$(( $(date +%s) + PROFILE_S ))
+                sleep 2
+                while [ "$(date +%s)" -lt "$end" ]; do
+                        timeout 20 gdb -p "$(_h_pid worker.1)" -batch -nx -ex 'thread apply all bt 30' >> "$OUT/pmp-samples.txt" 2>/dev/null
+                        sleep 0.5
+                done
+                stop_workers
+                stop_producer
+                python3 "$SRC_DIR/bench/pipeline/pmp.py" "$OUT/pmp-samples.txt" 10 > "$OUT/pmp.txt" 2>>"$LOG" || bad "pmp.py failed"
+                tee -a "$LOG" < "$OUT/pmp.txt" >&2
+        fi
+        if command -v valgrind >/dev/null && fresh_backends; then
+                say "profile: one worker under valgrind --tool=callgrind for ${PROFILE_S}s of an initial sync"
                 write_worker_conf sync profile 1000000 1s
+                rm -f "$OUT/callgrind.out.worker"
                 start_workers 1 sync valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.worker" --trace-children=no
                 start_producer
                 sleep "$PROFILE_S"
                 done_w=$(emu_stat writes)
-                stop_workers
+                CANOPY_TEST_STOP_TIMEOUT=60 stop_workers
                 stop_producer
                 if [ -s "$OUT/callgrind.out.worker" ]; then
                         callgrind_annotate --inclusive=no "$OUT/callgrind.out.worker" 2>/dev/null | head -60 > "$OUT/callgrind-self.txt"

@@ -108,14 +108,18 @@ def markdown(res, findings_path):
         if top:
             o.append("- Redis commands per synced object: " +
                      ", ".join(f"`{t['command']}` {fmt(t['per_object'])}" for t in top) + ".")
-    d = byid.get("2.delta_p50")
-    if d and d.get("stages"):
-        o.append("\n### Delta latency by stage\n")
+    for key, title in (("2.delta_p50", "default worker configuration"),
+                       ("2b.delta_tuned_p99", "workers with `kafka.extra: [fetch.wait.max.ms=10]`")):
+        d = byid.get(key)
+        if not d or not d.get("stages"):
+            continue
+        o.append(f"\n### Delta latency by stage, {title}\n")
         o.append("From the Kafka CreateTime of the messages each change made (producer -> `changes`, "
                  "join -> `mv`, export -> `exports` after the Graph write):\n")
         o.append("| stage | p50 ms | p99 ms | mean ms |\n| --- | --- | --- | --- |")
         for st in d["stages"]:
-            o.append(f"| {st['stage']} | {fmt(st.get('p50_ms'))} | {fmt(st.get('p99_ms'))} | "
+            o.append(f"| {st['stage']} | {fmt(round(st['p50_ms'], 1) if st.get('p50_ms') is not None else None)} | "
+                     f"{fmt(round(st['p99_ms'], 1) if st.get('p99_ms') is not None else None)} | "
                      f"{fmt(round(st['mean_ms'], 1) if st.get('mean_ms') is not None else None)} |")
     prof = res.get("profile") or {}
     if prof.get("self"):
