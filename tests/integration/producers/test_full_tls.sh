@@ -61,6 +61,13 @@ wait_for "second full scan: a new END_OF_SCAN" 'len(ev(op="END_OF_SCAN")) == 1' 
 assert "second full scan: the deleted user comes out as DELETE, the rest as MODIFY, one scan id" \
   'ev(op="DELETE", dn_has="Alice") and len(ev(op="MODIFY")) == 8 and len(set(e.get("scan_id") for e in E)) == 1' $n
 
+# failover: the first URI is dead, the second answers
+conf "$T/fo.yaml" full "ldap://127.0.0.1:1" starttls "  ca_file: \"$CA\""
+sed -i "s|uris: \[\"ldap://127.0.0.1:1\"\]|uris: [\"ldap://127.0.0.1:1\", \"$URI\"]|" "$T/fo.yaml"
+"$BIN/canopy-producer-ldap" -c "$T/fo.yaml" --set producer.id=fo >"$T/producer-fo.log" 2>&1 || fail "failover run"
+grep -q "failed over to $URI" "$T/producer-fo.log" || { cat "$T/producer-fo.log"; fail "no failover"; }
+ok "failover: first URI down, scan done through the second"
+
 # FULL_SCAN control event to a syncrepl producer
 conf "$T/sync.yaml" syncrepl "$URI" starttls "  ca_file: \"$CA\""
 n=$(nevents)
@@ -90,4 +97,7 @@ LDIF
 wait_for "after the intruder's lease expired the producer led again and published the change" \
   'ev(op="MODIFY", dn_has="Smith") and vals(ev(op="MODIFY", dn_has="Smith")[-1], "sn") == ["Smith-Again"]' $n
 [ "$(grep -c 'leader for connector' "$T/producer-sr.log")" -ge 2 ] || fail "did not take the lease back"
+pw=$(cat "$CPW")
+if grep -qF -- "$pw" "$T"/producer-*.log; then fail "the LDAP password appears in a log"; fi
+ok "the LDAP password never appears in any producer log"
 echo "all full/tls checks passed"

@@ -166,9 +166,10 @@ deleteoldrdn: 1
 newsuperior: OU=Outside,$BASE
 LDIF
 wait_for "dirsync move out of scope: DELETE" 'ev(op="DELETE", dn_has="Élise Müller")' $n
-kill "$LAST_PID"; wait "$LAST_PID" 2>/dev/null
+DS_PID=$LAST_PID
 
-# ---- usn mode (second connector on the same domain)
+# ---- usn mode: a second connector on the same domain, side by side with the
+# dirsync one (each its own process, lease and checkpoint)
 conf "$T/usn.yaml" corp-usn usn "CN=canopy-norights,CN=Users,$BASE" "$T/sync.pw"
 n=$(nevents)
 start_producer usn "$T/usn.yaml"
@@ -196,4 +197,6 @@ dn: CN=Guid Person,OU=Staff,$BASE
 changetype: delete
 LDIF
 wait_for "usn delete found through Show Deleted" '[e for e in ev(op="DELETE", anchor="112233445566778899aabbccddeeff00") if e["connector"] == "corp-usn"]' $n
+wait_for "side by side: the dirsync connector saw the same delete under its own connector id" \
+  '[e for e in ev(op="DELETE", anchor="112233445566778899aabbccddeeff00") if e["connector"] == "corp"]' $n
 echo "all samba checks passed"
