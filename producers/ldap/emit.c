@@ -16,6 +16,7 @@
 
 #include "canopy/avro.h"
 #include "canopy/log.h"
+#include "ldap_util.h"
 #include "producer.h"
 
 int64_t prod_now_ms(void) {
@@ -218,44 +219,6 @@ static const canopy_bytes *first_val(const tentry *t, const char *name) {
         return NULL;
 }
 
-static bool valid_utf8(const uint8_t *s, size_t n) {
-        size_t i = 0;
-        while (i < n) {
-                uint8_t c = s[i];
-                size_t k;
-                uint32_t cp;
-                if (c < 0x80) {
-                        if (c == 0)
-                                return false;
-                        i++;
-                        continue;
-                } else if ((c & 0xE0) == 0xC0) {
-                        k = 1;
-                        cp = c & 0x1F;
-                } else if ((c & 0xF0) == 0xE0) {
-                        k = 2;
-                        cp = c & 0x0F;
-                } else if ((c & 0xF8) == 0xF0) {
-                        k = 3;
-                        cp = c & 0x07;
-                } else {
-                        return false;
-                }
-                if (i + k >= n)
-                        return false;
-                for (size_t j = 1; j <= k; j++) {
-                        if (i + j >= n || (s[i + j] & 0xC0) != 0x80)
-                                return false;
-                        cp = (cp << 6) | (s[i + j] & 0x3F);
-                }
-                if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-                    (cp >= 0xD800 && cp <= 0xDFFF))
-                        return false;
-                i += k + 1;
-        }
-        return true;
-}
-
 static bool binary_attr(const char *name) {
         static const char *const b[] = {"objectguid", "objectsid", "ms-ds-consistencyguid", "jpegphoto",
                                         "thumbnailphoto", "usercertificate", "usercertificate;binary",
@@ -269,28 +232,6 @@ static bool binary_attr(const char *name) {
 static void lower(char *s) {
         for (; *s; s++)
                 *s = (char)tolower((unsigned char)*s);
-}
-
-/* Split "member;range=0-1499" into base name (lower-case) and range. */
-static void parse_attr_name(const char *full, char *base, size_t cap, long *lo, long *hi, bool *ranged) {
-        *ranged = false;
-        *lo = *hi = 0;
-        snprintf(base, cap, "%s", full);
-        char *semi = strchr(base, ';');
-        if (semi) {
-                char *r = strcasestr(semi, ";range=");
-                if (r) {
-                        *ranged = true;
-                        *lo = strtol(r + 7, NULL, 10);
-                        char *dash = strchr(r + 7, '-');
-                        *hi = dash && dash[1] == '*' ? -1 : (dash ? strtol(dash + 1, NULL, 10) : -1);
-                }
-                /* keep ";binary" as part of the name, drop range and language tags */
-                *semi = 0;
-                if (strcasestr(full, ";binary"))
-                        strncat(base, ";binary", cap - strlen(base) - 1);
-        }
-        lower(base);
 }
 
 /* Ranged retrieval: read the rest of attr starting at value `start`. */
@@ -315,7 +256,7 @@ static canopy_err fetch_range(prod *p, const char *dn, const char *base, long st
                         char b[128];
                         long lo2, hi2;
                         bool ranged;
-                        parse_attr_name(a, b, sizeof(b), &lo2, &hi2, &ranged);
+                        canopy_ldap_attr_name(a, b, sizeof(b), &lo2, &hi2, &ranged);
                         if (!strcasecmp(b, base)) {
                                 struct berval **v = ldap_get_values_len(p->ld, e, a);
                                 for (size_t i = 0; v && v[i]; i++)
@@ -348,7 +289,7 @@ static canopy_err collect(prod *p, LDAPMessage *e, const char *dn, entry_kind ki
                 char base[128];
                 long lo, hi;
                 bool ranged;
-                parse_attr_name(a, base, sizeof(base), &lo, &hi, &ranged);
+                canopy_ldap_attr_name(a, base, sizeof(base), &lo, &hi, &ranged);
                 tattr *ta = tentry_get(t, base);
                 if (!ta) {
                         ldap_memfree(a);
@@ -381,29 +322,10 @@ static canopy_err collect(prod *p, LDAPMessage *e, const char *dn, entry_kind ki
                 vals *all[3] = {&ta->full, &ta->add, &ta->del};
                 for (int k = 0; k < 3 && !ta->binary; k++)
                         for (size_t j = 0; j < all[k]->n && !ta->binary; j++)
-                                if (!valid_utf8(all[k]->v[j].data, all[k]->v[j].len))
+                                if (!canopy_ldap_valid_utf8(all[k]->v[j].data, all[k]->v[j].len))
                                         ta->binary = true;
         }
         return CANOPY_OK;
-}
-
-/* "8f2b...-..." text UUID to 16 bytes. */
-static int uuid_parse(const uint8_t *s, size_t n, uint8_t out[16]) {
-        size_t o = 0;
-        for (size_t i = 0; i < n && o < 32; i++) {
-                int c = s[i];
-                if (c == '-')
-                        continue;
-                int d = isdigit(c) ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
-                if (d < 0)
-                        return -1;
-                if (o % 2 == 0)
-                        out[o / 2] = (uint8_t)(d << 4);
-                else
-                        out[o / 2] |= (uint8_t)d;
-                o++;
-        }
-        return o == 32 ? 0 : -1;
 }
 
 static bool in_list(char **list, const char *v, size_t vlen) {
@@ -434,22 +356,6 @@ static const char *map_class(prod *p, const tattr *oc) {
         if (user && !computer)
                 return "user";
         return NULL;
-}
-
-/* GeneralizedTime "20240131120000.0Z" / "20240131120000Z" -> ms since epoch. */
-static int64_t gentime_ms(const canopy_bytes *v) {
-        if (!v || v->len < 14)
-                return 0;
-        struct tm tm = {0};
-        char b[16];
-        memcpy(b, v->data, 14);
-        b[14] = 0;
-        if (sscanf(b, "%4d%2d%2d%2d%2d%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
-                   &tm.tm_sec) != 6)
-                return 0;
-        tm.tm_year -= 1900;
-        tm.tm_mon -= 1;
-        return (int64_t)timegm(&tm) * 1000;
 }
 
 static bool same_dn(const char *a, const char *b) {
@@ -728,7 +634,7 @@ canopy_err prod_entry(prod *p, LDAPMessage *e, const void *oid_in, size_t oidlen
         } else if ((g = first_val(&t, "objectguid")) && g->len <= OID_MAX) {
                 memcpy(oidbuf, g->data, g->len);
                 oidlen = g->len;
-        } else if ((g = first_val(&t, "entryuuid")) && !uuid_parse(g->data, g->len, oidbuf)) {
+        } else if ((g = first_val(&t, "entryuuid")) && !canopy_ldap_uuid_parse(g->data, g->len, oidbuf)) {
                 oidlen = 16;
         } else if (dn) {
                 /* a server with neither: the normalised DN's hash (renames look like delete + add) */
@@ -797,7 +703,7 @@ canopy_err prod_entry(prod *p, LDAPMessage *e, const void *oid_in, size_t oidlen
                 snprintf(la, sizeof(la), "%s", aa);
                 lower(la);
                 const canopy_bytes *av = first_val(&t, la);
-                if (!strcmp(la, "entryuuid") && av && uuid_parse(av->data, av->len, oidbuf) == 0)
+                if (!strcmp(la, "entryuuid") && av && canopy_ldap_uuid_parse(av->data, av->len, oidbuf) == 0)
                         anchor = (canopy_bytes){oidbuf, 16};
                 else if (av && av->len)
                         anchor = *av;
@@ -913,7 +819,7 @@ canopy_err prod_entry(prod *p, LDAPMessage *e, const void *oid_in, size_t oidlen
         const canopy_bytes *ts = first_val(&t, "whenchanged");
         if (!ts)
                 ts = first_val(&t, "modifytimestamp");
-        ev.source_ts_ms = gentime_ms(ts);
+        ev.source_ts_ms = ts ? canopy_ldap_gentime_ms(ts->data, ts->len) : 0;
         if (!ev.position) {
                 const canopy_bytes *pos = first_val(&t, "usnchanged");
                 if (!pos)

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "canopy/log.h"
+#include "ldap_util.h"
 #include "producer.h"
 
 static const canopy_log_ctx *ctx_of(prod *p) {
@@ -55,21 +56,9 @@ bool prod_in_scope(prod *p, const char *dn) {
         char *n = norm_dn(dn);
         if (!n)
                 return false;
-        size_t nl = strlen(n);
         bool in = false;
-        for (size_t i = 0; p->norm_bases && p->norm_bases[i] && !in; i++) {
-                const char *b = p->norm_bases[i];
-                size_t bl = strlen(b);
-                if (nl == bl && !strcmp(n, b))
-                        in = true;
-                else if (nl > bl && !strcmp(n + nl - bl, b) && n[nl - bl - 1] == ',') {
-                        /* the comma must not be escaped: count backslashes before it */
-                        size_t k = 0;
-                        for (size_t j = nl - bl - 1; j > 0 && n[j - 1] == '\\'; j--)
-                                k++;
-                        in = (k % 2) == 0;
-                }
-        }
+        for (size_t i = 0; p->norm_bases && p->norm_bases[i] && !in; i++)
+                in = canopy_ldap_dn_under(n, p->norm_bases[i]);
         free(n);
         return in;
 }
@@ -184,35 +173,6 @@ static char *account_dn(prod *p) {
         return out;
 }
 
-/* Privileged groups by SID: domain RIDs 512 (Domain Admins), 518 (Schema
- * Admins), 519 (Enterprise Admins) and BUILTIN\Administrators S-1-5-32-544. */
-static const char *privileged_sid(const unsigned char *s, size_t n) {
-        if (n < 8 || s[0] != 1)
-                return NULL;
-        size_t cnt = s[1];
-        if (n < 8 + 4 * cnt || cnt == 0)
-                return NULL;
-        uint64_t auth = 0;
-        for (int i = 2; i < 8; i++)
-                auth = (auth << 8) | s[i];
-        if (auth != 5)
-                return NULL;
-        uint32_t sub0 = (uint32_t)s[8] | (uint32_t)s[9] << 8 | (uint32_t)s[10] << 16 | (uint32_t)s[11] << 24;
-        const unsigned char *r = s + 8 + 4 * (cnt - 1);
-        uint32_t rid = (uint32_t)r[0] | (uint32_t)r[1] << 8 | (uint32_t)r[2] << 16 | (uint32_t)r[3] << 24;
-        if (sub0 == 32 && cnt == 2 && rid == 544)
-                return "Administrators";
-        if (sub0 == 21 && cnt >= 2) {
-                if (rid == 512)
-                        return "Domain Admins";
-                if (rid == 518)
-                        return "Schema Admins";
-                if (rid == 519)
-                        return "Enterprise Admins";
-        }
-        return NULL;
-}
-
 static canopy_err check_privileged(prod *p) {
         char *dn = account_dn(p);
         if (!dn) {
@@ -231,7 +191,7 @@ static canopy_err check_privileged(prod *p) {
                 LDAPMessage *e = ldap_first_entry(p->ld, res);
                 struct berval **v = e ? ldap_get_values_len(p->ld, e, "tokenGroups") : NULL;
                 for (size_t i = 0; v && v[i] && !bad; i++, ngroups++)
-                        bad = privileged_sid((const unsigned char *)v[i]->bv_val, v[i]->bv_len);
+                        bad = canopy_ldap_privileged_sid((const uint8_t *)v[i]->bv_val, v[i]->bv_len);
                 ldap_value_free_len(v);
         }
         ldap_msgfree(res);

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "canopy/log.h"
+#include "ldap_util.h"
 #include "producer.h"
 
 static void sleep_ms(int64_t ms) {
@@ -307,27 +308,6 @@ static canopy_err sync_entry(prod *p, syncst *s, LDAPMessage *e) {
         return err;
 }
 
-/* Seconds since epoch of the CSN in "…csn=20261124040349.410506Z#…" (or a bare CSN). */
-static double csn_time(const char *s, size_t n) {
-        char b[64];
-        const char *c = memmem(s, n, "csn=", 4);
-        const char *v = c ? c + 4 : s;
-        size_t left = n - (size_t)(v - s);
-        if (left < 14)
-                return 0;
-        snprintf(b, sizeof(b), "%.*s", (int)(left < 63 ? left : 63), v);
-        struct tm tm = {0};
-        double frac = 0;
-        if (sscanf(b, "%4d%2d%2d%2d%2d%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
-                   &tm.tm_sec) != 6)
-                return 0;
-        if (b[14] == '.')
-                frac = strtod(b + 14, NULL);
-        tm.tm_year -= 1900;
-        tm.tm_mon -= 1;
-        return (double)timegm(&tm) + frac;
-}
-
 /* Lag gauge: contextCSN of the naming context minus the CSN of our cookie
  * (seconds), read at most every 5 s while persisting. */
 static void sync_lag(prod *p, const syncst *s) {
@@ -345,12 +325,12 @@ static void sync_lag(prod *p, const syncst *s) {
                 struct berval **v = e ? ldap_get_values_len(p->ld, e, "contextCSN") : NULL;
                 double newest = 0;
                 for (size_t i = 0; v && v[i]; i++) {
-                        double t = csn_time(v[i]->bv_val, v[i]->bv_len);
+                        double t = canopy_ldap_csn_time(v[i]->bv_val, v[i]->bv_len);
                         if (t > newest)
                                 newest = t;
                 }
                 ldap_value_free_len(v);
-                double ours = csn_time(s->cookie.bv_val, s->cookie.bv_len);
+                double ours = canopy_ldap_csn_time(s->cookie.bv_val, s->cookie.bv_len);
                 if (newest > 0 && ours > 0)
                         canopy_metrics_set(p->m_lag_s, NULL, newest > ours ? newest - ours : 0);
         }
