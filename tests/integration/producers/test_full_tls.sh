@@ -80,7 +80,7 @@ wait_log sr "full scan requested by events_tail"
 murl=$(grep -o 'metrics on http://[0-9.:]*/metrics' "$T/producer-sr.log" | head -1 | cut -d' ' -f3)
 [ -n "$murl" ] || fail "no metrics endpoint"
 m=$(curl -fsS "$murl") || fail "GET $murl"
-printf '%s\n' "$m" | grep -q '^canopy_producer_events_total{op="add"} [1-9]' || { printf '%s\n' "$m" | head -30; fail "events counter"; }
+printf '%s\n' "$m" | grep -q '^canopy_producer_events_total{op="modify"} [1-9]' || { printf '%s\n' "$m" | head -30; fail "events counter"; }
 printf '%s\n' "$m" | grep -q '^canopy_producer_leader 1' || fail "leader gauge"
 ok "metrics: /metrics serves events_total by op and the leader gauge"
 wait_for "FULL_SCAN control event: the syncrepl producer ran a full scan" 'len(ev(op="END_OF_SCAN")) >= 2' $n
