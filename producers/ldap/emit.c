@@ -236,6 +236,7 @@ static void lower(char *s) {
 
 /* Ranged retrieval: read the rest of attr starting at value `start`. */
 static canopy_err fetch_range(prod *p, const char *dn, const char *base, long start, vals *out) {
+        canopy_log(CANOPY_LOG_DEBUG, MOD, NULL, "ranged retrieval of %s of %s from value %ld", base, dn, start);
         for (unsigned round = 0; round < RANGE_MAX_ROUNDS; round++) {
                 char an[200];
                 snprintf(an, sizeof(an), "%s;range=%ld-*", base, start);

@@ -172,7 +172,10 @@ DS_PID=$LAST_PID
 # dirsync one (each its own process, lease and checkpoint)
 conf "$T/usn.yaml" corp-usn usn "CN=canopy-norights,CN=Users,$BASE" "$T/sync.pw"
 n=$(nevents)
-start_producer usn "$T/usn.yaml"
+# member;range=0-0 makes the server answer one value per range, so the
+# producer's ranged retrieval (member;range=1-*) must fetch the rest
+start_producer usn "$T/usn.yaml" --set 'ldap.attributes=cn, sn, givenName, mail, description, member;range=0-0, sAMAccountName' \
+        --set log.level=debug
 wait_for "usn initial pass ends with END_OF_SCAN" 'len([e for e in ev(op="END_OF_SCAN") if e["connector"] == "corp-usn"]) == 1' $n
 assert "usn initial pass: Grace, Guid Person, group and contact" 'len([e for e in ev(op="ADD") if e["connector"] == "corp-usn"]) == 4' $n
 n=$(nevents)
@@ -190,12 +193,14 @@ changetype: modify
 add: member
 member: CN=Guid Person,OU=Staff,$BASE
 LDIF
-wait_for "usn member add: delta of one value against the stored set" "[e for e in ev(op='MODIFY', cls='group') if e['connector'] == 'corp-usn' and nadded(e,'member') == [norm('CN=Guid Person,OU=Staff,$BASE')] and removed(e,'member') == []]" $n
+wait_for "usn member add (read with ranged retrieval): delta of one value against the stored set" "[e for e in ev(op='MODIFY', cls='group') if e['connector'] == 'corp-usn' and nadded(e,'member') == [norm('CN=Guid Person,OU=Staff,$BASE')] and removed(e,'member') == []]" $n
 n=$(nevents)
 lm <<LDIF
 dn: CN=Guid Person,OU=Staff,$BASE
 changetype: delete
 LDIF
+grep -q "ranged retrieval of member of CN=Engineers" "$T/producer-usn.log" || fail "ranged retrieval not exercised"
+ok "ranged retrieval (member;range=1-*) was used for the group"
 wait_for "usn delete found through Show Deleted" '[e for e in ev(op="DELETE", anchor="112233445566778899aabbccddeeff00") if e["connector"] == "corp-usn"]' $n
 wait_for "side by side: the dirsync connector saw the same delete under its own connector id" \
   '[e for e in ev(op="DELETE", anchor="112233445566778899aabbccddeeff00") if e["connector"] == "corp"]' $n
