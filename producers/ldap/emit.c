@@ -809,6 +809,15 @@ canopy_err prod_entry(prod *p, LDAPMessage *e, const void *oid_in, size_t oidlen
                         if (ta || set_known || !is_known) {
                                 err = canopy_checkpoint_members_put(p->cp, oidbuf, oidlen, la, ta ? ta->full.v : NULL,
                                                                     ta ? ta->full.n : 0);
+                                if (err == CANOPY_ERR_LIMIT) {
+                                        /* too big to keep: this group travels as full values */
+                                        canopy_log(CANOPY_LOG_WARN, MOD, NULL,
+                                                   "%s has more than %u %s values: not kept for deltas", dn,
+                                                   CANOPY_CHECKPOINT_MAX_MEMBERS, la);
+                                        if (ta)
+                                                as_delta[ta - t.a] = false;
+                                        err = CANOPY_OK;
+                                }
                                 if (err)
                                         goto out;
                         }
