@@ -17,108 +17,122 @@ set -uo pipefail
 chaos_init "$1"
 chaos_start
 phase_end() { echo $(($(date +%s) + CHAOS_PHASE)); }
+# CANOPY_CHAOS_PHASES="1 3": run only these phases (default: all).
+phase_on() { [ -z "${CANOPY_CHAOS_PHASES:-}" ] || [[ " $CANOPY_CHAOS_PHASES " == *" $1 "* ]]; }
 
 # 1. Workers killed during the initial sync.
-chaos_log "phase 1: SIGKILL a random worker every 3 s, during the initial sync"
-chaos_changes_start
-end=$(phase_end) kills=0
-while [ "$(date +%s)" -lt "$end" ]; do
-        sleep 3
-        w=$((RANDOM % CHAOS_WORKERS + 1))
-        chaos_kill "worker.$w" KILL
-        kills=$((kills + 1))
-        sleep 0.5
-        chaos_start_worker "$w"
-done
-chaos_changes_stop
-chaos_wait_converged "1 worker SIGKILL x$kills"
+if phase_on 1; then
+        chaos_log "phase 1: SIGKILL a random worker every 3 s, during the initial sync"
+        chaos_changes_start
+        end=$(phase_end) kills=0
+        while [ "$(date +%s)" -lt "$end" ]; do
+                sleep 3
+                w=$((RANDOM % CHAOS_WORKERS + 1))
+                chaos_kill "worker.$w" KILL
+                kills=$((kills + 1))
+                sleep 0.5
+                chaos_start_worker "$w"
+        done
+        chaos_changes_stop
+        chaos_wait_converged "1 worker SIGKILL x$kills"
+fi
 
 # 2. Producers killed.
-chaos_log "phase 2: SIGKILL the producers"
-chaos_changes_start
-end=$(phase_end) kills=0
-while [ "$(date +%s)" -lt "$end" ]; do
-        sleep 2
-        for n in "${CHAOS_FORESTS[@]}"; do
-                chaos_kill "producer.$n" KILL
-                kills=$((kills + 1))
-                sleep 1
-                chaos_start_producer "$n"
-        done
-done
-chaos_changes_stop
-chaos_wait_converged "2 producer SIGKILL x$kills"
-
-# 3. Kafka faults.
-chaos_log "phase 3: devkafka leader moves, request errors, RTT, broker down/up"
-chaos_changes_start
-end=$(phase_end) round=0
-while [ "$(date +%s)" -lt "$end" ]; do
-        round=$((round + 1))
-        for t in changes mv; do
-                for p in $((RANDOM % 16)) $((RANDOM % 16)); do
-                        harness_kafka_ctl leader "$PREFIX$t" "$p" $((RANDOM % 3 + 1)) >/dev/null
+if phase_on 2; then
+        chaos_log "phase 2: SIGKILL the producers"
+        chaos_changes_start
+        end=$(phase_end) kills=0
+        while [ "$(date +%s)" -lt "$end" ]; do
+                sleep 2
+                for n in "${CHAOS_FORESTS[@]}"; do
+                        chaos_kill "producer.$n" KILL
+                        kills=$((kills + 1))
+                        sleep 1
+                        chaos_start_producer "$n"
                 done
         done
-        harness_kafka_ctl errors Produce NOT_LEADER_FOR_PARTITION 5 >/dev/null
-        harness_kafka_ctl errors Fetch NOT_LEADER_FOR_PARTITION 5 >/dev/null
-        harness_kafka_ctl errors Produce REQUEST_TIMED_OUT 3 >/dev/null
-        harness_kafka_ctl errors OffsetCommit COORDINATOR_NOT_AVAILABLE 2 >/dev/null
-        harness_kafka_ctl rtt $((RANDOM % 3 + 1)) 300 >/dev/null
-        sleep 2
-        b=$((RANDOM % 3 + 1))
-        harness_kafka_ctl broker-down "$b" >/dev/null
-        sleep 2
-        harness_kafka_ctl broker-up "$b" >/dev/null
-        for b in 1 2 3; do harness_kafka_ctl rtt "$b" 0 >/dev/null; done
-done
-chaos_changes_stop
-for a in Produce Fetch OffsetCommit; do harness_kafka_ctl clear-errors "$a" >/dev/null; done
-chaos_wait_converged "3 kafka faults x$round"
+        chaos_changes_stop
+        chaos_wait_converged "2 producer SIGKILL x$kills"
+fi
+
+# 3. Kafka faults.
+if phase_on 3; then
+        chaos_log "phase 3: devkafka leader moves, request errors, RTT, broker down/up"
+        chaos_changes_start
+        end=$(phase_end) round=0
+        while [ "$(date +%s)" -lt "$end" ]; do
+                round=$((round + 1))
+                for t in changes mv; do
+                        for p in $((RANDOM % 16)) $((RANDOM % 16)); do
+                                harness_kafka_ctl leader "$PREFIX$t" "$p" $((RANDOM % 3 + 1)) >/dev/null
+                        done
+                done
+                harness_kafka_ctl errors Produce NOT_LEADER_FOR_PARTITION 5 >/dev/null
+                harness_kafka_ctl errors Fetch NOT_LEADER_FOR_PARTITION 5 >/dev/null
+                harness_kafka_ctl errors Produce REQUEST_TIMED_OUT 3 >/dev/null
+                harness_kafka_ctl errors OffsetCommit COORDINATOR_NOT_AVAILABLE 2 >/dev/null
+                harness_kafka_ctl rtt $((RANDOM % 3 + 1)) 300 >/dev/null
+                sleep 2
+                b=$((RANDOM % 3 + 1))
+                harness_kafka_ctl broker-down "$b" >/dev/null
+                sleep 2
+                harness_kafka_ctl broker-up "$b" >/dev/null
+                for b in 1 2 3; do harness_kafka_ctl rtt "$b" 0 >/dev/null; done
+        done
+        chaos_changes_stop
+        for a in Produce Fetch OffsetCommit; do harness_kafka_ctl clear-errors "$a" >/dev/null; done
+        chaos_wait_converged "3 kafka faults x$round"
+fi
 
 # 4. Redis crash and restart (AOF).
-chaos_log "phase 4: SIGKILL redis-server and restart it (appendonly)"
-chaos_changes_start
-end=$(phase_end) kills=0
-while [ "$(date +%s)" -lt "$end" ]; do
-        sleep 3
-        harness_stop_redis KILL
-        kills=$((kills + 1))
-        sleep 1
-        harness_restart_redis || chaos_fail "redis restart"
-done
-chaos_changes_stop
-chaos_wait_converged "4 redis SIGKILL x$kills"
+if phase_on 4; then
+        chaos_log "phase 4: SIGKILL redis-server and restart it (appendonly)"
+        chaos_changes_start
+        end=$(phase_end) kills=0
+        while [ "$(date +%s)" -lt "$end" ]; do
+                sleep 3
+                harness_stop_redis KILL
+                kills=$((kills + 1))
+                sleep 1
+                harness_restart_redis || chaos_fail "redis restart"
+        done
+        chaos_changes_stop
+        chaos_wait_converged "4 redis SIGKILL x$kills"
+fi
 
 # 5. Graph faults.
-chaos_log "phase 5: Graph emulator faults (429 10%, 500 5%, 503 5%, 504 2%), latency, replication lag"
-chaos_emu POST /_emulator/faults '{"429":0.1,"500":0.05,"503":0.05,"504":0.02,"latencyMs":30,"replicationLagMs":400,"retryAfter":"decimal"}' \
-        >/dev/null || chaos_fail "cannot set emulator faults"
-chaos_changes_start
-sleep "$CHAOS_PHASE"
-chaos_changes_stop
-chaos_emu POST /_emulator/faults '{"429":0,"500":0,"503":0,"504":0,"latencyMs":0,"replicationLagMs":0}' >/dev/null ||
-        chaos_fail "cannot clear emulator faults"
-faults=$(chaos_emu GET /_emulator/stats | jq '(.faults // 0) + (.throttled // 0)')
-chaos_wait_converged "5 graph faults ($faults hit)"
+if phase_on 5; then
+        chaos_log "phase 5: Graph emulator faults (429 10%, 500 5%, 503 5%, 504 2%), latency, replication lag"
+        chaos_emu POST /_emulator/faults '{"429":0.1,"500":0.05,"503":0.05,"504":0.02,"latencyMs":30,"replicationLagMs":400,"retryAfter":"decimal"}' \
+                >/dev/null || chaos_fail "cannot set emulator faults"
+        chaos_changes_start
+        sleep "$CHAOS_PHASE"
+        chaos_changes_stop
+        chaos_emu POST /_emulator/faults '{"429":0,"500":0,"503":0,"504":0,"latencyMs":0,"replicationLagMs":0}' >/dev/null ||
+                chaos_fail "cannot clear emulator faults"
+        faults=$(chaos_emu GET /_emulator/stats | jq '(.faults // 0) + (.throttled // 0)')
+        chaos_wait_converged "5 graph faults ($faults hit)"
+fi
 
 # 6. LDAP servers restarted.
-chaos_log "phase 6: restart the LDAP servers"
-chaos_changes_start
-end=$(phase_end) restarts=0
-while [ "$(date +%s)" -lt "$end" ]; do
-        sleep 3
-        for n in "${CHAOS_FORESTS[@]}"; do
-                sig=TERM
-                [ "$CHAOS_MODE" = long ] && [ $((restarts % 2)) = 1 ] && sig=KILL
-                harness_stop_slapd "$n" "$sig"
-                sleep 1
-                harness_restart_slapd "$n" || chaos_fail "slapd $n restart"
-                restarts=$((restarts + 1))
+if phase_on 6; then
+        chaos_log "phase 6: restart the LDAP servers"
+        chaos_changes_start
+        end=$(phase_end) restarts=0
+        while [ "$(date +%s)" -lt "$end" ]; do
+                sleep 3
+                for n in "${CHAOS_FORESTS[@]}"; do
+                        sig=TERM
+                        [ "$CHAOS_MODE" = long ] && [ $((restarts % 2)) = 1 ] && sig=KILL
+                        harness_stop_slapd "$n" "$sig"
+                        sleep 1
+                        harness_restart_slapd "$n" || chaos_fail "slapd $n restart"
+                        restarts=$((restarts + 1))
+                done
         done
-done
-chaos_changes_stop
-chaos_wait_converged "6 slapd restart x$restarts"
+        chaos_changes_stop
+        chaos_wait_converged "6 slapd restart x$restarts"
+fi
 
 chaos_report
 echo "PASS: chaos faults"
