@@ -40,15 +40,30 @@ t2=$(now)
 "$CANOPY_TEST_BIN/canopy-producer-ldap" -c "$T/bench.yaml" >"$T/full.log" 2>&1 || { tail "$T/full.log"; exit 1; }
 t3=$(now)
 seen=$(grep -o '"full pass [^"]*done: [0-9]* objects' "$T/full.log" | grep -o '[0-9]* objects' | cut -d' ' -f1)
-python3 - "$N" "$got" "$seen" "$t0" "$t1" "$t2" "$t3" <<'PY'
+# the scan alone, from the producer's own log (without process start-up and shutdown)
+scan=$(python3 - "$T/full.log" <<'PY'
+import json, sys, datetime
+ts = {}
+for line in open(sys.argv[1]):
+    try: j = json.loads(line)
+    except ValueError: continue
+    m = j.get("msg", "")
+    if m.startswith("full pass") and ("started" in m or "done" in m):
+        ts["done" if "done" in m else "start"] = datetime.datetime.fromisoformat(j["ts"].replace("Z", "+00:00"))
+print(f'{(ts["done"] - ts["start"]).total_seconds():.2f}' if len(ts) == 2 else "0")
+PY
+)
+python3 - "$N" "$got" "$seen" "$t0" "$t1" "$t2" "$t3" "$scan" <<'PY'
 import sys
 n, got, seen = (int(x) for x in sys.argv[1:4])
-t0, t1, t2, t3 = (float(x) for x in sys.argv[4:8])
+t0, t1, t2, t3, scan = (float(x) for x in sys.argv[4:9])
 ls, pr = t1 - t0, t3 - t2
 print(f"full scan of {n} users: ldapsearch -E pr=1000 {ls:.2f} s ({got/ls:,.0f} entries/s, {got} entries)")
 print(f"full scan of {n} users: canopy-producer-ldap {pr:.2f} s ({seen/pr:,.0f} events/s to Kafka, {seen} objects, "
       f"delivery confirmed and checkpointed)")
-print(f"ratio producer/ldapsearch: {pr/ls:.2f}x")
+print(f"  of which the scan itself (log: full pass started -> done, before the final flush and exit): {scan:.2f} s "
+      f"({seen/scan if scan else 0:,.0f} events/s)")
+print(f"ratio producer/ldapsearch: {pr/ls:.2f}x (whole process), {scan/ls:.2f}x (scan)")
 if seen != n or got != n:
     sys.exit(f"count mismatch: expected {n}, ldapsearch {got}, producer {seen}")
 PY
