@@ -5,7 +5,7 @@
 # current content until it passes.
 #
 #   . tests/chaos/chaos_lib.sh
-#   chaos_init BIN_DIR                 # sizes from CANOPY_CHAOS_CONFIG / CANOPY_CHAOS_LONG
+#   chaos_init BIN_DIR                 # sizes: bounded, or long with CANOPY_CHAOS_LONG=1
 #   chaos_start                        # forests, redis (AOF), devkafka, emulator, producers, workers, guard
 #   chaos_changes_start; ...; chaos_changes_stop
 #   chaos_wait_converged LABEL         # fails (exit 1) with the checker's diff on timeout
@@ -28,8 +28,8 @@ chaos_fail() {
         exit 1
 }
 
-# chaos_init BIN_DIR: temp dir, sizes. Long mode (make chaos): ctest -C long
-# (CANOPY_CHAOS_CONFIG=long) or CANOPY_CHAOS_LONG=1.
+# chaos_init BIN_DIR: temp dir, sizes. Long mode (make chaos: ctest -C long runs
+# chaos.faults.long): CANOPY_CHAOS_LONG=1.
 chaos_init() {
         BIN=$1
         for p in slapd ldapmodify ldapsearch redis-server kcat jq curl; do
@@ -39,7 +39,7 @@ chaos_init() {
                 canopy-genforest canopy-converge-check; do
                 [ -x "$BIN/$b" ] || { echo "SKIP: $BIN/$b not built"; exit 77; }
         done
-        if [ "${CANOPY_CHAOS_CONFIG:-}" = long ] || [ -n "${CANOPY_CHAOS_LONG:-}" ]; then
+        if [ -n "${CANOPY_CHAOS_LONG:-}" ]; then
                 CHAOS_MODE=long
                 CHAOS_USERS=${CANOPY_CHAOS_USERS:-10000}
                 CHAOS_PHASE=${CANOPY_CHAOS_PHASE:-60}

@@ -12,7 +12,7 @@
 set -uo pipefail
 here=$(dirname "$(readlink -f "$0")")
 . "$here/../../chaos/chaos_lib.sh"
-CANOPY_CHAOS_USERS=${CANOPY_SECRETS_USERS:-60} CANOPY_CHAOS_CONFIG= CANOPY_CHAOS_LONG= chaos_init "$1"
+CANOPY_CHAOS_USERS=${CANOPY_SECRETS_USERS:-60} CANOPY_CHAOS_LONG= chaos_init "$1"
 CHAOS_REDIS_PASSWORD=1
 chaos_start
 
@@ -62,6 +62,11 @@ secrets=(
         "guard admin token=$CHAOS_ADMIN_TOKEN"
 )
 mapfile -t logs < <(find "$T" -name '*.log' -type f)
+# The search itself must be able to fail: a canary line with a secret is found.
+printf '{"msg":"canary %s"}\n' "$(cat "$CANOPY_TEST_GRAPH_SECRET_FILE")" >"$T/canary.txt"
+grep -qF -- "$(cat "$CANOPY_TEST_GRAPH_SECRET_FILE")" "$T/canary.txt" "${logs[@]}" ||
+        chaos_fail "the secret search does not find a planted secret"
+rm -f "$T/canary.txt"
 lines=$(cat "${logs[@]}" | wc -l)
 leaks=0
 for s in "${secrets[@]}"; do
