@@ -20,6 +20,7 @@ typedef struct staged {
         int kind;
         canopy_bytes key;     /* oid (S_OBJ), attr NUL oid (S_MEM), name (S_POS) */
         bool deleted;
+        bool sealed;          /* part of the batch canopy_checkpoint_seal() closed */
         canopy_ckpt_object obj;
         canopy_bytes *values; /* S_MEM values; S_POS: values[0] */
         size_t nvalues;
@@ -203,6 +204,8 @@ static staged *find(canopy_checkpoint *cp, int kind, const void *key, size_t kle
 static staged *slot(canopy_checkpoint *cp, int kind, const void *key, size_t klen) {
         staged *s = find(cp, kind, key, klen);
         if (s) {
+                /* a newer value: it belongs to the open batch now */
+                s->sealed = false;
                 canopy_ckpt_object_clear(&s->obj);
                 for (size_t i = 0; i < s->nvalues; i++)
                         free(s->values[i].data);
@@ -607,7 +610,61 @@ static void commit_members(pipe_t *p, staged *s) {
                 pipe_cmd(p, argc, av, alen);
 }
 
+/* Unlink and free every staged entry (sealed_only: only the sealed ones). */
+static void drop_staged(canopy_checkpoint *cp, bool sealed_only) {
+        if (!sealed_only) {
+                canopy_checkpoint_discard(cp);
+                return;
+        }
+        staged *prev = NULL, *s = cp->ohead;
+        while (s) {
+                staged *next = s->onext;
+                if (!s->sealed) {
+                        prev = s;
+                        s = next;
+                        continue;
+                }
+                size_t b = fnv(s->kind, s->key.data, s->key.len) % cp->tabsize;
+                for (staged **pp = &cp->tab[b]; *pp; pp = &(*pp)->next)
+                        if (*pp == s) {
+                                *pp = s->next;
+                                break;
+                        }
+                if (prev)
+                        prev->onext = next;
+                else
+                        cp->ohead = next;
+                if (cp->otail == s)
+                        cp->otail = prev;
+                cp->nstaged--;
+                staged_free(s);
+                s = next;
+        }
+}
+
+void canopy_checkpoint_seal(canopy_checkpoint *cp) {
+        for (staged *s = cp->ohead; s; s = s->onext)
+                s->sealed = true;
+}
+
+bool canopy_checkpoint_has_sealed(const canopy_checkpoint *cp) {
+        for (const staged *s = cp->ohead; s; s = s->onext)
+                if (s->sealed)
+                        return true;
+        return false;
+}
+
+static canopy_err commit_filtered(canopy_checkpoint *cp, bool sealed_only);
+
 canopy_err canopy_checkpoint_commit(canopy_checkpoint *cp) {
+        return commit_filtered(cp, false);
+}
+
+canopy_err canopy_checkpoint_commit_sealed(canopy_checkpoint *cp) {
+        return commit_filtered(cp, true);
+}
+
+static canopy_err commit_filtered(canopy_checkpoint *cp, bool sealed_only) {
         if (!cp->ohead)
                 return CANOPY_OK;
         pipe_t p = {cp, 0, CANOPY_OK};
@@ -620,6 +677,8 @@ canopy_err canopy_checkpoint_commit(canopy_checkpoint *cp) {
         for (int pass = 0; pass < 2; pass++) {
                 for (staged *s = cp->ohead; s && !p.err; s = s->onext) {
                         if ((pass == 0) == (s->kind == S_POS))
+                                continue;
+                        if (sealed_only && !s->sealed)
                                 continue;
                         if (s->kind == S_OBJ) {
                                 if (s->deleted) {
@@ -681,7 +740,7 @@ canopy_err canopy_checkpoint_commit(canopy_checkpoint *cp) {
                         freeReplyObject(r);
         }
         if (!err)
-                canopy_checkpoint_discard(cp);
+                drop_staged(cp, sealed_only);
         return err;
 }
 

@@ -107,7 +107,7 @@ void oidset_clear(oidset *s) {
 void prod_delivery_cb(void *msg_opaque, canopy_err err, const char *errstr, int32_t partition, int64_t offset,
                       void *app_opaque) {
         prod *p = app_opaque;
-        (void)msg_opaque;
+        p->outstanding[((uintptr_t)msg_opaque - 1) & 1]--;
         (void)partition;
         (void)offset;
         if (err) {
@@ -382,7 +382,7 @@ static canopy_err produce_one(prod *p, canopy_change_event *ev) {
         ev->seq = p->seq++;
         char errbuf[CANOPY_AVRO_ERRLEN];
         for (int attempt = 0;; attempt++) {
-                err = canopy_kafka_produce_change(p->kp, ev, NULL, errbuf, sizeof(errbuf));
+                err = canopy_kafka_produce_change(p->kp, ev, (void *)(uintptr_t)(p->gen + 1), errbuf, sizeof(errbuf));
                 if (err != CANOPY_ERR_KAFKA || attempt > 600)
                         break;
                 /* local queue full: serve delivery reports and retry */
@@ -391,6 +391,7 @@ static canopy_err produce_one(prod *p, canopy_change_event *ev) {
                         return err;
         }
         if (!err) {
+                p->outstanding[p->gen & 1]++;
                 p->produced++;
                 p->since_ckpt++;
                 canopy_metrics_add(p->m_events, CANOPY_LABELS(canopy_op_name(ev->op)), 1);
@@ -893,6 +894,7 @@ canopy_err prod_checkpoint(prod *p, const char *posname, const void *pos, size_t
         if (posname && (err = canopy_checkpoint_stage_position(p->cp, posname, pos, poslen)))
                 return err;
         /* every event before this point must be acknowledged by Kafka */
+        int64_t t0 = prod_now_ms();
         while (canopy_kafka_producer_outq_len(p->kp) > 0) {
                 err = canopy_kafka_producer_flush(p->kp, 1000);
                 if (!err)
@@ -900,6 +902,7 @@ canopy_err prod_checkpoint(prod *p, const char *posname, const void *pos, size_t
                 if (*p->stop > 1) /* second signal: give up waiting */
                         return CANOPY_ERR_SHUTDOWN;
         }
+        int64_t t1 = prod_now_ms();
         if (p->failed) {
                 canopy_log(CANOPY_LOG_ERROR, MOD, NULL,
                            "%llu events were not acknowledged by Kafka: position not saved, re-reading from "
@@ -927,15 +930,62 @@ canopy_err prod_checkpoint(prod *p, const char *posname, const void *pos, size_t
                 return err;
         }
         p->since_ckpt = 0;
+        p->sealed = false;
         p->last_ckpt_ms = prod_now_ms();
+        if (canopy_log_enabled(CANOPY_LOG_DEBUG, MOD))
+                canopy_log(CANOPY_LOG_DEBUG, MOD, NULL, "checkpoint%s%s in %lld ms (Kafka %lld ms, Redis %lld ms)",
+                           posname ? " of " : "", posname ? posname : "", (long long)(p->last_ckpt_ms - t0),
+                           (long long)(t1 - t0), (long long)(p->last_ckpt_ms - t1));
         if (p->last_usn)
                 canopy_metrics_set(p->m_position, NULL, (double)p->last_usn);
         return CANOPY_OK;
 }
 
+/* Bulk reads (no position to save): pipelined. Every checkpoint.every
+ * events the staged writes are sealed and the producer reads on; the sealed
+ * batch is committed as soon as Kafka reported every event produced before
+ * the seal. Reading never runs more than one batch ahead of Kafka. */
 canopy_err prod_maybe_checkpoint(prod *p) {
-        if (p->since_ckpt >= (uint64_t)p->cf->flush_every)
-                return prod_checkpoint(p, NULL, NULL, 0);
+        const uint64_t every = (uint64_t)p->cf->flush_every;
+        if (p->sealed) {
+                canopy_kafka_producer_poll(p->kp, 0);
+                int64_t *out = &p->outstanding[(p->gen - 1) & 1];
+                while (*out > 0 && p->since_ckpt >= every && *p->stop <= 1)
+                        canopy_kafka_producer_poll(p->kp, 100); /* one batch ahead at most */
+                if (p->failed) {
+                        canopy_log(CANOPY_LOG_ERROR, MOD, NULL,
+                                   "%llu events were not acknowledged by Kafka: re-reading from the last "
+                                   "checkpoint",
+                                   (unsigned long long)p->failed);
+                        p->failed = 0;
+                        p->sealed = false;
+                        canopy_checkpoint_discard(p->cp);
+                        return CANOPY_ERR_KAFKA;
+                }
+                if (*out > 0)
+                        return *p->stop > 1 ? CANOPY_ERR_SHUTDOWN : CANOPY_OK;
+                if (!canopy_lease_held(p->lease)) {
+                        canopy_checkpoint_discard(p->cp);
+                        p->sealed = false;
+                        return CANOPY_ERR_LEASE_LOST;
+                }
+                canopy_err err = canopy_checkpoint_commit_sealed(p->cp);
+                if (err) {
+                        canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "saving the checkpoint failed: %s",
+                                   canopy_checkpoint_errstr(p->cp));
+                        canopy_checkpoint_discard(p->cp);
+                        p->sealed = false;
+                        return err;
+                }
+                p->sealed = false;
+                p->last_ckpt_ms = prod_now_ms();
+        }
+        if (p->since_ckpt >= every) {
+                canopy_checkpoint_seal(p->cp);
+                p->sealed = true;
+                p->gen++;
+                p->since_ckpt = 0;
+        }
         return CANOPY_OK;
 }
 

@@ -60,7 +60,12 @@ typedef struct prod {
         /* delivery accounting (delivery callbacks run in our thread, inside poll/flush) */
         uint64_t produced, acked, failed;
         int64_t seq;
-        uint64_t since_ckpt;  /* events produced since the last checkpoint */
+        uint64_t since_ckpt;  /* events produced since the last checkpoint (or seal) */
+        /* pipelined checkpoints: events carry their batch generation as opaque;
+         * outstanding[g & 1] counts those of generation g not yet reported */
+        uint64_t gen;
+        int64_t outstanding[2];
+        bool sealed;          /* a sealed batch (generation gen - 1) waits for Kafka */
         int64_t last_ckpt_ms;
 
         /* full pass state */

@@ -115,6 +115,17 @@ size_t canopy_checkpoint_staged(const canopy_checkpoint *cp);
 /* Write every staged change, then the staged positions, in that order, in
  * one pipeline. On failure the staged writes are kept for a retry. */
 canopy_err canopy_checkpoint_commit(canopy_checkpoint *cp);
+/* Pipelined checkpoints during bulk reads: seal() closes the current batch
+ * of staged writes (the producer notes how many events it had produced);
+ * writes staged afterwards form the next batch, and re-staging a sealed key
+ * moves it to the open batch (its newer value is committed later, which only
+ * makes Redis lag, never lead, what Kafka confirmed). Once Kafka confirmed
+ * every event up to the seal, commit_sealed() writes the sealed batch only,
+ * while the producer goes on reading. */
+void canopy_checkpoint_seal(canopy_checkpoint *cp);
+bool canopy_checkpoint_has_sealed(const canopy_checkpoint *cp);
+canopy_err canopy_checkpoint_commit_sealed(canopy_checkpoint *cp);
+
 /* Drop every staged write (after a lost lease or a failed delivery). */
 void canopy_checkpoint_discard(canopy_checkpoint *cp);
 
