@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -1080,6 +1081,32 @@ static void compare(report *r, json_t *state, size_t *ret_users, size_t *ret_gro
 
 /* ---- main ------------------------------------------------------------------ */
 
+static void free_all(void) {
+        for (size_t i = 0; i < nentries; i++) {
+                entry *e = &entries[i];
+                for (size_t a = 0; a < e->nattrs; a++) {
+                        for (size_t v = 0; v < e->attrs[a].nvalues; v++)
+                                free(e->attrs[a].values[v].data);
+                        free(e->attrs[a].values);
+                        free(e->attrs[a].name);
+                }
+                free(e->attrs);
+                free(e->dn);
+                free(e->anchor.data);
+        }
+        free(entries);
+        for (size_t m = 0; m < nmvs; m++) {
+                json_decref(mvs[m].props);
+                free(mvs[m].contribs);
+                free(mvs[m].members);
+                free(mvs[m].key);
+                free(mvs[m].label);
+        }
+        free(mvs);
+        smap_free(&dn_index);
+        canopy_rules_free(rules);
+}
+
 static void usage(FILE *f) {
         fputs("usage: canopy-converge-check --rules FILE --forest NAME=LDIF [--forest ...]\n"
               "                             (--state FILE | --url URL [--cacert CA]) [--max-lines N]\n"
@@ -1156,17 +1183,21 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < nforests; i++) {
                 if (!canopy_rules_connector_find(rules, forests[i].name)) {
                         fprintf(stderr, "canopy-converge-check: no connector '%s' in %s\n", forests[i].name, rules_path);
+                        free_all();
                         return 2;
                 }
                 forests[i].first = nentries;
-                if (ldif_load(forests[i].path, i))
+                if (ldif_load(forests[i].path, i)) {
+                        free_all();
                         return 2;
+                }
                 forests[i].n = nentries - forests[i].first;
         }
         json_t *state;
         if (url) {
                 curl_global_init(CURL_GLOBAL_DEFAULT);
                 state = fetch_state(url, cacert);
+                curl_global_cleanup();
         } else {
                 json_error_t je;
                 state = json_load_file(state_path, 0, &je);
@@ -1175,10 +1206,15 @@ int main(int argc, char **argv) {
         }
         if (!state || !json_is_array(json_object_get(state, "users")) || !json_is_array(json_object_get(state, "groups"))) {
                 fputs("canopy-converge-check: the state has no users and groups arrays\n", stderr);
+                json_decref(state);
+                free_all();
                 return 2;
         }
-        if (compute_expected())
+        if (compute_expected()) {
+                json_decref(state);
+                free_all();
                 return 2;
+        }
         size_t eu = 0, eg = 0, au, ag;
         for (size_t m = 0; m < nmvs; m++) {
                 if (!strcmp(mvs[m].type, "user"))
@@ -1194,8 +1230,7 @@ int main(int argc, char **argv) {
                "immutable-id problems %zu\n",
                r.missing, r.extra, r.duplicates, r.props, r.members, r.immutable);
         printf("%s\n", total ? "NOT CONVERGED" : "CONVERGED");
-        /* No frees on the way out: the process ends. */
         json_decref(state);
-        canopy_rules_free(rules);
+        free_all();
         return total ? 1 : 0;
 }
