@@ -16,6 +16,7 @@ set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/chaos_lib.sh"
 chaos_init "$1"
 chaos_start
+kctl() { harness_kafka_ctl "$@" >/dev/null || chaos_fail "devkafka ctl $*"; }
 phase_end() { echo $(($(date +%s) + CHAOS_PHASE)); }
 # CANOPY_CHAOS_PHASES="1 3": run only these phases (default: all).
 phase_on() { [ -z "${CANOPY_CHAOS_PHASES:-}" ] || [[ " $CANOPY_CHAOS_PHASES " == *" $1 "* ]]; }
@@ -64,23 +65,23 @@ if phase_on 3; then
                 round=$((round + 1))
                 for t in changes mv; do
                         for p in $((RANDOM % 16)) $((RANDOM % 16)); do
-                                harness_kafka_ctl leader "$PREFIX$t" "$p" $((RANDOM % 3 + 1)) >/dev/null
+                                kctl leader "$PREFIX$t" "$p" $((RANDOM % 3 + 1))
                         done
                 done
-                harness_kafka_ctl errors Produce NOT_LEADER_FOR_PARTITION 5 >/dev/null
-                harness_kafka_ctl errors Fetch NOT_LEADER_FOR_PARTITION 5 >/dev/null
-                harness_kafka_ctl errors Produce REQUEST_TIMED_OUT 3 >/dev/null
-                harness_kafka_ctl errors OffsetCommit COORDINATOR_NOT_AVAILABLE 2 >/dev/null
-                harness_kafka_ctl rtt $((RANDOM % 3 + 1)) 300 >/dev/null
+                kctl errors Produce NOT_LEADER_FOR_PARTITION 5
+                kctl errors Fetch NOT_LEADER_FOR_PARTITION 5
+                kctl errors Produce REQUEST_TIMED_OUT 3
+                kctl errors OffsetCommit COORDINATOR_NOT_AVAILABLE 2
+                kctl rtt $((RANDOM % 3 + 1)) 300
                 sleep 2
                 b=$((RANDOM % 3 + 1))
-                harness_kafka_ctl broker-down "$b" >/dev/null
+                kctl broker-down "$b"
                 sleep 2
-                harness_kafka_ctl broker-up "$b" >/dev/null
-                for b in 1 2 3; do harness_kafka_ctl rtt "$b" 0 >/dev/null; done
+                kctl broker-up "$b"
+                for b in 1 2 3; do kctl rtt "$b" 0; done
         done
         chaos_changes_stop
-        for a in Produce Fetch OffsetCommit; do harness_kafka_ctl clear-errors "$a" >/dev/null; done
+        for a in Produce Fetch OffsetCommit; do kctl clear-errors "$a"; done
         chaos_wait_converged "3 kafka faults x$round"
 fi
 
