@@ -9,6 +9,8 @@ results.json is written by scripts/run-bench: {"machine", "started",
 "profile": {"self": [...], "inclusive": [...]}, "components": [...]}.
 """
 import json
+import os
+import re
 import sys
 
 
@@ -34,7 +36,7 @@ def rows(res):
             "name": r["name"],
             "value": f"{fmt(r['value'])} {r['unit']}",
             "limit": f"{fmt(r['limit'])} ({r['limit_name']})" if r.get("limit") is not None else "",
-            "ratio": f"{ratio:.2f}" if isinstance(ratio, (int, float)) else "",
+            "ratio": (f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.4f}") if isinstance(ratio, (int, float)) else "",
             "target": r.get("target") or "",
             "met": "" if met is None else ("yes" if met else "**NO**"),
         })
@@ -66,7 +68,14 @@ def md_table(rs):
     return s
 
 
-def markdown(res, findings_path):
+def short(line):
+    """A callgrind_annotate line without the long library paths."""
+    line = re.sub(r" \[/usr/lib/x86_64-linux-gnu/([^\]]+)\]", r" [\1]", line)
+    line = re.sub(r" \[/[^\]]*/bin/([^\]]+)\]", r" [\1]", line)
+    return line.replace("./malloc/./malloc/", "").replace("/work/main/", "")
+
+
+def markdown(res, findings_path, res_dir):
     m = res.get("machine", {})
     p = res.get("pipeline", {})
     byid = {r["id"]: r for r in p.get("results", [])}
@@ -122,14 +131,22 @@ def markdown(res, findings_path):
                      f"{fmt(round(st['p99_ms'], 1) if st.get('p99_ms') is not None else None)} | "
                      f"{fmt(round(st['mean_ms'], 1) if st.get('mean_ms') is not None else None)} |")
     prof = res.get("profile") or {}
-    if prof.get("self"):
+    pmp = os.path.join(res_dir, "pmp.txt")
+    if prof.get("self") or os.path.exists(pmp):
         o.append("\n## Profile\n")
+    if os.path.exists(pmp) and not p.get("smoke"):
+        o.append("Wall clock first: gdb stack samples of the join and export threads of one worker during "
+                 "an initial sync of the same forest (`bench/pipeline/pmp.py`; waiting counts, unlike "
+                 "in callgrind). Each line: share of the samples, innermost frame <- Canopy call chain.\n")
+        with open(pmp) as f:
+            o.append("```\n" + f.read().rstrip() + "\n```\n")
+    if prof.get("self"):
         o.append(prof.get("how", ""))
         o.append("\nTop functions by own cost (instructions, `callgrind_annotate --inclusive=no`):\n")
-        o.append("```\n" + "\n".join(prof["self"]) + "\n```")
+        o.append("```\n" + "\n".join(short(x) for x in prof["self"]) + "\n```")
         if prof.get("inclusive"):
             o.append("\nTop functions including callees (`--inclusive=yes`):\n")
-            o.append("```\n" + "\n".join(prof["inclusive"]) + "\n```")
+            o.append("```\n" + "\n".join(short(x) for x in prof["inclusive"]) + "\n```")
     comps = res.get("components") or []
     if comps:
         o.append("\n## Component benchmarks (same run)\n")
@@ -152,7 +169,7 @@ def main():
     if sys.argv[2] == "table":
         table(res)
     else:
-        markdown(res, sys.argv[3] if len(sys.argv) > 3 else "")
+        markdown(res, sys.argv[3] if len(sys.argv) > 3 else "", os.path.dirname(os.path.abspath(sys.argv[1])))
 
 
 if __name__ == "__main__":
