@@ -48,7 +48,7 @@ chaos_init() {
                 CHAOS_MODE=bounded
                 CHAOS_USERS=${CANOPY_CHAOS_USERS:-400}
                 CHAOS_PHASE=${CANOPY_CHAOS_PHASE:-10}
-                CHAOS_TIMEOUT=${CANOPY_CHAOS_TIMEOUT:-420}
+                CHAOS_TIMEOUT=${CANOPY_CHAOS_TIMEOUT:-240}
         fi
         CHAOS_GROUPS=$((CHAOS_USERS / 10))
         CHAOS_WORKERS=${CANOPY_CHAOS_WORKERS:-2}

@@ -14,7 +14,7 @@ set -uo pipefail
 here=$(dirname "$(readlink -f "$0")")
 . "$here/../../chaos/chaos_lib.sh"
 CANOPY_CHAOS_LONG= chaos_init "$1"
-CHAOS_TIMEOUT=${CANOPY_BADINPUT_TIMEOUT:-420}
+CHAOS_TIMEOUT=${CANOPY_BADINPUT_TIMEOUT:-240}
 CHAOS_FORESTS=(odd)
 python3 "$here/gen_odd.py" dc=odd,dc=canopy,dc=test >"$T/odd.ldif" || chaos_fail "gen_odd.py"
 CHAOS_ATTRS_OVERRIDE="${CHAOS_ATTRS%]}, jpegPhoto]"
