@@ -473,15 +473,37 @@ static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_
                 json_decref(d);
                 return err;
         }
-        bool allowed = false;
         /* The one place where a cloud delete is decided: the guard's hook. */
-        canopy_err err = canopy_guard_reserve_delete(ec->st, ec->ev->mv_id, &allowed, NULL);
+        canopy_guard_verdict verdict = CANOPY_GUARD_HOLD;
+        json_t *info = json_pack("{s:s,s:s}", "type", type, "entra_id", es->entra_id);
+        json_t *props = es->props_json ? json_loads(es->props_json, 0, NULL) : NULL;
+        const char *dn = props ? json_string_value(json_object_get(props, "displayName")) : NULL;
+        const char *upn = props ? json_string_value(json_object_get(props, "userPrincipalName")) : NULL;
+        if (info && dn)
+                json_object_set_new(info, "displayName", json_string(dn));
+        if (info && upn)
+                json_object_set_new(info, "userPrincipalName", json_string(upn));
+        char *info_s = info ? dumps(info) : NULL;
+        json_decref(info);
+        json_decref(props);
+        canopy_err err = canopy_guard_reserve_delete(ec->st, ec->ev->mv_id, info_s, &verdict, NULL);
+        free(info_s);
         if (err)
                 return err;
-        if (!allowed) {
+        if (verdict == CANOPY_GUARD_HOLD) {
                 o->result = CANOPY_RES_HELD;
                 o->publish = true;
                 return CANOPY_ERR_DELETE_HELD;
+        }
+        if (verdict == CANOPY_GUARD_DROP) {
+                /* An operator rejected it: the cloud object stays, and the
+                 * metaverse forgets it was exported so that nothing retries.
+                 * Once the scope is fixed, a full scan re-projects the object
+                 * and the export hard-matches the cloud object again. */
+                o->result = CANOPY_RES_ERROR;
+                snprintf(o->error, sizeof(o->error), "delete rejected by an operator (guard); cloud object kept");
+                o->publish = true;
+                return canopy_state_exp_deleted(ec->st, ec->ev->mv_id);
         }
         canopy_graph_error ei;
         err = canopy_graph_delete(ec->gc, kind_of(type), es->entra_id, &ei);
@@ -505,6 +527,8 @@ static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_
                 err = release_values(ec, es->props_json, NULL);
         if (!err)
                 err = canopy_state_exp_deleted(ec->st, ec->ev->mv_id);
+        if (!err)
+                canopy_guard_synced_add(ec->st, -1);
         if (!err)
                 err = canopy_state_error_clear(ec->st, ec->ev->mv_id);
         o->result = CANOPY_RES_OK;
@@ -814,6 +838,8 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                         err = canopy_state_exp_record(ec->st, mv_id, id, d.immutable_id, props_s);
                         if (err)
                                 goto out;
+                        /* The base of a percentage deletion threshold. */
+                        canopy_guard_synced_add(ec->st, 1);
                         fresh = true;
                 }
         }
@@ -942,6 +968,132 @@ static canopy_err open_graph(worker *w, canopy_graph **ret) {
         return err;
 }
 
+/* ---- the guard ------------------------------------------------------------ */
+
+/* Messages fetched while the stage waited for the guard, handled first (in
+ * order) once it goes on. Paused partitions deliver nothing new, so this
+ * holds at most what was already in flight. */
+#define DEFERQ_MAX 100000
+typedef struct deferq {
+        canopy_kafka_msg **v;
+        size_t head, n, cap;
+} deferq;
+
+static canopy_err deferq_push(deferq *q, canopy_kafka_msg *m) {
+        if (q->head + q->n == q->cap) {
+                if (q->head) {
+                        memmove(q->v, q->v + q->head, q->n * sizeof(*q->v));
+                        q->head = 0;
+                } else {
+                        if (q->cap >= DEFERQ_MAX)
+                                return CANOPY_ERR_LIMIT;
+                        size_t nc = q->cap ? 2 * q->cap : 64;
+                        canopy_kafka_msg **nv = realloc(q->v, nc * sizeof(*nv));
+                        if (!nv)
+                                return CANOPY_ERR_NOMEM;
+                        q->v = nv;
+                        q->cap = nc;
+                }
+        }
+        q->v[q->head + q->n++] = m;
+        return CANOPY_OK;
+}
+
+static canopy_kafka_msg *deferq_pop(deferq *q) {
+        if (!q->n)
+                return NULL;
+        q->n--;
+        return q->v[q->head++];
+}
+
+static void deferq_free(deferq *q) {
+        canopy_kafka_msg *m;
+        while ((m = deferq_pop(q)))
+                canopy_kafka_msg_free(m); /* not marked done: redelivered to the next owner */
+        free(q->v);
+        memset(q, 0, sizeof(*q));
+}
+
+/* Wait while the guard holds the pipeline: every partition paused, the
+ * consumer still polled (so the group keeps this worker however long an
+ * operator takes), the guard asked again every second. held_delete: this
+ * stage holds a delete, so wait until the quarantine is lifted (or, with
+ * pause_all off, try the reservation again every few seconds). Returns
+ * CANOPY_ERR_SHUTDOWN when the worker stops. */
+static canopy_err guard_wait(export_ctx *ec, canopy_kafka_consumer *kc, deferq *dq, bool held_delete) {
+        worker *w = ec->w;
+        canopy_kafka_pause(kc, NULL, 0);
+        CANOPY_WARN(MOD, "%s: export stage waiting for the guard (canopyctl guard status)",
+                    held_delete ? "delete held" : "pipeline quarantined");
+        int64_t start = worker_now_ms(), last_check = 0;
+        canopy_err ret = CANOPY_OK;
+        while (!*w->stop) {
+                canopy_kafka_msg *m = NULL;
+                canopy_err err = canopy_kafka_consume(kc, 200, &m);
+                if (!err && m && deferq_push(dq, m)) {
+                        CANOPY_ERROR(MOD, "too many messages fetched while paused: stopping without commit");
+                        canopy_kafka_msg_free(m);
+                        *w->stop = 1;
+                        break;
+                }
+                int64_t now = worker_now_ms();
+                if (now - last_check < 1000)
+                        continue;
+                last_check = now;
+                canopy_guard_status s;
+                if (canopy_guard_status_get(ec->st, now, &s))
+                        continue; /* Redis away: keep waiting */
+                if (!s.quarantined)
+                        break;
+                if (!s.pause_all && !held_delete)
+                        break;
+                if (!s.pause_all && held_delete && now - start >= 5000)
+                        break; /* ask for the reservation again */
+        }
+        if (*w->stop)
+                ret = CANOPY_ERR_SHUTDOWN;
+        canopy_kafka_resume(kc, NULL, 0);
+        if (!ret)
+                CANOPY_INFO(MOD, "guard released the export stage after %lld ms",
+                            (long long)(worker_now_ms() - start));
+        return ret;
+}
+
+/* Before each export: wait while the pipeline is quarantined with
+ * pause_all. Asks Redis at most every 500 ms. */
+static canopy_err guard_gate(export_ctx *ec, canopy_kafka_consumer *kc, deferq *dq) {
+        static _Thread_local int64_t last_ms;
+        static _Thread_local bool last_paused;
+        int64_t now = worker_now_ms();
+        if (now - last_ms >= 500) {
+                bool p = false;
+                if (!canopy_guard_paused(ec->st, &p))
+                        last_paused = p;
+                last_ms = now;
+        }
+        if (!last_paused)
+                return CANOPY_OK;
+        canopy_err err = guard_wait(ec, kc, dq, false);
+        last_ms = 0;
+        return err;
+}
+
+/* Tell the guard about credentials: a 401/403 starts or continues a failure
+ * streak (a long one quarantines); the first success after one ends it. */
+static void auth_report(export_ctx *ec, canopy_err err) {
+        static _Thread_local bool failing;
+        if (err == CANOPY_ERR_GRAPH_AUTH) {
+                bool q = false;
+                failing = true;
+                canopy_guard_report(ec->st, "graph", false, worker_now_ms(), &q);
+                if (q)
+                        CANOPY_ERROR(MOD, "Graph credentials refused for too long: pipeline quarantined");
+        } else if (failing && (!err || canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT)) {
+                failing = false;
+                canopy_guard_report(ec->st, "graph", true, worker_now_ms(), NULL);
+        }
+}
+
 int worker_export_run(worker *w) {
         canopy_kafka_consumer *kc = NULL;
         int rc = 1;
@@ -970,9 +1122,10 @@ int worker_export_run(worker *w) {
         CANOPY_INFO(MOD, "export stage started (group %s%s)", w->conf->export_group,
                     w->conf->staging ? ", staging mode" : "");
         int64_t since_commit = 0;
+        deferq dq = {0};
         while (!*w->stop) {
-                canopy_kafka_msg *m = NULL;
-                err = canopy_kafka_consume(kc, (int)w->conf->poll_ms, &m);
+                canopy_kafka_msg *m = deferq_pop(&dq);
+                err = m ? CANOPY_OK : canopy_kafka_consume(kc, (int)w->conf->poll_ms, &m);
                 if (err == CANOPY_ERR_TIMEOUT || (!err && !m)) {
                         if (since_commit) {
                                 if (!worker_flush(w))
@@ -1005,17 +1158,40 @@ int worker_export_run(worker *w) {
                 outcome o;
                 for (int attempt = 0;; attempt++) {
                         memset(&o, 0, sizeof(o));
+                        /* A quarantine pauses the stage (guard.pause_all):
+                         * stay in the group, commit nothing, go on after the
+                         * operator's decision. */
+                        err = guard_gate(&ec, kc, &dq);
+                        if (err == CANOPY_ERR_SHUTDOWN)
+                                break;
                         err = export_one(&ec, &o);
+                        auth_report(&ec, err);
                         canopy_arena_reset(ec.a);
                         if (!err && o.publish)
                                 err = publish_export(&ec, ev.object_type ? ev.object_type : "user", &o);
                         json_decref(o.changed);
                         o.changed = NULL;
-                        if (!err || canopy_err_class_of(err) != CANOPY_ERRCLASS_RETRIABLE || *w->stop)
+                        if (!err || (canopy_err_class_of(err) != CANOPY_ERRCLASS_RETRIABLE &&
+                                     err != CANOPY_ERR_GRAPH_AUTH) ||
+                            *w->stop)
                                 break;
                         canopy_log(CANOPY_LOG_WARN, MOD, &lc, "mv %s: retrying: %s", ev.mv_id, canopy_err_text(err));
-                        if (err == CANOPY_ERR_DELETE_HELD && o.publish)
-                                publish_export(&ec, ev.object_type ? ev.object_type : "user", &o);
+                        if (err == CANOPY_ERR_DELETE_HELD) {
+                                /* Held: announce it once, then wait for the
+                                 * decision without leaving the group. */
+                                if (o.publish && attempt == 0)
+                                        publish_export(&ec, ev.object_type ? ev.object_type : "user", &o);
+                                if (guard_wait(&ec, kc, &dq, true) == CANOPY_ERR_SHUTDOWN)
+                                        break;
+                                continue;
+                        }
+                        if (err == CANOPY_ERR_GRAPH_AUTH) {
+                                /* Credentials refused: keep trying (slowly);
+                                 * the guard quarantines when it lasts. */
+                                if (!worker_backoff(w, attempt < 8 ? 8 : attempt))
+                                        break;
+                                continue;
+                        }
                         if (!worker_backoff(w, attempt))
                                 break;
                 }
@@ -1047,6 +1223,7 @@ int worker_export_run(worker *w) {
                         since_commit = 0;
                 }
         }
+        deferq_free(&dq);
         if (worker_flush(w)) {
                 canopy_kafka_consumer_close(kc);
                 canopy_kafka_consumer_free(kc);

@@ -9,17 +9,71 @@
 
 #include "canopy/arena.h"
 #include "canopy/avro.h"
+#include "canopy/guard_policy.h"
 #include "canopy/log.h"
 #include "worker.h"
 
 #define MOD "join"
+
+/* Run history (the guard's Sync History): counts aggregated in memory per
+ * connector, object type and scan, written to Redis about once a second. */
+#define RUN_SLOTS 32
+typedef struct run_slot {
+        char connector[128];
+        char type[16];
+        char scan[96];
+        int64_t f[5]; /* canopy_run_field */
+} run_slot;
 
 typedef struct join_ctx {
         worker *w;
         canopy_state *st;
         canopy_arena *a;
         const canopy_change_event *ev; /* current event (for ts) */
+        run_slot runs[RUN_SLOTS];
+        size_t nruns;
+        int64_t runs_flushed_ms;
 } join_ctx;
+
+/* Write the aggregated counts; best effort (history must never stop the
+ * pipeline), so a Redis error only loses these counts. */
+static void run_flush(join_ctx *jc) {
+        int64_t now = worker_now_ms();
+        for (size_t i = 0; i < jc->nruns; i++) {
+                run_slot *r = &jc->runs[i];
+                for (int f = 0; f < 5; f++)
+                        if (r->f[f] && canopy_run_count(jc->st, r->connector, r->type, r->scan[0] ? r->scan : NULL,
+                                                        (canopy_run_field)f, r->f[f], now))
+                                CANOPY_WARN(MOD, "run history: cannot record counts (%s)", canopy_state_errstr(jc->st));
+        }
+        jc->nruns = 0;
+        jc->runs_flushed_ms = now;
+}
+
+static void run_note(join_ctx *jc, const char *connector, const char *type, const char *scan, canopy_run_field f,
+                     int64_t n) {
+        if (!connector || !n)
+                return;
+        if (!type)
+                type = "unknown";
+        if (!scan)
+                scan = "";
+        for (size_t i = 0; i < jc->nruns; i++) {
+                run_slot *r = &jc->runs[i];
+                if (!strcmp(r->connector, connector) && !strcmp(r->type, type) && !strcmp(r->scan, scan)) {
+                        r->f[f] += n;
+                        return;
+                }
+        }
+        if (jc->nruns == RUN_SLOTS)
+                run_flush(jc);
+        run_slot *r = &jc->runs[jc->nruns++];
+        memset(r, 0, sizeof(*r));
+        snprintf(r->connector, sizeof(r->connector), "%s", connector);
+        snprintf(r->type, sizeof(r->type), "%s", type);
+        snprintf(r->scan, sizeof(r->scan), "%s", scan);
+        r->f[f] = n;
+}
 
 /* Publish an MvEvent for mv_id with its current contributors. */
 static canopy_err publish_mv(join_ctx *jc, const char *mv_id, const char *type, canopy_mv_reason reason,
@@ -172,28 +226,40 @@ static void refs_free(char **v, size_t n) {
         free(v);
 }
 
-static canopy_err refs_of(join_ctx *jc, const char *connector, const canopy_bytes *vals, size_t n, char ***ret) {
+/* Member references of vals. An empty DN is skipped: groupOfNames needs
+ * one member, and an empty value is the usual placeholder for "none". */
+static canopy_err refs_of(join_ctx *jc, const char *connector, const canopy_bytes *vals, size_t n, char ***ret,
+                          size_t *ret_n) {
         char **v = calloc(n + 1, sizeof(*v));
+        size_t k = 0;
         if (!v)
                 return CANOPY_ERR_NOMEM;
         for (size_t i = 0; i < n; i++) {
-                canopy_err err = member_ref(jc, connector, &vals[i], &v[i]);
+                size_t b = 0;
+                while (b < vals[i].len && vals[i].data[b] == ' ')
+                        b++;
+                if (b == vals[i].len)
+                        continue;
+                canopy_err err = member_ref(jc, connector, &vals[i], &v[k]);
                 if (err) {
-                        refs_free(v, i);
+                        refs_free(v, k);
                         return err;
                 }
+                k++;
         }
         *ret = v;
+        *ret_n = k;
         return CANOPY_OK;
 }
 
 /* Apply the member attribute of the event to the group's reference set. */
 static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, const canopy_attr *at, bool replace) {
         char **add = NULL, **rm = NULL;
-        size_t nadd = at->delta ? at->nadded : at->nvalues, nrm = at->delta ? at->nremoved : 0;
-        canopy_err err = refs_of(jc, ev->connector, at->delta ? at->added : at->values, nadd, &add);
+        size_t nadd = 0, nrm = 0;
+        canopy_err err = refs_of(jc, ev->connector, at->delta ? at->added : at->values,
+                                 at->delta ? at->nadded : at->nvalues, &add, &nadd);
         if (!err)
-                err = refs_of(jc, ev->connector, at->removed, nrm, &rm);
+                err = refs_of(jc, ev->connector, at->removed, at->delta ? at->nremoved : 0, &rm, &nrm);
         if (!err)
                 err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, replace && !at->delta,
                                                     (const char *const *)add, nadd, (const char *const *)rm, nrm);
@@ -376,15 +442,23 @@ static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
                         else if (!ge && (!rec->scan_id || strcmp(rec->scan_id, ev->scan_id))) {
                                 ge = remove_object(jc, rec);
                                 removed++;
+                                if (!ge)
+                                        run_note(jc, ev->connector, rec->object_class, ev->scan_id, CANOPY_RUN_DELETED,
+                                                 1);
                         }
                         err = ge;
                         canopy_cs_record_free(rec);
                 }
                 canopy_state_anchors_free(anchors, n);
         } while (!err && cur);
-        if (!err)
+        if (!err) {
                 CANOPY_INFO(MOD, "end of scan %s of %s: %zu objects not seen, removed", ev->scan_id, ev->connector,
                             removed);
+                /* The full import's history window ends here. */
+                run_flush(jc);
+                if (canopy_run_close(jc->st, ev->connector, ev->scan_id, -1, 0, worker_now_ms(), 0, NULL))
+                        CANOPY_WARN(MOD, "run history: cannot close scan %s", ev->scan_id);
+        }
         return err;
 }
 
@@ -400,6 +474,10 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
         err = CANOPY_OK;
         if (ev->op == CANOPY_OP_DELETE) {
                 err = rec ? remove_object(jc, rec) : CANOPY_OK;
+                if (!err && rec) {
+                        run_note(jc, ev->connector, rec->object_class, ev->scan_id, CANOPY_RUN_TOTAL, 1);
+                        run_note(jc, ev->connector, rec->object_class, ev->scan_id, CANOPY_RUN_DELETED, 1);
+                }
                 canopy_cs_record_free(rec);
                 return err;
         }
@@ -506,6 +584,11 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
                 err = publish_mv(jc, rec->mv_id, type, reason, rec->connector);
         if (!err && publish && reason != CANOPY_MV_UPDATE)
                 err = resolve_anchor_waiters(jc, rec);
+        if (!err) {
+                run_note(jc, ev->connector, type, ev->scan_id, CANOPY_RUN_TOTAL, 1);
+                run_note(jc, ev->connector, type, ev->scan_id, sr.in_scope ? CANOPY_RUN_CHANGED : CANOPY_RUN_FILTERED,
+                         1);
+        }
         canopy_cs_record_free(rec);
         return err;
 }
@@ -524,7 +607,10 @@ int worker_join_run(worker *w) {
         canopy_kafka_consumer *kc = NULL;
         int rc = 1;
         char eb[512];
-        join_ctx jc = {w, NULL, canopy_arena_new(0, 0), NULL};
+        join_ctx jc;
+        memset(&jc, 0, sizeof(jc));
+        jc.w = w;
+        jc.a = canopy_arena_new(0, 0);
         canopy_err err = canopy_state_new(w->conf->redis_host, (int)w->conf->redis_port, w->conf->redis_password,
                                           w->conf->redis_prefix, (int)w->conf->redis_timeout_ms, &st);
         if (err) {
@@ -552,8 +638,12 @@ int worker_join_run(worker *w) {
                                 canopy_kafka_commit(kc, false);
                                 since_commit = 0;
                         }
+                        if (jc.nruns)
+                                run_flush(&jc);
                         continue;
                 }
+                if (jc.nruns && worker_now_ms() - jc.runs_flushed_ms >= 1000)
+                        run_flush(&jc);
                 if (err) {
                         CANOPY_ERROR(MOD, "consume: %s", canopy_err_text(err));
                         goto out;
@@ -586,6 +676,7 @@ int worker_join_run(worker *w) {
                         done = true;
                         atomic_fetch_add_explicit(&w->m.join_events, 1, memory_order_relaxed);
                 } else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT) {
+                        run_note(&jc, ev.connector, ev.object_class, ev.scan_id, CANOPY_RUN_ERRORS, 1);
                         canopy_log(CANOPY_LOG_WARN, MOD, &lc, "dead letter: %s", canopy_err_text(err));
                         if (!canopy_kafka_dead_letter(kc, m, err, NULL))
                                 atomic_fetch_add_explicit(&w->m.join_dead, 1, memory_order_relaxed);

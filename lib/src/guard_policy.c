@@ -128,7 +128,10 @@ static const char LUA_DECIDE[] = LUA_PRELUDE
         "  redis.call('SADD', dest, unpack(ids, i, j))\n"
         "end\n"
         "redis.call('DEL', K_HELD)\n"
-        "redis.call('DEL', K_WIN)\n"
+        /* Approve starts a new window; after a reject the window keeps its
+         * count, so a mass delete still in the stream quarantines again at
+         * once instead of slipping through. */
+        "if ARGV[1] == 'approve' then redis.call('DEL', K_WIN) end\n"
         "redis.call('DEL', K_STREAK)\n"
         "redis.call('HSET', K_Q, 'state', 'off', 'lifted', ARGV[2], 'decision', ARGV[1])\n"
         "return #ids\n";

@@ -1,10 +1,9 @@
 /* canopy/guard.h: the deletion guard's hook in the export stage.
  *
  * Every cloud delete goes through canopy_guard_reserve_delete() first, in
- * this one place, so that the guard (guard/) can enforce the deletion
- * threshold and quarantine atomically in Redis, however many workers run.
- * For now the hook counts deletes in one atomic Redis counter and allows
- * every delete; the guard issue adds the threshold behind this call.
+ * one place of the export stage, so that the deletion threshold and the
+ * quarantine (canopy/guard_policy.h, docs/GUARD.md) hold atomically in Redis
+ * however many workers run.
  */
 #ifndef CANOPY_GUARD_H
 #define CANOPY_GUARD_H
@@ -13,20 +12,24 @@
 #include <stdint.h>
 
 #include "canopy/err.h"
+#include "canopy/guard_policy.h"
 #include "canopy/state.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Reserve one cloud delete of mv_id (borrowed). *ret_allowed: true when the
- * delete may be sent now; false when the guard holds it (the caller records
- * CANOPY_RES_HELD and does not commit). *ret_count (may be NULL): deletes
- * counted so far. Idempotent per mv id: a retried delete of the same object
- * is not counted twice. Returns a Redis error (retriable) on failure. */
-canopy_err canopy_guard_reserve_delete(canopy_state *st, const char *mv_id, bool *ret_allowed, int64_t *ret_count);
+/* Reserve one cloud delete of mv_id (borrowed). info (borrowed, may be
+ * NULL): a short JSON text shown to operators with a held delete.
+ * *ret_verdict: ALLOW (send it now), HOLD (held by the threshold or a
+ * quarantine: do not send, do not commit; ask again later) or DROP (an
+ * operator rejected it: do not send, commit). Idempotent per mv id.
+ * *ret_count (may be NULL): deletes counted in the window. Returns a Redis
+ * error (retriable) on failure. */
+canopy_err canopy_guard_reserve_delete(canopy_state *st, const char *mv_id, const char *info,
+                                       canopy_guard_verdict *ret_verdict, int64_t *ret_count);
 
-/* Deletes counted so far (the counter the guard's threshold will read). */
+/* Deletes counted in the current window. */
 canopy_err canopy_guard_delete_count(canopy_state *st, int64_t *ret);
 
 #ifdef __cplusplus

@@ -150,6 +150,10 @@ static void test_reject_drops(void **state) {
                 dropped += v == CANOPY_GUARD_DROP;
         }
         assert_int_equal(dropped, 7);
+        /* The window keeps its count after a reject: the next delete of the
+         * same mass delete is held again instead of slipping through. */
+        assert_int_equal(canopy_guard_reserve(st, "r-next", "{}", 40, &v, NULL), CANOPY_OK);
+        assert_int_equal(v, CANOPY_GUARD_HOLD);
         /* The audit trail names who decided. */
         char **audit = NULL;
         size_t na = 0;

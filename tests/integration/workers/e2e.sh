@@ -209,7 +209,7 @@ one-forest)
         # Delete -> cloud delete through the guard counter.
         printf 'dn: uid=carol,ou=people,dc=a,dc=test\nchangetype: delete\n' | ldapmod A
         wait_for "carol deleted" '(.users | length) == 2 and (.deletedUsers | length) == 1'
-        [ "$(rcli GET w:guard:{guard}:deletes)" = 1 ] || fail "guard counter not 1"
+        [ "$(rcli ZCARD w:guard:{guard}:window)" = 1 ] || fail "guard window count not 1"
         ;;
 two-forests)
         start_producer A

@@ -377,16 +377,16 @@ static void test_pending_errors_staged(void **ctx) {
 
 static void test_guard_counter(void **ctx) {
         canopy_state *st = connect_state();
-        bool ok = false;
+        canopy_guard_verdict v = CANOPY_GUARD_HOLD;
         int64_t n = -1;
         assert_int_equal(canopy_guard_delete_count(st, &n), CANOPY_OK);
         assert_int_equal(n, 0);
-        assert_int_equal(canopy_guard_reserve_delete(st, "mv-a", &ok, &n), CANOPY_OK);
-        assert_true(ok);
+        assert_int_equal(canopy_guard_reserve_delete(st, "mv-a", "{}", &v, &n), CANOPY_OK);
+        assert_int_equal(v, CANOPY_GUARD_ALLOW);
         assert_int_equal(n, 1);
-        assert_int_equal(canopy_guard_reserve_delete(st, "mv-a", &ok, &n), CANOPY_OK); /* retry */
+        assert_int_equal(canopy_guard_reserve_delete(st, "mv-a", "{}", &v, &n), CANOPY_OK); /* retry */
         assert_int_equal(n, 1);
-        assert_int_equal(canopy_guard_reserve_delete(st, "mv-b", &ok, &n), CANOPY_OK);
+        assert_int_equal(canopy_guard_reserve_delete(st, "mv-b", NULL, &v, &n), CANOPY_OK);
         assert_int_equal(n, 2);
         assert_int_equal(canopy_guard_delete_count(st, &n), CANOPY_OK);
         assert_int_equal(n, 2);

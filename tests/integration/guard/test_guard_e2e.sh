@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The deletion guard with real workers: N workers race the deletes of a
+# whole OU against a threshold; the emulator receives exactly the threshold,
+# the rest is held; a rejection drops held deletes, an approval sends
+# exactly them; revoked Graph credentials quarantine the pipeline.
+#   test_guard_e2e.sh BIN_DIR [USERS THRESHOLD WORKERS]   (long: 2500 500 4)
+set -uo pipefail
+bin=$1 users=${2:-300} limit=${3:-60} workers=${4:-3}
+out=$(mktemp -d)
+demo_pid=
+cleanup() {
+        [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null
+        rm -rf "$out"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; tail -n 30 "$out/demo.log" >&2; [ -n "${T:-}" ] && tail -n 20 "$T"/worker-1.log "$T/guard.log" >&2; exit 1; }
+
+"$bin/canopy-genforest" --base dc=g,dc=canopy,dc=test --users "$users" --groups 1 --large 0 > "$out/g.ldif"
+"$bin/canopy-demo" --forest g="$out/g.ldif" --workers "$workers" --no-live --keep-running --timeout 400 \
+        --guard guard.threshold.count="$limit" --guard guard.credentials_failing=3s > "$out/demo.log" 2>&1 &
+demo_pid=$!
+for _ in $(seq 600); do grep -q '^ready$' "$out/demo.log" && break; kill -0 $demo_pid 2>/dev/null || fail "demo exited"; sleep 1; done
+grep -q '^ready$' "$out/demo.log" || fail "stack not ready"
+T=$(awk '/^workdir: /{print $2}' "$out/demo.log")
+. "$T/stack.env"
+ca=$CANOPY_TEST_GRAPH_CA url=$CANOPY_TEST_GRAPH_URL
+emu() { curl -sf --cacert "$ca" "$url$1"; }
+nusers() { emu /_emulator/state | jq '.users | length'; }
+ndeleted() { emu /_emulator/stats | jq '.deletes'; }
+status() { "$bin/canopyctl" guard status; }
+ldapmod() { ldapmodify -x -c -H "$CANOPY_TEST_LDAP_G_URI" -D "$CANOPY_TEST_LDAP_G_BINDDN" -y "$CANOPY_TEST_LDAP_G_PWFILE" >/dev/null 2>&1; }
+wait_until() { # DESCRIPTION SECONDS CMD...
+        local what=$1 s=$2 i
+        shift 2
+        for ((i = 0; i < s * 2; i++)); do "$@" && return 0; sleep 0.5; done
+        fail "timed out: $what"
+}
+[ "$(nusers)" = "$users" ] || fail "initial sync: $(nusers) users, want $users"
+dns=$(grep -a '^dn: uid=\|^dn:: ' "$out/g.ldif" | grep -v 'ou=Groups' | tail -n +1)
+
+# Phase 1: delete limit + 40 people at once. Exactly `limit` deletes reach
+# Graph; the next one is held and the pipeline is quarantined (every export
+# pauses, so the rest waits in Kafka, uncommitted).
+n=$((limit + 40))
+[ "$n" -lt "$users" ] || fail "need more users than limit + 40"
+base_deleted=$(ndeleted)
+awk -v n=$n 'BEGIN{RS=""} /objectClass: inetOrgPerson/ && c < n {split($0, l, "\n"); print l[1]; print "changetype: delete\n"; c++}' "$out/g.ldif" | ldapmod
+quarantined() { status | grep -q "state: *QUARANTINED"; }
+wait_until "quarantine" 240 quarantined
+status | grep -q "reason: *deletion-threshold" || fail "reason: $(status)"
+held() { status | awk '/held deletes:/{print $3}'; }
+some_held() { [ "$(held)" -ge 1 ]; }
+wait_until "held deletes" 60 some_held
+sleep 5
+got=$(( $(ndeleted) - base_deleted ))
+[ "$got" = "$limit" ] || fail "the emulator received $got deletes, the threshold is $limit"
+
+# Reject: the held deletes are dropped (never sent). The window keeps its
+# count, so the rest of the mass delete is held again at once.
+dropped=$("$bin/canopyctl" guard reject | sed -n 's/^rejected: \([0-9]*\) held deletes dropped.*/\1/p')
+[ -n "$dropped" ] && [ "$dropped" -ge 1 ] || fail "reject"
+wait_until "quarantined again by the rest of the mass delete" 120 quarantined
+sleep 5
+got=$(( $(ndeleted) - base_deleted ))
+[ "$got" = "$limit" ] || fail "after reject: $got deletes, want $limit"
+
+# Approve: what is held now goes out, the window restarts, and the rest of
+# the deletes (under the threshold) follow.
+"$bin/canopyctl" guard approve | grep -q "^approved: " || fail "approve"
+all_sent() { [ $(( $(ndeleted) - base_deleted )) = $((n - dropped)) ]; }
+wait_until "every delete but the rejected ones sent" 240 all_sent
+sleep 3
+[ $(( $(ndeleted) - base_deleted )) = $((n - dropped)) ] || fail "more deletes than allowed"
+[ "$(nusers)" = $((users - n + dropped)) ] || fail "$(nusers) users left in Entra, want $((users - n + dropped))"
+status | grep -q "state: *running" || fail "still quarantined: $(status)"
+
+# Phase 3: revoked credentials quarantine the pipeline.
+curl -sf --cacert "$ca" -X POST "$url/_emulator/revoke?client=$CANOPY_TEST_GRAPH_CLIENT_ID" > /dev/null || fail "revoke"
+printf 'dn: %s\nchangetype: modify\nreplace: description\ndescription: touched\n' \
+        "$(awk '/^dn: cn=.*ou=Groups/{print substr($0, 5); exit}' "$out/g.ldif")" | ldapmod
+creds() { status | grep -q "reason: *credentials"; }
+wait_until "credentials quarantine" 120 creds
+"$bin/canopyctl" guard audit > /dev/null 2>&1 || true
+echo "PASS: guard e2e ($workers workers, $users users, threshold $limit)"
