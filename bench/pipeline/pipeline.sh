@@ -376,11 +376,16 @@ fresh_backends() {
         emu_post /_emulator/reset >/dev/null || { bad "emulator reset failed"; return 1; }
         emu_post /_emulator/faults '{"writeRate":0}' >/dev/null || true
 }
+# With BACKLOG=1 the producer publishes everything first and the workers
+# start on a full `changes` topic (an initial deployment, or workers back
+# after an outage); the time then runs from the workers' start.
 sync_run() {
         local nw=$1 label=$2 wrap=("${@:3}")
-        say "sync ($label): $nw worker(s), throttling off"
+        say "sync ($label): $nw worker(s), throttling off${BACKLOG:+, workers started on a full changes topic}"
         write_worker_conf sync "$label" 1000000 1s
-        start_workers "$nw" sync "${wrap[@]+"${wrap[@]}"}" || return 1
+        if [ -z "${BACKLOG:-}" ]; then
+                start_workers "$nw" sync "${wrap[@]+"${wrap[@]}"}" || return 1
+        fi
         local mem0 cmd0 req0 w0 t0 p
         mem0=$(rinfo memory used_memory) cmd0=$(rinfo stats total_commands_processed)
         req0=$(emu_stat requests) w0=$(emu_stat writes)
@@ -388,7 +393,21 @@ sync_run() {
         declare -gA CPU0=()
         for p in redis kafka emulator slapd.BENCH; do CPU0[$p]=$(cpu_ticks "$(_h_pid "$p")"); done
         t0=$(now_ms)
-        start_producer
+        if [ -n "${BACKLOG:-}" ]; then
+                start_producer
+                local c=-1 c2 i
+                for ((i = 0; i < 600; i++)); do
+                        sleep 2
+                        c2=$(topic_count changes)
+                        [ "$c2" -ge "$NOBJ" ] && [ "$c2" = "$c" ] && break
+                        c=$c2
+                done
+                say "  backlog: $c2 change events in Kafka; starting the workers"
+                t0=$(now_ms)
+                start_workers "$nw" sync "${wrap[@]+"${wrap[@]}"}" || return 1
+        else
+                start_producer
+        fi
         SYNC_PEAK_RSS=0
         wait_converged "$SYNC_TIMEOUT" || return 1
         SYNC_MS=$((CONV_MS - t0))
@@ -647,7 +666,7 @@ stop_workers
 
 # ---- (7) scale: the initial sync with 1, 2 and 4 workers --------------------------------------
 if [ -n "$SYNC1_OK" ] && ! skip scale; then
-        declare -A SC=()
+        declare -A SC=() SCR=()
         # A fresh slapd with the generated data (the benchmarks above changed it).
         say "scale runs on a fresh forest of $SCALE_USERS users"
         stop_producer
@@ -665,15 +684,27 @@ if [ -n "$SYNC1_OK" ] && ! skip scale; then
         fi
         [ -n "$SMOKE" ] && counts=(1)
         for nw in "${counts[@]}"; do
-                fresh_backends && sync_run "$nw" "scale$nw" && SC[$nw]=$SYNC_OPS
+                fresh_backends && sync_run "$nw" "scale$nw" && SC[$nw]=$SYNC_OPS &&
+                        SCR[$nw]=$(fdiv "$SYNC_REDIS_CMDS" "$NOBJ" 1)
         done
+        if ! skip backlog; then
+                fresh_backends && BACKLOG=1 sync_run 2 backlog2 && {
+                        met=''
+                        result 1b.sync_backlog "initial sync, 2 workers started on a full changes topic ($U users)" "$SYNC_OPS" \
+                                "objects/s" "" "" "" "" "{\"seconds\": $(fdiv "$SYNC_MS" 1000 1), \"redis_commands_per_object\": $(fdiv "$SYNC_REDIS_CMDS" "$NOBJ" 1),
+                                  \"redis_top_commands\": $SYNC_REDIS_TOP, \"graph_writes\": $SYNC_WRITES,
+                                  \"streaming_objects_per_s\": ${SC[2]:-null}, \"cpu_seconds\": {$SYNC_CPU}}"
+                }
+        fi
         if [ -n "${SC[1]:-}" ]; then
                 for nw in 2 4; do
                         [ -n "${SC[$nw]:-}" ] || continue
                         result "7.scale_$nw" "initial sync with $nw workers / with 1 worker" "$(fdiv "${SC[$nw]}" "${SC[1]}" 2)" "x" \
-                                "" "" "" "" "{\"objects_per_s\": ${SC[$nw]}, \"objects_per_s_1_worker\": ${SC[1]}, \"users\": $U}"
+                                "" "" "" "" "{\"objects_per_s\": ${SC[$nw]}, \"objects_per_s_1_worker\": ${SC[1]}, \"users\": $U,
+                                  \"redis_commands_per_object\": ${SCR[$nw]:-null}}"
                 done
-                result 7.scale_1 "initial sync with 1 worker" "${SC[1]}" "objects/s" "" "" "" "" "{\"users\": $U}"
+                result 7.scale_1 "initial sync with 1 worker" "${SC[1]}" "objects/s" "" "" "" "" \
+                        "{\"users\": $U, \"redis_commands_per_object\": ${SCR[1]:-null}}"
         fi
 fi
 
