@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "canopy/avro.h"
+#include "canopy/guard_policy.h"
 #include "canopy/http.h"
 #include "canopy/log.h"
 #include "producer.h"
@@ -186,6 +187,29 @@ static void sleep_interruptible(int64_t ms) {
                 usleep(100000);
 }
 
+/* Tell the guard whether binds work: refused binds for longer than
+ * guard.ldap_failing quarantine the pipeline (as cloud sync quarantines a
+ * job whose credentials fail). Best effort: Redis errors are only logged. */
+static void report_bind(const canopy_producer_conf *cf, bool ok, bool *failing) {
+        if (ok && !*failing)
+                return;
+        canopy_state *st = NULL;
+        if (canopy_state_new(cf->redis_host, (int)cf->redis_port, cf->redis_password, cf->redis_prefix, 2000, &st)) {
+                CANOPY_WARN(MOD, "cannot tell the guard about LDAP binds: Redis unreachable");
+                return;
+        }
+        char src[160];
+        snprintf(src, sizeof(src), "ldap:%s", cf->connector);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        bool q = false;
+        if (!canopy_guard_report(st, src, ok, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, &q))
+                *failing = !ok;
+        if (q)
+                CANOPY_ERROR(MOD, "LDAP binds refused for too long: the pipeline is quarantined");
+        canopy_state_free(st);
+}
+
 int main(int argc, char **argv) {
         canopy_log_init("producer-ldap");
         const char *path = NULL;
@@ -332,6 +356,7 @@ int main(int argc, char **argv) {
                 c.started = true;
 
         int64_t backoff = cf.backoff_min_ms;
+        bool bind_failing = false;
         bool leader = false;
         rc = 0;
         while (!g_stop) {
@@ -355,6 +380,19 @@ int main(int argc, char **argv) {
                 }
                 if (!p->ld) {
                         err = prod_connect(p);
+                        if (err == CANOPY_ERR_LDAP_BIND) {
+                                /* Credentials refused: keep trying (a password
+                                 * may be rotated on the directory first); the
+                                 * guard quarantines when it lasts. */
+                                report_bind(&cf, false, &bind_failing);
+                                canopy_log(CANOPY_LOG_ERROR, MOD, &lctx, "bind refused; retrying in %lld ms "
+                                           "(check ldap.bind_dn and the password)", (long long)backoff);
+                                sleep_interruptible(backoff);
+                                backoff = backoff * 2 > cf.backoff_max_ms ? cf.backoff_max_ms : backoff * 2;
+                                continue;
+                        }
+                        if (!err)
+                                report_bind(&cf, true, &bind_failing);
                         if (err) {
                                 if (canopy_err_class_of(err) == CANOPY_ERRCLASS_FATAL) {
                                         rc = 1;
