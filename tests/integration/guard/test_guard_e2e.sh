@@ -17,7 +17,7 @@ fail() { echo "FAIL: $*" >&2; tail -n 30 "$out/demo.log" >&2; [ -n "${T:-}" ] &&
 
 "$bin/canopy-genforest" --base dc=g,dc=canopy,dc=test --users "$users" --groups 1 --large 0 > "$out/g.ldif"
 "$bin/canopy-demo" --forest g="$out/g.ldif" --workers "$workers" --no-live --keep-running --timeout 400 \
-        --guard guard.threshold.count="$limit" --guard guard.credentials_failing=3s > "$out/demo.log" 2>&1 &
+        --guard guard.threshold.count="$limit" --guard guard.credentials_failing=3s --guard guard.ldap_failing=3s > "$out/demo.log" 2>&1 &
 demo_pid=$!
 for _ in $(seq 600); do grep -q '^ready$' "$out/demo.log" && break; kill -0 $demo_pid 2>/dev/null || fail "demo exited"; sleep 1; done
 grep -q '^ready$' "$out/demo.log" || fail "stack not ready"
@@ -80,5 +80,19 @@ printf 'dn: %s\nchangetype: modify\nreplace: description\ndescription: touched\n
         "$(awk '/^dn: cn=.*ou=Groups/{print substr($0, 5); exit}' "$out/g.ldif")" | ldapmod
 creds() { status | grep -q "reason: *credentials"; }
 wait_until "credentials quarantine" 120 creds
-"$bin/canopyctl" guard audit > /dev/null 2>&1 || true
+
+# Phase 4: LDAP binds refused for the connector quarantine the pipeline.
+curl -sf --cacert "$ca" -X POST "$url/_emulator/unrevoke?client=$CANOPY_TEST_GRAPH_CLIENT_ID" > /dev/null || fail "unrevoke"
+"$bin/canopyctl" guard approve > /dev/null || fail "approve after credentials"
+ldappasswd -x -H "$CANOPY_TEST_LDAP_G_URI" -D "$CANOPY_TEST_LDAP_G_BINDDN" -y "$CANOPY_TEST_LDAP_G_PWFILE" \
+        -s "rotated-$RANDOM-password" "$CANOPY_TEST_LDAP_G_CONNECTOR_DN" > /dev/null || fail "ldappasswd"
+ppid_=$(awk '$1 == "producer.g" {print $2}' "$T/.harness/procs")
+[ -n "$ppid_" ] || fail "producer pid"
+kill -KILL "$ppid_"
+"$bin/canopy-producer-ldap" -c "$T/producer-g.yaml" >> "$T/producer-g-2.log" 2>&1 &
+p2=$!
+ldapq() { status | grep -q "reason: *ldap-bind"; }
+wait_until "LDAP bind quarantine" 120 ldapq
+kill "$p2"; wait "$p2" 2>/dev/null
+grep -q "bind refused" "$T/producer-g-2.log" || fail "the producer did not say the bind was refused"
 echo "PASS: guard e2e ($workers workers, $users users, threshold $limit)"
