@@ -260,6 +260,46 @@ static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, con
                                  at->delta ? at->nadded : at->nvalues, &add, &nadd);
         if (!err)
                 err = refs_of(jc, ev->connector, at->removed, at->delta ? at->nremoved : 0, &rm, &nrm);
+        /* A member named before its entry was seen is held as "d:<dn>" and
+         * stays so in the set after the DN becomes known: a removal must
+         * remove that form too, or Entra keeps the member. */
+        if (!err && nrm) {
+                char **both = calloc(2 * nrm + 1, sizeof(*both));
+                size_t nb = 0;
+                if (!both)
+                        err = CANOPY_ERR_NOMEM;
+                for (size_t i = 0; !err && i < nrm; i++) {
+                        both[nb++] = rm[i];
+                        rm[i] = NULL;
+                        if (strncmp(both[nb - 1], "a:", 2))
+                                continue;
+                        /* the DN of the i-th non-empty removed value */
+                        size_t k = 0, j = 0;
+                        for (; j < at->nremoved; j++) {
+                                size_t b = 0;
+                                while (b < at->removed[j].len && at->removed[j].data[b] == ' ')
+                                        b++;
+                                if (b == at->removed[j].len)
+                                        continue;
+                                if (k++ == i)
+                                        break;
+                        }
+                        char *dn = j < at->nremoved ? strndup((const char *)at->removed[j].data, at->removed[j].len)
+                                                    : NULL;
+                        char *norm = NULL;
+                        if (dn && !canopy_state_dn_norm(dn, &norm) && asprintf(&both[nb], "d:%s", norm) >= 0)
+                                nb++;
+                        free(norm);
+                        free(dn);
+                }
+                if (!err) {
+                        refs_free(rm, nrm);
+                        rm = both;
+                        nrm = nb;
+                } else {
+                        refs_free(both, nb);
+                }
+        }
         if (!err)
                 err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, replace && !at->delta,
                                                     (const char *const *)add, nadd, (const char *const *)rm, nrm);
