@@ -822,8 +822,10 @@ canopy_err canopy_kafka_dead_letter(canopy_kafka_consumer *kc, const canopy_kafk
         dl.payload.data = (uint8_t *)m->value;
         dl.payload.len = m->value ? m->len : 0;
         snprintf(rbuf, sizeof(rbuf), "%s", reason ? reason : canopy_err_text(err));
-        /* A payload too large for a DeadLetter is cut; the reason says so. */
-        size_t room = CANOPY_EVENT_MAX_BYTES - 64 * 1024;
+        /* A payload too large for a DeadLetter is cut; the reason says so.
+         * The cap stays under Kafka's default message.max.bytes (1,000,000)
+         * so that the broker accepts the dead letter of an oversize event. */
+        size_t room = 512 * 1024;
         if (dl.payload.len > room) {
                 size_t l = strlen(rbuf);
                 snprintf(rbuf + l, sizeof(rbuf) - l, " (payload of %zu bytes truncated to %zu)", dl.payload.len, room);
