@@ -51,7 +51,12 @@ static const canopy_conf_def defs[] = {
     {"ldap.attributes", CANOPY_CT_LIST,
      "cn, sn, givenName, displayName, mail, userPrincipalName, sAMAccountName, uid, member, uniqueMember, "
      "memberOf, description, telephoneNumber, title, department, employeeID, employeeNumber, "
-     "proxyAddresses, userAccountControl, objectSid, manager, company, c, l, st, o, ou",
+     "proxyAddresses, userAccountControl, objectSid, manager, company, c, co, l, st, o, ou, "
+     "departmentNumber, street, streetAddress, postalCode, mobile, physicalDeliveryOfficeName, mailNickname, "
+     "pwdAccountLockedTime, extensionAttribute1, extensionAttribute2, extensionAttribute3, extensionAttribute4, "
+     "extensionAttribute5, extensionAttribute6, extensionAttribute7, extensionAttribute8, extensionAttribute9, "
+     "extensionAttribute10, extensionAttribute11, extensionAttribute12, extensionAttribute13, "
+     "extensionAttribute14, extensionAttribute15, adminDescription, isCriticalSystemObject",
      NOB, 0, NULL, NULL,
      "Attributes read and published (object class, anchor and bookkeeping attributes are added).",
      P(attributes)},
