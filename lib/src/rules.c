@@ -949,8 +949,10 @@ static void parse_connector(ydoc *y, canopy_rules *r, yaml_node_t *m)
                         else
                                 DIAG(y->ld, CANOPY_ERR_RULES_SEMANTIC, vn, "kind must be ad, openldap or ldap");
                 } else if (!strcmp(key, "domain")) {
-                        if (scalar(vn) && *scalar(vn) && !strpbrk(scalar(vn), "\"\\ "))
+                        if (scalar(vn) && *scalar(vn) && !strpbrk(scalar(vn), "\"\\ ")) {
+                                free(c->domain); /* a repeated key: the last one wins */
                                 c->domain = strdup(scalar(vn));
+                        }
                         else
                                 DIAG(y->ld, CANOPY_ERR_RULES_SEMANTIC, vn, "domain must be a DNS name");
                 } else if (!strcmp(key, "precedence")) {

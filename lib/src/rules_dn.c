@@ -212,8 +212,43 @@ static char *normalize(const char *dn, size_t len, canopy_arena *a, size_t *ret_
                 } while (sep == '+');
                 if (!ok)
                         break;
-                if (n > 1)
-                        qsort(avas, n, sizeof(ava), ava_cmp);
+                if (n > 1) {
+                        /* Sort by type, then by the canonical (case-folded,
+                         * re-escaped) value, so that normalizing a
+                         * canonical DN gives it back unchanged. */
+                        char *rv[DN_MAX_AVAS];
+                        size_t rl[DN_MAX_AVAS];
+                        for (size_t k = 0; k < n; k++) {
+                                rv[k] = malloc(4 * avas[k].vl + 16);
+                                rl[k] = rv[k] ? put_value(rv[k], &avas[k]) : 0;
+                        }
+                        for (size_t k = 1; k < n; k++) {
+                                for (size_t j = k; j > 0; j--) {
+                                        int r = strcmp(avas[j - 1].type, avas[j].type);
+                                        if (!r && rv[j - 1] && rv[j]) {
+                                                size_t m = rl[j - 1] < rl[j] ? rl[j - 1] : rl[j];
+                                                r = memcmp(rv[j - 1], rv[j], m);
+                                                if (!r)
+                                                        r = rl[j - 1] > rl[j];
+                                        } else if (!r) {
+                                                r = ava_cmp(&avas[j - 1], &avas[j]);
+                                        }
+                                        if (r <= 0)
+                                                break;
+                                        ava t = avas[j];
+                                        avas[j] = avas[j - 1];
+                                        avas[j - 1] = t;
+                                        char *tv = rv[j];
+                                        rv[j] = rv[j - 1];
+                                        rv[j - 1] = tv;
+                                        size_t tl = rl[j];
+                                        rl[j] = rl[j - 1];
+                                        rl[j - 1] = tl;
+                                }
+                        }
+                        for (size_t k = 0; k < n; k++)
+                                free(rv[k]);
+                }
                 if (ol)
                         out[ol++] = ',';
                 for (size_t k = 0; k < n; k++) {
