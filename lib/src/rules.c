@@ -1094,6 +1094,36 @@ static void load_default_flows(loader *outer, conn *c)
         yaml_document_delete(&y.doc);
 }
 
+/* A key given twice in one mapping is an error (as in the service
+ * configs): which one would win is not obvious to the reader. Returns the
+ * number of duplicates reported. Depth-bounded like the document. */
+static size_t check_duplicate_keys(ydoc *y, yaml_node_t *n, int depth)
+{
+        size_t bad = 0;
+        if (!n || depth > 64)
+                return 0;
+        if (n->type == YAML_SEQUENCE_NODE) {
+                for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++)
+                        bad += check_duplicate_keys(y, ynode(y, *it), depth + 1);
+        } else if (n->type == YAML_MAPPING_NODE) {
+                for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+                        yaml_node_t *k = ynode(y, p->key);
+                        const char *ks = k ? scalar(k) : NULL;
+                        for (yaml_node_pair_t *q = n->data.mapping.pairs.start; ks && q < p; q++) {
+                                yaml_node_t *k2 = ynode(y, q->key);
+                                const char *k2s = k2 ? scalar(k2) : NULL;
+                                if (k2s && !strcmp(ks, k2s)) {
+                                        DIAG(y->ld, CANOPY_ERR_RULES_SEMANTIC, k, "duplicate key '%s'", ks);
+                                        bad++;
+                                        break;
+                                }
+                        }
+                        bad += check_duplicate_keys(y, ynode(y, p->value), depth + 1);
+                }
+        }
+        return bad;
+}
+
 static canopy_err load_text(const char *name, const char *buf, size_t len, canopy_rules **ret, canopy_rules_diags *diags)
 {
         canopy_rules_diags local = {0};
@@ -1115,6 +1145,8 @@ static canopy_err load_text(const char *name, const char *buf, size_t len, canop
                 yaml_node_t *root = yaml_document_get_root_node(&y.doc);
                 if (!root) {
                         diag_at(&ld, CANOPY_ERR_RULES_SEMANTIC, 1, 1, "empty rules file");
+                } else if (check_duplicate_keys(&y, root, 0)) {
+                        /* reported; the sections are not read */
                 } else if (want_type(&y, root, YAML_MAPPING_NODE, "the rules file")) {
                         bool have_conns = false, have_version = false;
                         FOR_PAIRS(&y, root, kn, vn, key)
