@@ -21,6 +21,12 @@ phase_end() { echo $(($(date +%s) + CHAOS_PHASE)); }
 # CANOPY_CHAOS_PHASES="1 3": run only these phases (default: all).
 phase_on() { [ -z "${CANOPY_CHAOS_PHASES:-}" ] || [[ " $CANOPY_CHAOS_PHASES " == *" $1 "* ]]; }
 
+# 0. (only when asked: CANOPY_CHAOS_PHASES="0 ...") a clean initial sync,
+# without changes or faults, so that later phases start converged.
+if [ -n "${CANOPY_CHAOS_PHASES:-}" ] && phase_on 0; then
+        chaos_wait_converged "0 initial sync (no faults)"
+fi
+
 # 1. Workers killed during the initial sync.
 if phase_on 1; then
         chaos_log "phase 1: SIGKILL a random worker every 3 s, during the initial sync"
