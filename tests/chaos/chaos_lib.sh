@@ -46,8 +46,8 @@ chaos_init() {
                 CHAOS_TIMEOUT=${CANOPY_CHAOS_TIMEOUT:-1800}
         else
                 CHAOS_MODE=bounded
-                CHAOS_USERS=${CANOPY_CHAOS_USERS:-400}
-                CHAOS_PHASE=${CANOPY_CHAOS_PHASE:-10}
+                CHAOS_USERS=${CANOPY_CHAOS_USERS:-300}
+                CHAOS_PHASE=${CANOPY_CHAOS_PHASE:-8}
                 CHAOS_TIMEOUT=${CANOPY_CHAOS_TIMEOUT:-240}
         fi
         CHAOS_GROUPS=$((CHAOS_USERS / 10))

@@ -6,7 +6,7 @@
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/chaos_lib.sh"
 CANOPY_CHAOS_USERS=${CANOPY_CHAOS_USERS_ORDER:-20} chaos_init "$1"
-CHAOS_TIMEOUT=${CANOPY_CHAOS_TIMEOUT:-150}
+CHAOS_TIMEOUT=${CANOPY_CHAOS_TIMEOUT:-90}
 chaos_start
 chaos_wait_converged "initial sync"
 f=north b=$(_lvar north BASE)

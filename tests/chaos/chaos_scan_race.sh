@@ -8,7 +8,7 @@
 set -uo pipefail
 . "$(dirname "$(readlink -f "$0")")/chaos_lib.sh"
 CANOPY_CHAOS_USERS=${CANOPY_CHAOS_USERS_RACE:-300} CANOPY_CHAOS_WORKERS=0 chaos_init "$1"
-CHAOS_TIMEOUT=${CANOPY_CHAOS_TIMEOUT:-240}
+CHAOS_TIMEOUT=${CANOPY_CHAOS_TIMEOUT:-120}
 chaos_start # producers only: no worker yet
 for n in "${CHAOS_FORESTS[@]}"; do
         for ((i = 0; i < 300; i++)); do
