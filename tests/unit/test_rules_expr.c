@@ -13,34 +13,7 @@
 
 #include "canopy/expr.h"
 
-typedef struct kv {
-        const char *name;
-        const char *values[4];
-} kv;
-
-typedef struct tobj {
-        const kv *attrs;
-        canopy_bytes store[16][4];
-} tobj;
-
-static bool lookup(void *ctx, const char *name, const canopy_bytes **ret, size_t *n, bool *bin)
-{
-        tobj *o = ctx;
-        for (size_t i = 0; o->attrs && o->attrs[i].name; i++) {
-                if (strcasecmp(o->attrs[i].name, name) != 0)
-                        continue;
-                size_t k = 0;
-                for (; k < 4 && o->attrs[i].values[k]; k++) {
-                        o->store[i][k].data = (uint8_t *)o->attrs[i].values[k];
-                        o->store[i][k].len = strlen(o->attrs[i].values[k]);
-                }
-                *ret = o->store[i];
-                *n = k;
-                *bin = false;
-                return k > 0;
-        }
-        return false;
-}
+#include "rules_test_util.h"
 
 static canopy_arena *arena;
 
@@ -56,7 +29,7 @@ static const char *run(const char *src, const kv *attrs, const canopy_eval_ctx *
                 return "<compile error>";
         }
         tobj o = {.attrs = attrs};
-        canopy_obj_view v = {.connector = "t", .dn = "CN=Joe,OU=Sales,DC=contoso,DC=com", .lookup = lookup, .ctx = &o};
+        canopy_obj_view v = {.connector = "t", .dn = "CN=Joe,OU=Sales,DC=contoso,DC=com", .lookup = tobj_lookup, .ctx = &o};
         canopy_value val;
         char msg[256];
         err = canopy_expr_eval(e, &v, ctx, arena, &val, msg, sizeof(msg));
