@@ -51,7 +51,9 @@ BIG_SIZE=$((U / 5))
 LARGE=$((U - 10))           # group 0: everyone but the last 10 users (one of them is added in (5))
 DELTA_N=500 DELTA_SPACING=50 BUDGET_N=$((BUDGET_RATE * 30)) EMU_USERS=10000 COALESCE_WIN=20
 if [ -n "$SMOKE" ]; then
+        # A few minutes in make test: every benchmark once, tiny; no scale runs.
         DELTA_N=20 BUDGET_N=$((BUDGET_RATE * 3)) EMU_USERS=400 COALESCE_WIN=5
+        SKIP="$SKIP,scale,backlog"
 fi
 [ "$EMU_USERS" -le "$U" ] || EMU_USERS=$U
 [ -n "$SCALE_USERS" ] || SCALE_USERS=$U
