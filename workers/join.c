@@ -461,10 +461,31 @@ static canopy_err refresh_join_keys(join_ctx *jc, canopy_cs_record *rec, const c
         return err;
 }
 
-/* END_OF_SCAN: everything of the connector not seen by this scan is gone. */
+/* Start time of a full pass from its id "<connector>-<start ms>-<hex>"
+ * (canopy-producer-ldap's format); 0 when the id has another form. */
+static int64_t scan_start_ms(const char *scan_id) {
+        const char *last = strrchr(scan_id, '-');
+        if (!last || last == scan_id)
+                return 0;
+        const char *p = last - 1;
+        while (p > scan_id && *p != '-')
+                p--;
+        if (*p != '-')
+                return 0;
+        char *end = NULL;
+        long long v = strtoll(p + 1, &end, 10);
+        return end == last && v > 0 ? (int64_t)v : 0;
+}
+
+/* END_OF_SCAN: everything of the connector not seen by this scan is gone.
+ * A record changed after the pass began (a persist-phase event applied
+ * before the marker, on another partition) was not seen by the pass but is
+ * not gone: it is kept when its directory change time is not older than
+ * the pass (one second of slack for the directory's timestamp precision). */
 static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
         if (!ev->scan_id)
                 return CANOPY_ERR_DECODE;
+        int64_t started = scan_start_ms(ev->scan_id);
         uint64_t cur = 0;
         size_t removed = 0;
         canopy_err err = CANOPY_OK;
@@ -479,7 +500,8 @@ static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
                         canopy_err ge = canopy_state_cs_get(jc->st, ev->connector, &anchors[i], &rec);
                         if (ge == CANOPY_ERR_NOT_FOUND) /* stale index entry */
                                 ge = canopy_state_cs_delete(jc->st, ev->connector, &anchors[i]);
-                        else if (!ge && (!rec->scan_id || strcmp(rec->scan_id, ev->scan_id))) {
+                        else if (!ge && (!rec->scan_id || strcmp(rec->scan_id, ev->scan_id)) &&
+                                 !(started && rec->source_ts_ms && rec->source_ts_ms >= started - 1000)) {
                                 ge = remove_object(jc, rec);
                                 removed++;
                                 if (!ge)
