@@ -265,28 +265,23 @@ static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, con
          * remove that form too, or Entra keeps the member. */
         if (!err && nrm) {
                 char **both = calloc(2 * nrm + 1, sizeof(*both));
-                size_t nb = 0;
+                size_t nb = 0, k = 0;
                 if (!both)
                         err = CANOPY_ERR_NOMEM;
-                for (size_t i = 0; !err && i < nrm; i++) {
-                        both[nb++] = rm[i];
-                        rm[i] = NULL;
-                        if (strncmp(both[nb - 1], "a:", 2))
+                /* rm[k] is the reference of the k-th non-empty removed value. */
+                for (size_t j = 0; !err && j < at->nremoved && k < nrm; j++) {
+                        const canopy_bytes *v = &at->removed[j];
+                        size_t b = 0;
+                        while (b < v->len && v->data[b] == ' ')
+                                b++;
+                        if (b == v->len)
                                 continue;
-                        /* the DN of the i-th non-empty removed value */
-                        size_t k = 0, j = 0;
-                        for (; j < at->nremoved; j++) {
-                                size_t b = 0;
-                                while (b < at->removed[j].len && at->removed[j].data[b] == ' ')
-                                        b++;
-                                if (b == at->removed[j].len)
-                                        continue;
-                                if (k++ == i)
-                                        break;
-                        }
-                        char *dn = j < at->nremoved ? strndup((const char *)at->removed[j].data, at->removed[j].len)
-                                                    : NULL;
-                        char *norm = NULL;
+                        both[nb++] = rm[k];
+                        bool by_anchor = !strncmp(rm[k], "a:", 2);
+                        rm[k++] = NULL;
+                        if (!by_anchor)
+                                continue;
+                        char *dn = strndup((const char *)v->data, v->len), *norm = NULL;
                         if (dn && !canopy_state_dn_norm(dn, &norm) && asprintf(&both[nb], "d:%s", norm) >= 0)
                                 nb++;
                         free(norm);
@@ -296,8 +291,6 @@ static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, con
                         refs_free(rm, nrm);
                         rm = both;
                         nrm = nb;
-                } else {
-                        refs_free(both, nb);
                 }
         }
         if (!err)

@@ -247,12 +247,14 @@ canopy_err canopy_state_dn_norm(const char *dn, char **ret) {
          * Unicode case folding, multi-valued RDNs sorted), so that a member
          * value written as `cn=O'Brien\, Se\C3\A1n` finds the entry whose DN
          * the server returns as `cn=O'Brien\2C Seán`. */
-        canopy_arena *a = canopy_arena_new(0, 0);
-        if (!a)
+        /* One arena per thread, reset per call: this runs for every member
+         * reference, so it must not create and destroy an arena each time. */
+        static _Thread_local canopy_arena *a;
+        if (!a && !(a = canopy_arena_new(0, 0)))
                 return CANOPY_ERR_NOMEM;
         const char *canon = canopy_dn_normalize(dn, a);
         char *dup = canon ? strdup(canon) : NULL;
-        canopy_arena_free(a);
+        canopy_arena_reset(a);
         if (canon && !dup)
                 return CANOPY_ERR_NOMEM;
         if (dup) {
