@@ -296,12 +296,17 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                 err = canopy_state_cs_members(ec->st, d->recs[r]->connector, &d->recs[r]->anchor, &refs, &n);
                 for (size_t i = 0; !err && i < n; i++) {
                         char mid[33], *wait = NULL;
-                        err = canopy_state_member_resolve(ec->st, d->recs[r]->connector, refs[i], mid, &wait);
+                        bool dangling = false;
+                        err = canopy_state_member_resolve(ec->st, d->recs[r]->connector, refs[i], mid, &wait,
+                                                          &dangling);
                         if (err == CANOPY_ERR_NOT_FOUND) {
                                 /* A DN not seen yet (the join stage may not
                                  * have read the member) is waited for like a
-                                 * member not yet exported. */
-                                if (wait && !strncmp(wait, "d:", 2))
+                                 * member not yet exported. A DN whose object
+                                 * moved away or was deleted is a dangling
+                                 * reference: no member, and nothing to hold
+                                 * removals back for. */
+                                if (wait && !dangling && !strncmp(wait, "d:", 2))
                                         (*ret_waiting)++;
                                 err = wait ? canopy_state_pending_add(ec->st, wait, group_mv) : CANOPY_OK;
                                 free(wait);

@@ -27,6 +27,13 @@ static const char LUA_RELEASE[] =
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
         "return 0\n";
 
+/* Bury a DN: KEYS[1] DN key, ARGV[1] the anchor expected there. The key
+ * keeps a tombstone "-" so that a member reference to the DN reads as
+ * dangling (the object moved away or was deleted), not as not yet seen. */
+static const char LUA_BURY[] =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], '-') end\n"
+        "return 0\n";
+
 /* Replace a hash: KEYS[1]; ARGV field, value pairs. */
 static const char LUA_CSPUT[] =
         "redis.call('DEL', KEYS[1])\n"
@@ -668,15 +675,19 @@ canopy_err canopy_state_cs_members(canopy_state *st, const char *connector, cons
         return err;
 }
 
+static canopy_err dn_lookup(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret,
+                            bool *ret_gone);
+
 canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, const char *ref, char out[33],
-                                       char **ret_wait_key) {
+                                       char **ret_wait_key, bool *ret_dangling) {
         canopy_bytes anchor = {0};
         canopy_err err;
         *ret_wait_key = NULL;
+        *ret_dangling = false;
         if (!strncmp(ref, "a:", 2))
                 err = b64_decode(ref + 2, strlen(ref + 2), &anchor);
         else if (!strncmp(ref, "d:", 2)) {
-                err = canopy_state_dn_get(st, connector, ref + 2, &anchor);
+                err = dn_lookup(st, connector, ref + 2, &anchor, ret_dangling);
                 if (err == CANOPY_ERR_NOT_FOUND && asprintf(ret_wait_key, "d:%s\x1f%s", connector, ref + 2) < 0) {
                         *ret_wait_key = NULL;
                         err = CANOPY_ERR_NOMEM;
@@ -782,8 +793,13 @@ canopy_err canopy_state_dn_set(canopy_state *st, const char *connector, const ch
         return err;
 }
 
-canopy_err canopy_state_dn_get(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret) {
+/* Anchor at (connector, DN); *ret_gone tells a buried DN (tombstone) from
+ * one never seen, both CANOPY_ERR_NOT_FOUND. */
+static canopy_err dn_lookup(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret,
+                            bool *ret_gone) {
         char *key = dn_key(st, connector, dn);
+        if (ret_gone)
+                *ret_gone = false;
         if (!key)
                 return CANOPY_ERR_NOMEM;
         redisReply *r = rconn_cmd(st->rc, "GET %s", key);
@@ -792,12 +808,20 @@ canopy_err canopy_state_dn_get(canopy_state *st, const char *connector, const ch
         if (!err) {
                 if (r->type != REDIS_REPLY_STRING)
                         err = CANOPY_ERR_NOT_FOUND;
-                else
+                else if (r->len == 1 && r->str[0] == '-') {
+                        err = CANOPY_ERR_NOT_FOUND;
+                        if (ret_gone)
+                                *ret_gone = true;
+                } else
                         err = b64_decode(r->str, r->len, ret);
         }
         if (r)
                 freeReplyObject(r);
         return err;
+}
+
+canopy_err canopy_state_dn_get(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret) {
+        return dn_lookup(st, connector, dn, ret, NULL);
 }
 
 static canopy_err compare_delete(canopy_state *st, const char *key, const char *value) {
@@ -813,7 +837,14 @@ canopy_err canopy_state_dn_del(canopy_state *st, const char *connector, const ch
                                const canopy_bytes *anchor) {
         char *key = dn_key(st, connector, dn);
         char *b64 = b64_dup(anchor);
-        canopy_err err = key && b64 ? compare_delete(st, key, b64) : CANOPY_ERR_NOMEM;
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (key && b64) {
+                const char *av[1] = {b64};
+                redisReply *r = eval1(st, LUA_BURY, st->sha_bury, key, 1, av, NULL);
+                err = reply_err(st, r);
+                if (r)
+                        freeReplyObject(r);
+        }
         free(key);
         free(b64);
         return err;

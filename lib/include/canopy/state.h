@@ -116,9 +116,13 @@ canopy_err canopy_state_cs_members(canopy_state *st, const char *connector, cons
  * (owned) is then the pending key to wait on: "d:<connector>\x1f<DN>" for a
  * DN never seen, "c:<connector>\x1f<anchor b64>" for a member known but not
  * joined (out of scope, deleted); the join stage takes the latter when the
- * object joins again. */
+ * object joins again. *ret_dangling is set when the reference is a DN that
+ * was held by an object that has since moved away or been deleted (a
+ * dangling reference, as Entra Connect drops it): it is waited on, in case
+ * an object takes the DN again, but it says nothing of a member still to
+ * come. */
 canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, const char *ref, char out[33],
-                                       char **ret_wait_key);
+                                       char **ret_wait_key, bool *ret_dangling);
 /* Free an array returned by this module. NULL allowed. */
 void canopy_state_strv_free(char **v);
 
@@ -137,7 +141,9 @@ canopy_err canopy_state_dn_set(canopy_state *st, const char *connector, const ch
 /* Anchor of (connector, DN); CANOPY_ERR_NOT_FOUND when unknown. ret->data owned. */
 canopy_err canopy_state_dn_get(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret);
 /* Remove the mapping only if it still points at `anchor` (a rename may
- * have given the DN to another object already). */
+ * have given the DN to another object already). The DN keeps a tombstone:
+ * canopy_state_dn_get() reports it as CANOPY_ERR_NOT_FOUND, and
+ * canopy_state_member_resolve() reports references to it as dangling. */
 canopy_err canopy_state_dn_del(canopy_state *st, const char *connector, const char *dn,
                                const canopy_bytes *anchor);
 

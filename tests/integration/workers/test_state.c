@@ -179,6 +179,26 @@ static void test_dn_index(void **ctx) {
         free(got.data);
         assert_int_equal(canopy_state_dn_del(st, "c", "uid=bob,ou=people,dc=example", &a2), CANOPY_OK);
         assert_int_equal(canopy_state_dn_get(st, "c", "uid=bob,ou=people,dc=example", &got), CANOPY_ERR_NOT_FOUND);
+
+        /* A member reference to the buried DN is dangling; one to a DN never
+         * seen is not (its member may still come). */
+        char mid[33], *wait = NULL;
+        bool dangling = false;
+        assert_int_equal(canopy_state_member_resolve(st, "c", "d:uid=bob,ou=people,dc=example", mid, &wait, &dangling),
+                         CANOPY_ERR_NOT_FOUND);
+        assert_true(dangling);
+        assert_non_null(wait);
+        assert_string_equal(wait, "d:c\x1fuid=bob,ou=people,dc=example");
+        free(wait);
+        assert_int_equal(canopy_state_member_resolve(st, "c", "d:uid=nobody,ou=people,dc=example", mid, &wait, &dangling),
+                         CANOPY_ERR_NOT_FOUND);
+        assert_false(dangling);
+        free(wait);
+        /* The DN taken again: the tombstone is gone. */
+        assert_int_equal(canopy_state_dn_set(st, "c", "uid=bob,ou=people,dc=example", &a1), CANOPY_OK);
+        assert_int_equal(canopy_state_dn_get(st, "c", "uid=bob,ou=people,dc=example", &got), CANOPY_OK);
+        assert_memory_equal(got.data, a1.data, a1.len);
+        free(got.data);
         canopy_state_free(st);
 }
 
