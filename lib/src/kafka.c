@@ -444,6 +444,9 @@ struct canopy_kafka_consumer {
         canopy_kafka_producer *dlq;
         uint64_t ndl;
         int closed;
+        int sticky;        /* cooperative-sticky assignor configured */
+        int assigned_once; /* a first assignment arrived */
+        int64_t session_ms;
 };
 
 static void error_cb_consumer(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
@@ -470,6 +473,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
         canopy_kafka_partition *p = parts_of(l);
         size_t n = p ? (size_t)l->cnt : 0;
         if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+                kc->assigned_once = 1;
                 canopy_log(CANOPY_LOG_INFO, MOD, NULL, "assigned %d partition(s)", l->cnt);
                 if (coop)
                         rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, l));
@@ -533,6 +537,11 @@ canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy
                 goto fail;
         }
         int64_t st = conf->session_timeout_ms > 0 ? conf->session_timeout_ms : 10000;
+        kc->session_ms = st;
+        kc->sticky = !has_extra(conf, "partition.assignment.strategy");
+        for (char **x = conf->extra; x && *x; x++)
+                if (!strncmp(*x, "partition.assignment.strategy=", 30) && strstr(*x, "cooperative-sticky"))
+                        kc->sticky = 1;
         struct {
                 const char *k;
                 const char *v;
@@ -882,6 +891,21 @@ canopy_err canopy_kafka_consumer_close(canopy_kafka_consumer *kc) {
         if (!kc || !kc->rk || kc->closed)
                 return CANOPY_OK;
         canopy_err err = canopy_kafka_commit(kc, true);
+        /* librdkafka before 2.3 asserts when a cooperative-sticky consumer is
+         * destroyed after it joined its group but before its first
+         * assignment (its assignor state is still NULL; librdkafka issue
+         * 4312, fixed by PR 4381). A consumer stopped that early waits, for
+         * at most a session timeout, for that assignment. Messages polled
+         * meanwhile are dropped unprocessed: their offsets are not stored,
+         * so the group reads them again. */
+        if (kc->sticky && !kc->assigned_once && rd_kafka_version() < 0x020300ff) {
+                int64_t until = mono_ms() + kc->session_ms + 2000;
+                while (!kc->assigned_once && mono_ms() < until) {
+                        rd_kafka_message_t *m = rd_kafka_consumer_poll(kc->rk, 100);
+                        if (m)
+                                rd_kafka_message_destroy(m);
+                }
+        }
         rd_kafka_resp_err_t ce = rd_kafka_consumer_close(kc->rk);
         kc->closed = 1;
         if (ce && !err)

@@ -828,6 +828,10 @@ static int scen_budget(void) {
         json_decref(s0);
         pthread_t th[BUDGET_THREADS];
         bthread bt[BUDGET_THREADS];
+        /* Read the secret here, once: the threads' base_conf() would race on
+         * the shared pointer (and leak the copies that lost). */
+        canopy_graph_conf c0;
+        base_conf(&c0);
         for (int i = 0; i < BUDGET_THREADS; i++) {
                 memset(&bt[i], 0, sizeof(bt[i]));
                 bt[i].idx = i;
