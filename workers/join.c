@@ -30,6 +30,7 @@ typedef struct join_ctx {
         canopy_state *st;
         canopy_arena *a;
         const canopy_change_event *ev; /* current event (for ts) */
+        int64_t msg_ts_ms;             /* its Kafka timestamp (-1 unknown) */
         run_slot runs[RUN_SLOTS];
         size_t nruns;
         int64_t runs_flushed_ms;
@@ -470,14 +471,31 @@ static int64_t scan_start_ms(const char *scan_id) {
         return end == last && v > 0 ? (int64_t)v : 0;
 }
 
-/* END_OF_SCAN: everything of the connector not seen by this scan is gone.
- * A record changed after the pass began (a persist-phase event applied
- * before the marker, on another partition) was not seen by the pass but is
- * not gone: it is kept when its directory change time is not older than
- * the pass (one second of slack for the directory's timestamp precision). */
+/* END_OF_SCAN: everything of the connector not seen by this scan is gone
+ * (a full import).
+ *
+ * The producer sends the marker to every partition of changes (nchunks
+ * pieces, chunk = partition), after every event of the pass. Each piece is
+ * recorded in Redis; the worker that records the last one sweeps. So the
+ * sweep runs only once every event of the pass was applied, whichever
+ * partition and worker it went to: a record the pass saw cannot be taken
+ * for one it did not. A marker of one piece (nchunks 1) sweeps at once.
+ *
+ * A record not seen by the pass but written by an event published after the
+ * pass began (a persist-phase change, the refresh after the pass, applied
+ * before the last piece) is not gone either: it is kept when the Kafka
+ * timestamp of its last event is not older than the pass's start (one
+ * second of slack for the producer's clock). */
 static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
-        if (!ev->scan_id)
+        if (!ev->scan_id || !ev->connector)
                 return CANOPY_ERR_DECODE;
+        if (ev->nchunks > 1) {
+                bool due = false;
+                canopy_err pe = canopy_state_scan_piece(jc->st, ev->connector, ev->scan_id, ev->chunk, ev->nchunks,
+                                                        &due);
+                if (pe || !due)
+                        return pe;
+        }
         int64_t started = scan_start_ms(ev->scan_id);
         uint64_t cur = 0;
         size_t removed = 0;
@@ -494,7 +512,7 @@ static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
                         if (ge == CANOPY_ERR_NOT_FOUND) /* stale index entry */
                                 ge = canopy_state_cs_delete(jc->st, ev->connector, &anchors[i]);
                         else if (!ge && (!rec->scan_id || strcmp(rec->scan_id, ev->scan_id)) &&
-                                 !(started && rec->source_ts_ms && rec->source_ts_ms >= started - 1000)) {
+                                 !(started && rec->event_ts_ms > 0 && rec->event_ts_ms >= started - 1000)) {
                                 ge = remove_object(jc, rec);
                                 removed++;
                                 if (!ge)
@@ -506,6 +524,8 @@ static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
                 }
                 canopy_state_anchors_free(anchors, n);
         } while (!err && cur);
+        if (!err && ev->nchunks > 1)
+                err = canopy_state_scan_done(jc->st, ev->connector, ev->scan_id);
         if (!err) {
                 CANOPY_INFO(MOD, "end of scan %s of %s: %zu objects not seen, removed", ev->scan_id, ev->connector,
                             removed);
@@ -593,6 +613,8 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
         }
         if (ev->source_ts_ms)
                 rec->source_ts_ms = ev->source_ts_ms;
+        if (jc->msg_ts_ms > 0)
+                rec->event_ts_ms = jc->msg_ts_ms;
 
         /* 3. Scope, then join or project. */
         canopy_obj_view view;
@@ -715,6 +737,7 @@ int worker_join_run(worker *w) {
                 }
                 lc.connector = ev.connector;
                 jc.ev = &ev;
+                jc.msg_ts_ms = m->ts_ms;
                 for (int attempt = 0;; attempt++) {
                         err = apply_change(&jc, &ev);
                         canopy_arena_reset(jc.a);

@@ -364,6 +364,41 @@ canopy_err canopy_kafka_produce_change(canopy_kafka_producer *kp, const canopy_c
         return err;
 }
 
+canopy_err canopy_kafka_produce_change_to(canopy_kafka_producer *kp, const canopy_change_event *ev,
+                                          int32_t partition, void *msg_opaque, char *errbuf, size_t errlen) {
+        if (!kp || partition < 0)
+                return CANOPY_ERR_INVALID_ARG;
+        canopy_bytes v = {0}, k = {0};
+        canopy_err err = canopy_avro_encode_change(ev, &v, errbuf, errlen);
+        if (err)
+                return err;
+        if (!(err = canopy_change_key(ev->connector, &ev->anchor, &k)))
+                err = canopy_kafka_produce_raw(kp, kp->topics[CANOPY_TOPIC_CHANGES], partition, k.data, k.len,
+                                               v.data, v.len, msg_opaque);
+        free(k.data);
+        free(v.data);
+        return err;
+}
+
+canopy_err canopy_kafka_partition_count(canopy_kafka_producer *kp, canopy_topic t, int timeout_ms, int32_t *ret) {
+        if (!kp || (unsigned)t >= CANOPY_TOPIC_COUNT || !ret)
+                return CANOPY_ERR_INVALID_ARG;
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(kp->rk, kp->topics[t], NULL);
+        if (!rkt)
+                return CANOPY_ERR_KAFKA;
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(kp->rk, 0, rkt, &md, timeout_ms);
+        canopy_err res = CANOPY_ERR_KAFKA;
+        if (!err && md && md->topic_cnt == 1 && !md->topics[0].err && md->topics[0].partition_cnt > 0) {
+                *ret = md->topics[0].partition_cnt;
+                res = CANOPY_OK;
+        }
+        if (md)
+                rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+        return res;
+}
+
 static canopy_err produce_keyed(canopy_kafka_producer *kp, canopy_topic t, const char *key, canopy_bytes *v,
                                 void *msg_opaque) {
         const char *k = key ? key : "";

@@ -34,6 +34,16 @@ static const char LUA_BURY[] =
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], '-') end\n"
         "return 0\n";
 
+/* A piece of an END_OF_SCAN: KEYS[1] pieces set, KEYS[2] done flag;
+ * ARGV[1] piece, ARGV[2] pieces expected, ARGV[3] ttl ms. 1 when every piece
+ * is in and the sweep is not done yet. */
+static const char LUA_SCAN_PIECE[] =
+        "redis.call('SADD', KEYS[1], ARGV[1])\n"
+        "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+        "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\n"
+        "if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 1 end\n"
+        "return 0\n";
+
 /* Replace a hash: KEYS[1]; ARGV field, value pairs. */
 static const char LUA_CSPUT[] =
         "redis.call('DEL', KEYS[1])\n"
@@ -506,6 +516,8 @@ canopy_err canopy_state_cs_get(canopy_state *st, const char *connector, const ca
                         rec->scan_id = v->len ? reply_strdup(v) : NULL;
                 else if (!strcmp(f->str, "ts"))
                         rec->source_ts_ms = strtoll(v->str, NULL, 10);
+                else if (!strcmp(f->str, "ets"))
+                        rec->event_ts_ms = strtoll(v->str, NULL, 10);
                 else if (f->len > 2 && (f->str[0] == 'a' || f->str[0] == 'b') && f->str[1] == ':') {
                         err = values_decode(rec, f->str + 2, f->str[0] == 'b', v->str, v->len);
                         if (err)
@@ -528,16 +540,17 @@ canopy_err canopy_state_cs_put(canopy_state *st, const canopy_cs_record *rec) {
         char *b64 = b64_dup(&rec->anchor);
         char *key = b64 ? cs_key(st, rec->connector, b64) : NULL;
         char *idx = canopy_state_key(st, "csidx:{%s}", rec->connector);
-        size_t nargs = 2 * (6 + rec->nattrs);
+        size_t nargs = 2 * (7 + rec->nattrs);
         const char **av = calloc(nargs, sizeof(*av));
         size_t *al = calloc(nargs, sizeof(*al));
         char **owned = calloc(2 * rec->nattrs + 1, sizeof(*owned));
-        char ts[32];
+        char ts[32], ets[32];
         if (!key || !idx || !av || !al || !owned) {
                 err = CANOPY_ERR_NOMEM;
                 goto out;
         }
         snprintf(ts, sizeof(ts), "%lld", (long long)rec->source_ts_ms);
+        snprintf(ets, sizeof(ets), "%lld", (long long)rec->event_ts_ms);
         size_t k = 0;
 #define PUT_(f, v)                                      \
         do {                                            \
@@ -555,6 +568,7 @@ canopy_err canopy_state_cs_put(canopy_state *st, const canopy_cs_record *rec) {
         PUT_("scope", rec->in_scope ? "1" : "0");
         PUT_("scan", rec->scan_id);
         PUT_("ts", (const char *)ts);
+        PUT_("ets", (const char *)ets);
 #undef PUT_
         for (size_t i = 0; i < rec->nattrs; i++) {
                 const canopy_attr *a = &rec->attrs[i];
@@ -1418,5 +1432,56 @@ canopy_err canopy_state_counter_incr(canopy_state *st, const char *name, int64_t
         free(k);
         if (!err && ret)
                 *ret = v;
+        return err;
+}
+
+/* ---- END_OF_SCAN pieces -------------------------------------------------- */
+
+#define SCAN_TTL_MS "604800000" /* a week: longer than any full pass */
+
+static canopy_err scan_keys(canopy_state *st, const char *connector, const char *scan_id, char **ret_set,
+                            char **ret_done) {
+        *ret_set = canopy_state_key(st, "eos:{%s}:%s", connector, scan_id);
+        *ret_done = canopy_state_key(st, "eos:{%s}:%s:done", connector, scan_id);
+        if (*ret_set && *ret_done)
+                return CANOPY_OK;
+        free(*ret_set);
+        free(*ret_done);
+        return CANOPY_ERR_NOMEM;
+}
+
+canopy_err canopy_state_scan_piece(canopy_state *st, const char *connector, const char *scan_id, int32_t piece,
+                                   int32_t npieces, bool *ret_complete) {
+        char *set = NULL, *done = NULL, ps[16], ns[16];
+        canopy_err err = scan_keys(st, connector, scan_id, &set, &done);
+        if (err)
+                return err;
+        snprintf(ps, sizeof(ps), "%d", (int)piece);
+        snprintf(ns, sizeof(ns), "%d", (int)(npieces > 0 ? npieces : 1));
+        const char *av[] = {"2", set, done, ps, ns, SCAN_TTL_MS};
+        redisReply *r = rconn_eval(st->rc, LUA_SCAN_PIECE, st->sha_scan_piece, 6, av, NULL);
+        err = reply_err(st, r);
+        if (!err && r->type != REDIS_REPLY_INTEGER)
+                err = CANOPY_ERR_REDIS;
+        if (!err)
+                *ret_complete = r->integer == 1;
+        if (r)
+                freeReplyObject(r);
+        free(set);
+        free(done);
+        return err;
+}
+
+canopy_err canopy_state_scan_done(canopy_state *st, const char *connector, const char *scan_id) {
+        char *set = NULL, *done = NULL;
+        canopy_err err = scan_keys(st, connector, scan_id, &set, &done);
+        if (err)
+                return err;
+        redisReply *r = rconn_cmd(st->rc, "SET %s 1 PX " SCAN_TTL_MS, done);
+        err = reply_err(st, r);
+        if (r)
+                freeReplyObject(r);
+        free(set);
+        free(done);
         return err;
 }

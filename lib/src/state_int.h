@@ -15,6 +15,7 @@ struct canopy_state {
         char sha_members[41];
         char sha_take[41];
         char sha_bury[41];
+        char sha_scan_piece[41];
 };
 
 /* "<prefix><fmt...>" in a malloc'd string; NULL on out of memory. */

@@ -375,14 +375,17 @@ static bool same_dn(const char *a, const char *b) {
 
 /* ---- publishing ---- */
 
-static canopy_err produce_one(prod *p, canopy_change_event *ev) {
+/* Publish ev to changes, by its key (partition < 0) or to one partition. */
+static canopy_err produce_to(prod *p, canopy_change_event *ev, int32_t partition) {
         canopy_err err = prod_alive(p);
         if (err)
                 return err;
         ev->seq = p->seq++;
         char errbuf[CANOPY_AVRO_ERRLEN];
         for (int attempt = 0;; attempt++) {
-                err = canopy_kafka_produce_change(p->kp, ev, (void *)(uintptr_t)(p->gen + 1), errbuf, sizeof(errbuf));
+                void *op = (void *)(uintptr_t)(p->gen + 1);
+                err = partition < 0 ? canopy_kafka_produce_change(p->kp, ev, op, errbuf, sizeof(errbuf))
+                                    : canopy_kafka_produce_change_to(p->kp, ev, partition, op, errbuf, sizeof(errbuf));
                 if (err != CANOPY_ERR_KAFKA || attempt > 600)
                         break;
                 /* local queue full: serve delivery reports and retry */
@@ -406,6 +409,10 @@ static canopy_err produce_one(prod *p, canopy_change_event *ev) {
                 return CANOPY_OK;
         }
         return err;
+}
+
+static canopy_err produce_one(prod *p, canopy_change_event *ev) {
+        return produce_to(p, ev, -1);
 }
 
 /* A piece of an oversized attribute that travels in a continuation chunk. */
@@ -1072,12 +1079,27 @@ canopy_err prod_scan_end(prod *p) {
                 prod_scan_abort(p);
                 return CANOPY_OK;
         }
+        /* The marker goes to every partition of changes, as nchunks pieces
+         * (chunk = the piece's partition): the join stage sweeps only once
+         * it has applied every piece, so after every event of the pass,
+         * whichever partition and worker each went to. When the partition
+         * count is unknown (the topic does not exist yet: nothing was
+         * published), one marker goes by key. */
+        int32_t nparts = 0;
+        if (canopy_kafka_partition_count(p->kp, CANOPY_TOPIC_CHANGES, 5000, &nparts) || nparts < 1)
+                nparts = 0;
         canopy_change_event ev = {0};
         canopy_bytes none = {(uint8_t *)"", 0};
         fill_head(p, &ev, &none, NULL, CANOPY_OP_END_OF_SCAN, NULL, NULL, NULL);
         ev.complete = true;
         ev.source_ts_ms = prod_now_ms();
-        err = produce_one(p, &ev);
+        if (!nparts)
+                err = produce_one(p, &ev);
+        for (int32_t i = 0; i < nparts && !err; i++) {
+                ev.chunk = i;
+                ev.nchunks = nparts;
+                err = produce_to(p, &ev, i);
+        }
         canopy_change_event_free(&ev);
         if (!err) {
                 canopy_log(CANOPY_LOG_INFO, MOD, NULL, "full pass %s done: %zu objects seen, %zu deletes for "

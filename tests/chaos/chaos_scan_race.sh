@@ -21,8 +21,8 @@ done
 for n in "${CHAOS_FORESTS[@]}"; do
         b=$(_lvar "$n" BASE)
         for ((i = 0; i < 40; i++)); do
-                printf 'dn: uid=late%02d,ou=People,%s\nchangetype: add\nobjectClass: inetOrgPerson\nuid: late%02d\ncn: Late %d\nsn: Late\nmail: late%02d.%s@canopy.test\n\n' \
-                        "$i" "$b" "$i" "$i" "$i" "$n"
+                printf 'dn: uid=late%02d%s,ou=People,%s\nchangetype: add\nobjectClass: inetOrgPerson\nuid: late%02d%s\ncn: Late %d\nsn: Late\nmail: late%02d.%s@canopy.test\n\n' \
+                        "$i" "$n" "$b" "$i" "$n" "$i" "$i" "$n"
         done >"$T/late-$n.ldif"
         _chaos_ldapmod "$n" "$T/late-$n.ldif" || chaos_fail "ldapadd in $n"
 done

@@ -173,6 +173,14 @@ canopy_err canopy_kafka_produce_raw(canopy_kafka_producer *kp, const char *topic
  * returned with their text in errbuf; nothing is produced then. */
 canopy_err canopy_kafka_produce_change(canopy_kafka_producer *kp, const canopy_change_event *ev,
                                        void *msg_opaque, char *errbuf, size_t errlen);
+/* Same as canopy_kafka_produce_change() to an explicit partition of changes
+ * (the pieces of an END_OF_SCAN marker, one per partition). */
+canopy_err canopy_kafka_produce_change_to(canopy_kafka_producer *kp, const canopy_change_event *ev,
+                                          int32_t partition, void *msg_opaque, char *errbuf, size_t errlen);
+/* Number of partitions of topic t, from the cluster's metadata (waits up to
+ * timeout_ms). CANOPY_ERR_KAFKA when the topic is unknown or the brokers do
+ * not answer; *ret untouched then. */
+canopy_err canopy_kafka_partition_count(canopy_kafka_producer *kp, canopy_topic t, int timeout_ms, int32_t *ret);
 canopy_err canopy_kafka_produce_mv(canopy_kafka_producer *kp, const canopy_mv_event *mv, void *msg_opaque,
                                    char *errbuf, size_t errlen);
 canopy_err canopy_kafka_produce_export(canopy_kafka_producer *kp, const canopy_export_record *er,

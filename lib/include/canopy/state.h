@@ -80,6 +80,7 @@ typedef struct canopy_cs_record {
         bool in_scope;
         char *scan_id;      /* last full scan the object was seen in; may be NULL */
         int64_t source_ts_ms;
+        int64_t event_ts_ms; /* Kafka timestamp of the last event applied (0 unknown) */
         canopy_attr *attrs; /* full value sets (no deltas); reference attributes excluded */
         size_t nattrs;
 } canopy_cs_record;
@@ -146,6 +147,17 @@ canopy_err canopy_state_dn_get(canopy_state *st, const char *connector, const ch
  * canopy_state_member_resolve() reports references to it as dangling. */
 canopy_err canopy_state_dn_del(canopy_state *st, const char *connector, const char *dn,
                                const canopy_bytes *anchor);
+
+/* ---- END_OF_SCAN pieces ------------------------------------------------- */
+
+/* Record piece `piece` of the END_OF_SCAN of scan_id (a producer sends one
+ * piece per partition of changes, npieces in all). *ret_complete: every
+ * piece is in and canopy_state_scan_done() was not called yet, so the sweep
+ * of the scan is due. Idempotent (a redelivered piece counts once). */
+canopy_err canopy_state_scan_piece(canopy_state *st, const char *connector, const char *scan_id, int32_t piece,
+                                   int32_t npieces, bool *ret_complete);
+/* The sweep of scan_id is done: later pieces (redeliveries) do not repeat it. */
+canopy_err canopy_state_scan_done(canopy_state *st, const char *connector, const char *scan_id);
 
 /* ---- metaverse ---------------------------------------------------------- */
 

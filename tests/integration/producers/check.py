@@ -3,6 +3,8 @@
 
 EXPR sees E (the list of decoded ChangeEvents, see events_tail.c) and helpers:
   ev(op=None, dn=None, dn_has=None, cls=None, since=0, **attrs) -> events matching
+  scans(connector=None) -> one END_OF_SCAN per scan id whose pieces (one per
+      partition: chunk 0..nchunks-1) have all arrived, in order of arrival
   vals(e, name) -> the full values of attribute name (strings / {"hex":..})
   added(e, name), removed(e, name) -> delta values
 With --print the expression's value is printed instead (for diagnostics)."""
@@ -47,6 +49,17 @@ def main():
             if anchor and e.get("anchor") != anchor: continue
             r.append(e)
         return r
+    def scans(connector=None):
+        pieces, order = {}, []
+        for e in ev(op="END_OF_SCAN"):
+            if connector and e.get("connector") != connector: continue
+            sid = e.get("scan_id")
+            if sid not in pieces:
+                pieces[sid] = (e, set())
+                order.append(sid)
+            pieces[sid][1].add(e.get("chunk", 0))
+        return [pieces[s][0] for s in order
+                if pieces[s][1] == set(range(max(1, pieces[s][0].get("nchunks", 1))))]
     def attr(e, n):
         return e.get("attrs", {}).get(n.lower(), {})
     def vals(e, n): return attr(e, n).get("values", [])
@@ -54,7 +67,7 @@ def main():
     def removed(e, n): return attr(e, n).get("removed", [])
     def nadded(e, n): return [norm(v) for v in added(e, n)]
     def nremoved(e, n): return [norm(v) for v in removed(e, n)]
-    env = dict(E=E, ev=ev, norm=norm, nadded=nadded, nremoved=nremoved, vals=vals, added=added, removed=removed, attr=attr, len=len, set=set, any=any, all=all)
+    env = dict(E=E, ev=ev, scans=scans, norm=norm, nadded=nadded, nremoved=nremoved, vals=vals, added=added, removed=removed, attr=attr, len=len, set=set, any=any, all=all)
     v = eval(args[1], env)
     if pr:
         print(json.dumps(v, ensure_ascii=False, indent=1)[:4000])

@@ -48,16 +48,16 @@ ok "LDAPS without the CA fails with a clear message"
 conf "$T/full.yaml" full "$LURI" ldaps "  ca_file: \"$CA\""
 "$BIN/canopy-producer-ldap" -c "$T/full.yaml" --set producer.id=full1 >"$T/producer-full1.log" 2>&1 || fail "full scan exit status"
 ok "full scan over LDAPS with the test CA exited 0"
-wait_for "full scan: END_OF_SCAN" 'len(ev(op="END_OF_SCAN")) == 1'
+wait_for "full scan: END_OF_SCAN" 'len(scans()) == 1'
 assert "full scan: 7 users, 2 groups, all with the scan id of the marker, paged by 3" \
-  'len(ev(op="ADD", cls="user")) == 7 and len(ev(op="ADD", cls="group")) == 2 and all(e.get("scan_id") == ev(op="END_OF_SCAN")[0]["scan_id"] for e in E)'
+  'len(ev(op="ADD", cls="user")) == 7 and len(ev(op="ADD", cls="group")) == 2 and all(e.get("scan_id") == scans()[0]["scan_id"] for e in E)'
 lm <<LDIF
 dn: cn=Alice Martin,ou=People,$BASE
 changetype: delete
 LDIF
 n=$(nevents)
 "$BIN/canopy-producer-ldap" -c "$T/full.yaml" --set producer.id=full2 >"$T/producer-full2.log" 2>&1 || fail "second full scan"
-wait_for "second full scan: a new END_OF_SCAN" 'len(ev(op="END_OF_SCAN")) == 1' $n
+wait_for "second full scan: a new END_OF_SCAN" 'len(scans()) == 1' $n
 assert "second full scan: the deleted user comes out as DELETE, the rest as MODIFY, one scan id" \
   'ev(op="DELETE", dn_has="Alice") and len(ev(op="MODIFY")) == 8 and len(set(e.get("scan_id") for e in E)) == 1' $n
 
@@ -83,7 +83,7 @@ m=$(curl -fsS "$murl") || fail "GET $murl"
 printf '%s\n' "$m" | grep -q '^canopy_producer_events_total{op="modify"} [1-9]' || { printf '%s\n' "$m" | head -30; fail "events counter"; }
 printf '%s\n' "$m" | grep -q '^canopy_producer_leader 1' || fail "leader gauge"
 ok "metrics: /metrics serves events_total by op and the leader gauge"
-wait_for "FULL_SCAN control event: the syncrepl producer ran a full scan" 'len(ev(op="END_OF_SCAN")) >= 2' $n
+wait_for "FULL_SCAN control event: the syncrepl producer ran a full scan" 'len(scans()) >= 2' $n
 lm <<LDIF
 dn: cn=Smith\, Bob,ou=People,$BASE
 changetype: modify
@@ -118,7 +118,7 @@ done
 kill -9 "$LAST_PID"; wait "$LAST_PID" 2>/dev/null
 "$BIN/canopy-producer-ldap" -c "$T/bulk.yaml" --set producer.id=bulk2 >"$T/producer-bulk2.log" 2>&1 || fail "bulk rerun"
 wait_for "SIGKILL during a bulk read: after the rerun all 8 objects were published and the scan ended" \
-  'len(set(e["anchor"] for e in E if e["connector"] == "forest-bulk" and e["op"] in ("add", "modify"))) == 8 and [e for e in ev(op="END_OF_SCAN") if e["connector"] == "forest-bulk"]' $n
+  'len(set(e["anchor"] for e in E if e["connector"] == "forest-bulk" and e["op"] in ("add", "modify"))) == 8 and scans("forest-bulk")' $n
 
 pw=$(cat "$CPW")
 if grep -qF -- "$pw" "$T"/producer-*.log; then fail "the LDAP password appears in a log"; fi

@@ -87,7 +87,7 @@ start_tail
 conf "$T/ds.yaml" corp dirsync "CN=canopy-sync,CN=Users,$BASE" "$T/sync.pw" "anchor:
   write_consistency_guid: true"
 start_producer ds "$T/ds.yaml"
-wait_for "dirsync initial pass ends with END_OF_SCAN" 'ev(op="END_OF_SCAN")'
+wait_for "dirsync initial pass ends with END_OF_SCAN" 'scans()'
 assert "initial pass: 3 users, 1 group, 1 contact (connector account outside scope)" \
   'len(set(e["anchor"] for e in ev(op="ADD", cls="user"))) == 3 and len(ev(op="ADD", cls="group")) == 1 and len(ev(op="ADD", cls="contact")) == 1 and not ev(dn_has="canopy-sync")'
 assert "objectGUID anchors, escaped and Unicode DNs" 'all(len(e["anchor"]) == 32 for e in ev(op="ADD")) and ev(op="ADD", dn_has="Smith\\, Grace") and ev(op="ADD", dn_has="Élise Müller")'
@@ -176,7 +176,7 @@ n=$(nevents)
 # producer's ranged retrieval (member;range=1-*) must fetch the rest
 start_producer usn "$T/usn.yaml" --set 'ldap.attributes=cn, sn, givenName, mail, description, member;range=0-0, sAMAccountName' \
         --set log.level=debug
-wait_for "usn initial pass ends with END_OF_SCAN" 'len([e for e in ev(op="END_OF_SCAN") if e["connector"] == "corp-usn"]) == 1' $n
+wait_for "usn initial pass ends with END_OF_SCAN" 'len(scans("corp-usn")) == 1' $n
 assert "usn initial pass: Grace, Guid Person, group and contact" 'len([e for e in ev(op="ADD") if e["connector"] == "corp-usn"]) == 4' $n
 n=$(nevents)
 lm <<LDIF

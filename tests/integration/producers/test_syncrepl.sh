@@ -42,11 +42,11 @@ start_producer p1 "$T/p.yaml"
 P1=$LAST_PID
 
 # ---- initial refresh: a full pass with a scan id and an end marker
-wait_for "initial pass ends with END_OF_SCAN" 'len(ev(op="END_OF_SCAN")) == 1'
+wait_for "initial pass ends with END_OF_SCAN" 'len(scans()) == 1'
 assert "initial pass: 7 users and 2 groups, outsider out of scope" \
   'len(set(e["anchor"] for e in ev(op="ADD", cls="user"))) == 7 and len(set(e["anchor"] for e in ev(op="ADD", cls="group"))) == 2 and not ev(dn_has="outsider")'
 assert "every initial event carries the scan id of the end marker" \
-  'all(e.get("scan_id") == ev(op="END_OF_SCAN")[0]["scan_id"] for e in ev(op="ADD"))'
+  'all(e.get("scan_id") == scans()[0]["scan_id"] for e in ev(op="ADD"))'
 assert "anchors are 16-byte entryUUIDs" 'all(len(e["anchor"]) == 32 for e in ev(op="ADD"))'
 assert "escaped DN kept (comma)" 'ev(op="ADD", dn_has="cn=Smith\\, Bob")'
 assert "escaped DN kept (plus, quotes)" 'ev(op="ADD", dn_has="cn=Carol\\+Dan") and ev(op="ADD", dn_has="\\\"Dave\\\"")'

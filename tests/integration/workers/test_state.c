@@ -202,6 +202,31 @@ static void test_dn_index(void **ctx) {
         canopy_state_free(st);
 }
 
+/* END_OF_SCAN pieces: due once every piece is in, once (redeliveries of a
+ * piece count once; after the sweep is done nothing is due again). */
+static void test_scan_pieces(void **ctx) {
+        canopy_state *st = connect_state();
+        bool due = true;
+        assert_int_equal(canopy_state_scan_piece(st, "c", "c-1-ab", 0, 3, &due), CANOPY_OK);
+        assert_false(due);
+        assert_int_equal(canopy_state_scan_piece(st, "c", "c-1-ab", 2, 3, &due), CANOPY_OK);
+        assert_false(due);
+        assert_int_equal(canopy_state_scan_piece(st, "c", "c-1-ab", 2, 3, &due), CANOPY_OK);
+        assert_false(due);
+        assert_int_equal(canopy_state_scan_piece(st, "c", "c-1-ab", 1, 3, &due), CANOPY_OK);
+        assert_true(due);
+        /* a retried sweep (the worker failed before it finished) is still due */
+        assert_int_equal(canopy_state_scan_piece(st, "c", "c-1-ab", 1, 3, &due), CANOPY_OK);
+        assert_true(due);
+        assert_int_equal(canopy_state_scan_done(st, "c", "c-1-ab"), CANOPY_OK);
+        assert_int_equal(canopy_state_scan_piece(st, "c", "c-1-ab", 0, 3, &due), CANOPY_OK);
+        assert_false(due);
+        /* another scan of the same connector is counted apart */
+        assert_int_equal(canopy_state_scan_piece(st, "c", "c-2-cd", 0, 2, &due), CANOPY_OK);
+        assert_false(due);
+        canopy_state_free(st);
+}
+
 static void test_metaverse(void **ctx) {
         canopy_state *st = connect_state();
         canopy_bytes a = bytes("A1"), b = bytes("B1");
@@ -418,6 +443,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_cs_roundtrip),     cmocka_unit_test(test_members),
                 cmocka_unit_test(test_dn_index),         cmocka_unit_test(test_metaverse),
+                cmocka_unit_test(test_scan_pieces),
                 cmocka_unit_test(test_join_race),        cmocka_unit_test(test_export_state),
                 cmocka_unit_test(test_pending_errors_staged), cmocka_unit_test(test_guard_counter),
         };
