@@ -71,6 +71,17 @@ static canopy_err publish_export(export_ctx *ec, const char *type, outcome *o) {
 }
 
 static canopy_err publish_mv(export_ctx *ec, const char *mv_id, const char *type, canopy_mv_reason reason) {
+        /* A burst of member exports re-exports their group once, not once
+         * per member: a RESOLVE already queued will see them all. */
+        if (reason == CANOPY_MV_RESOLVE) {
+                bool claimed = true;
+                canopy_err ce = canopy_state_resolve_claim(ec->st, mv_id, &claimed);
+                if (ce || !claimed) {
+                        if (!ce)
+                                atomic_fetch_add_explicit(&ec->w->m.resolve_coalesced, 1, memory_order_relaxed);
+                        return ce;
+                }
+        }
         canopy_mv_event mv = {0};
         mv.mv_id = (char *)mv_id;
         mv.object_type = (char *)type;
@@ -79,8 +90,11 @@ static canopy_err publish_mv(export_ctx *ec, const char *mv_id, const char *type
         mv.source_ts_ms = ec->ev ? ec->ev->source_ts_ms : 0;
         char eb[CANOPY_AVRO_ERRLEN];
         canopy_err err = canopy_kafka_produce_mv(ec->w->kp, &mv, NULL, eb, sizeof(eb));
-        if (err)
+        if (err) {
                 CANOPY_ERROR(MOD, "produce mv: %s", eb);
+                if (reason == CANOPY_MV_RESOLVE) /* not sent: the retry must claim it again */
+                        canopy_state_resolve_start(ec->st, mv_id);
+        }
         else
                 atomic_fetch_add_explicit(&ec->w->m.mv_published, 1, memory_order_relaxed);
         return err;
@@ -286,7 +300,9 @@ static void strset_free(strset *s) {
 }
 
 /* Desired member Entra ids of a group from every contributing record;
- * members not yet exported become pending references. */
+ * members not yet exported become pending references. The references are
+ * resolved in pipelined batches (canopy_state_members_resolve); only the
+ * members still waiting cost a round trip of their own. */
 static canopy_err desired_members(export_ctx *ec, const char *group_mv, const desired *d, strset *ret,
                                   size_t *ret_waiting) {
         canopy_err err = CANOPY_OK;
@@ -294,50 +310,50 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                 char **refs = NULL;
                 size_t n = 0;
                 err = canopy_state_cs_members(ec->st, d->recs[r]->connector, &d->recs[r]->anchor, &refs, &n);
+                canopy_member_res *res = n && !err ? calloc(n, sizeof(*res)) : NULL;
+                if (!err && n && !res)
+                        err = CANOPY_ERR_NOMEM;
+                if (!err && n)
+                        err = canopy_state_members_resolve(ec->st, d->recs[r]->connector, refs, n, res);
                 for (size_t i = 0; !err && i < n; i++) {
-                        char mid[33], *wait = NULL;
-                        bool dangling = false;
-                        err = canopy_state_member_resolve(ec->st, d->recs[r]->connector, refs[i], mid, &wait,
-                                                          &dangling);
-                        if (err == CANOPY_ERR_NOT_FOUND) {
+                        canopy_member_res *m = &res[i];
+                        if (m->state == CANOPY_MEMBER_UNKNOWN) {
                                 /* A DN not seen yet (the join stage may not
                                  * have read the member) is waited for like a
                                  * member not yet exported. A DN whose object
                                  * moved away or was deleted is a dangling
                                  * reference: no member, and nothing to hold
                                  * removals back for. */
-                                if (wait && !dangling && !strncmp(wait, "d:", 2))
+                                if (m->wait_key && !m->dangling && !strncmp(m->wait_key, "d:", 2))
                                         (*ret_waiting)++;
-                                err = wait ? canopy_state_pending_add(ec->st, wait, group_mv) : CANOPY_OK;
-                                free(wait);
+                                if (m->wait_key)
+                                        err = canopy_state_pending_add(ec->st, m->wait_key, group_mv);
                                 continue;
                         }
-                        if (err)
-                                break;
-                        if (!strcmp(mid, group_mv))
+                        if (!strcmp(m->mv_id, group_mv))
                                 continue; /* a group is not its own member */
-                        canopy_export_state *es = NULL;
-                        err = canopy_state_exp_get(ec->st, mid, &es);
-                        if (err == CANOPY_ERR_NOT_FOUND || (!err && (!es->entra_id || es->deleted))) {
-                                canopy_export_state_free(es);
-                                es = NULL;
-                                /* Wait for it, then look again: its export may
-                                 * have finished between the two reads. */
-                                err = canopy_state_pending_add(ec->st, mid, group_mv);
-                                if (!err)
-                                        err = canopy_state_exp_get(ec->st, mid, &es);
-                                if (err == CANOPY_ERR_NOT_FOUND) {
-                                        (*ret_waiting)++;
-                                        err = CANOPY_OK;
-                                        continue;
-                                }
+                        if (m->state == CANOPY_MEMBER_EXPORTED) {
+                                err = strset_add(ret, m->entra_id);
+                                continue;
                         }
-                        if (!err && es->entra_id && !es->deleted)
+                        /* Joined, not exported: wait for it, then look
+                         * again: its export may have finished between the
+                         * two reads. */
+                        canopy_export_state *es = NULL;
+                        err = canopy_state_pending_add(ec->st, m->mv_id, group_mv);
+                        if (!err)
+                                err = canopy_state_exp_get(ec->st, m->mv_id, &es);
+                        if (err == CANOPY_ERR_NOT_FOUND) {
+                                (*ret_waiting)++;
+                                err = CANOPY_OK;
+                        } else if (!err && es->entra_id && !es->deleted)
                                 err = strset_add(ret, es->entra_id);
                         else if (!err)
                                 (*ret_waiting)++;
                         canopy_export_state_free(es);
                 }
+                canopy_member_res_clear(res, n);
+                free(res);
                 canopy_state_strv_free(refs);
         }
         strset_sort(ret);
@@ -646,7 +662,12 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
         bool staging = ec->w->conf->staging;
         o->op = CANOPY_EXP_NOOP;
 
-        canopy_err err = canopy_state_mv_get(ec->st, mv_id, &mv);
+        /* This RESOLVE starts: a change from now on needs another one. */
+        canopy_err err = CANOPY_OK;
+        if (ec->ev->reason == CANOPY_MV_RESOLVE)
+                err = canopy_state_resolve_start(ec->st, mv_id);
+        if (!err)
+                err = canopy_state_mv_get(ec->st, mv_id, &mv);
         if (err && err != CANOPY_ERR_NOT_FOUND)
                 goto out;
         if (mv && mv->object_type)

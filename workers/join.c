@@ -79,6 +79,15 @@ static void run_note(join_ctx *jc, const char *connector, const char *type, cons
 /* Publish an MvEvent for mv_id with its current contributors. */
 static canopy_err publish_mv(join_ctx *jc, const char *mv_id, const char *type, canopy_mv_reason reason,
                              const char *cause) {
+        if (reason == CANOPY_MV_RESOLVE) { /* coalesced: see canopy_state_resolve_claim() */
+                bool claimed = true;
+                canopy_err ce = canopy_state_resolve_claim(jc->st, mv_id, &claimed);
+                if (ce || !claimed) {
+                        if (!ce)
+                                atomic_fetch_add_explicit(&jc->w->m.resolve_coalesced, 1, memory_order_relaxed);
+                        return ce;
+                }
+        }
         canopy_mv_record *rec = NULL;
         canopy_err err = canopy_state_mv_get(jc->st, mv_id, &rec);
         if (err && err != CANOPY_ERR_NOT_FOUND)
@@ -94,8 +103,11 @@ static canopy_err publish_mv(join_ctx *jc, const char *mv_id, const char *type, 
         mv.source_ts_ms = jc->ev ? jc->ev->source_ts_ms : 0;
         char eb[CANOPY_AVRO_ERRLEN];
         err = canopy_kafka_produce_mv(jc->w->kp, &mv, NULL, eb, sizeof(eb));
-        if (err)
+        if (err) {
                 CANOPY_ERROR(MOD, "produce mv %s: %s", mv_id, eb);
+                if (reason == CANOPY_MV_RESOLVE) /* not sent: the retry must claim it again */
+                        canopy_state_resolve_start(jc->st, mv_id);
+        }
         else
                 atomic_fetch_add_explicit(&jc->w->m.mv_published, 1, memory_order_relaxed);
         canopy_mv_record_free(rec);

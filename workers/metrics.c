@@ -19,7 +19,7 @@ typedef struct mstate {
         canopy_http *srv;
         pthread_mutex_t lock;
         worker_metrics last; /* values already added to the registry */
-        canopy_metric *events, *dead, *mv_pub, *noop, *graph, *conflicts, *staged, *pending, *errors;
+        canopy_metric *events, *dead, *mv_pub, *coalesced, *noop, *graph, *conflicts, *staged, *pending, *errors;
 } mstate;
 
 static uint64_t delta(atomic_uint_fast64_t *cur, atomic_uint_fast64_t *last) {
@@ -36,6 +36,7 @@ static void sync_metrics(mstate *ms) {
         canopy_metrics_add(ms->dead, CANOPY_LABELS("join"), (double)delta(&m->join_dead, &l->join_dead));
         canopy_metrics_add(ms->dead, CANOPY_LABELS("export"), (double)delta(&m->export_dead, &l->export_dead));
         canopy_metrics_add(ms->mv_pub, NULL, (double)delta(&m->mv_published, &l->mv_published));
+        canopy_metrics_add(ms->coalesced, NULL, (double)delta(&m->resolve_coalesced, &l->resolve_coalesced));
         canopy_metrics_add(ms->noop, NULL, (double)delta(&m->export_noop, &l->export_noop));
         canopy_metrics_add(ms->conflicts, NULL, (double)delta(&m->conflicts, &l->conflicts));
         canopy_metrics_add(ms->staged, NULL, (double)delta(&m->staged, &l->staged));
@@ -76,6 +77,8 @@ void *worker_metrics_start(worker *w, const char *listen) {
         ms->dead = canopy_metrics_counter(reg, "canopy_worker_dead_letters_total", "Events dead-lettered per stage.",
                                           "stage");
         ms->mv_pub = canopy_metrics_counter(reg, "canopy_worker_mv_published_total", "mv events produced.", NULL);
+        ms->coalesced = canopy_metrics_counter(reg, "canopy_worker_resolve_coalesced_total",
+                                               "Group RESOLVEs not sent because one was already queued.", NULL);
         ms->noop = canopy_metrics_counter(reg, "canopy_worker_export_noop_total",
                                           "mv events that needed no Graph write.", NULL);
         ms->graph = canopy_metrics_counter(reg, "canopy_worker_graph_calls_total", "Graph calls by kind and result.",

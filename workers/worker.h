@@ -18,6 +18,7 @@ typedef struct worker_metrics {
         atomic_uint_fast64_t join_events;     /* change events applied */
         atomic_uint_fast64_t join_dead;       /* change events dead-lettered */
         atomic_uint_fast64_t mv_published;    /* mv events produced */
+        atomic_uint_fast64_t resolve_coalesced; /* RESOLVEs not sent: one was already queued */
         atomic_uint_fast64_t export_events;   /* mv events handled */
         atomic_uint_fast64_t export_dead;
         atomic_uint_fast64_t export_noop;     /* mv events with nothing to write */

@@ -59,6 +59,7 @@ canopy_err canopy_kafka_conf_init(canopy_kafka_conf *c, const char *brokers) {
         c->security_protocol = strdup("plaintext");
         c->startup_timeout_ms = 15000;
         c->session_timeout_ms = 10000;
+        c->fetch_wait_max_ms = 50;
         if (!c->brokers || !c->topic_prefix || !c->client_id || !c->security_protocol) {
                 canopy_kafka_conf_free(c);
                 return CANOPY_ERR_NOMEM;
@@ -100,6 +101,7 @@ static canopy_err conf_copy(canopy_kafka_conf *dst, const canopy_kafka_conf *src
         dst->ssl_ca_location = dupnull(src->ssl_ca_location);
         dst->startup_timeout_ms = src->startup_timeout_ms;
         dst->session_timeout_ms = src->session_timeout_ms;
+        dst->fetch_wait_max_ms = src->fetch_wait_max_ms;
         size_t n = 0;
         while (src->extra && src->extra[n])
                 n++;
@@ -573,6 +575,8 @@ canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy
         }
         int64_t st = conf->session_timeout_ms > 0 ? conf->session_timeout_ms : 10000;
         kc->session_ms = st;
+        char fwait[24];
+        snprintf(fwait, sizeof(fwait), "%lld", (long long)(conf->fetch_wait_max_ms > 0 ? conf->fetch_wait_max_ms : 50));
         kc->sticky = !has_extra(conf, "partition.assignment.strategy");
         for (char **x = conf->extra; x && *x; x++)
                 if (!strncmp(*x, "partition.assignment.strategy=", 30) && strstr(*x, "cooperative-sticky"))
@@ -588,6 +592,7 @@ canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy
                 {"enable.partition.eof", "false"},
                 {"session.timeout.ms", NULL},
                 {"heartbeat.interval.ms", NULL},
+                {"fetch.wait.max.ms", has_extra(conf, "fetch.wait.max.ms") ? NULL : fwait},
                 /* Incremental rebalancing: partitions are revoked while the
                  * group is stable, so the commit on revoke is accepted, and
                  * partitions that do not move keep flowing. */
@@ -597,7 +602,8 @@ canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy
         };
         for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
                 const char *v = kv[i].v;
-                if (!v && strcmp(kv[i].k, "partition.assignment.strategy") == 0)
+                if (!v && (strcmp(kv[i].k, "partition.assignment.strategy") == 0 ||
+                           strcmp(kv[i].k, "fetch.wait.max.ms") == 0))
                         continue;
                 if (!v) {
                         snprintf(num, sizeof(num), "%lld",

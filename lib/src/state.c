@@ -1485,3 +1485,240 @@ canopy_err canopy_state_scan_done(canopy_state *st, const char *connector, const
         free(done);
         return err;
 }
+
+/* ---- RESOLVE coalescing ------------------------------------------------- */
+
+#define RESOLVE_TTL_MS "600000"
+
+canopy_err canopy_state_resolve_claim(canopy_state *st, const char *mv_id, bool *ret_claimed) {
+        char *key = canopy_state_key(st, "rsv:{%s}", mv_id);
+        if (!key)
+                return CANOPY_ERR_NOMEM;
+        redisReply *r = rconn_cmd(st->rc, "SET %s 1 NX PX " RESOLVE_TTL_MS, key);
+        free(key);
+        canopy_err err = reply_err(st, r);
+        if (!err)
+                *ret_claimed = r->type == REDIS_REPLY_STATUS;
+        if (r)
+                freeReplyObject(r);
+        return err;
+}
+
+canopy_err canopy_state_resolve_start(canopy_state *st, const char *mv_id) {
+        char *key = canopy_state_key(st, "rsv:{%s}", mv_id);
+        if (!key)
+                return CANOPY_ERR_NOMEM;
+        redisReply *r = rconn_cmd(st->rc, "DEL %s", key);
+        free(key);
+        canopy_err err = reply_err(st, r);
+        if (r)
+                freeReplyObject(r);
+        return err;
+}
+
+/* ---- batched member resolution ------------------------------------------ */
+
+/* Send cmds[0..n) (each argc args, argv NUL-terminated strings) in one
+ * pipeline and read the n replies into ret[] (owned). On a transport error
+ * every reply read so far is freed and the error returned. */
+static canopy_err pipeline(canopy_state *st, size_t n, int argc, char *const *argv, redisReply **ret) {
+        for (size_t i = 0; i < n; i++) {
+                canopy_err err = rconn_append(st->rc, argc, (const char **)&argv[i * (size_t)argc], NULL);
+                if (err) {
+                        /* the context may hold appended commands: drop it */
+                        for (size_t j = 0; j < i; j++) {
+                                redisReply *r = rconn_read(st->rc);
+                                if (r)
+                                        freeReplyObject(r);
+                        }
+                        return err;
+                }
+        }
+        for (size_t i = 0; i < n; i++) {
+                ret[i] = rconn_read(st->rc);
+                if (!ret[i]) {
+                        for (size_t j = 0; j < i; j++)
+                                freeReplyObject(ret[j]);
+                        return CANOPY_ERR_REDIS_UNREACHABLE;
+                }
+                if (ret[i]->type == REDIS_REPLY_ERROR) {
+                        snprintf(st->rc->errstr, sizeof(st->rc->errstr), "%s", ret[i]->str);
+                        for (size_t j = i + 1; j < n; j++) { /* read the rest to keep the stream in step */
+                                redisReply *r = rconn_read(st->rc);
+                                if (r)
+                                        freeReplyObject(r);
+                        }
+                        for (size_t j = 0; j <= i; j++)
+                                freeReplyObject(ret[j]);
+                        return CANOPY_ERR_REDIS;
+                }
+        }
+        return CANOPY_OK;
+}
+
+static void free_replies(redisReply **r, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (r[i])
+                        freeReplyObject(r[i]);
+}
+
+void canopy_member_res_clear(canopy_member_res *v, size_t n) {
+        for (size_t i = 0; v && i < n; i++) {
+                free(v[i].entra_id);
+                free(v[i].wait_key);
+                memset(&v[i], 0, sizeof(v[i]));
+        }
+}
+
+/* One chunk: at most RESOLVE_CHUNK references. */
+#define RESOLVE_CHUNK 512
+
+static canopy_err resolve_chunk(canopy_state *st, const char *connector, char *const *refs, size_t n,
+                                canopy_member_res *out) {
+        canopy_err err = CANOPY_OK;
+        canopy_bytes *anchors = calloc(n, sizeof(*anchors));
+        char **argv = calloc(4 * n, sizeof(*argv));
+        redisReply **rep = calloc(n, sizeof(*rep));
+        size_t *idx = calloc(n, sizeof(*idx));
+        bool *have = calloc(n, sizeof(*have));
+        if (!anchors || !argv || !rep || !idx || !have) {
+                err = CANOPY_ERR_NOMEM;
+                goto out;
+        }
+        /* 1. anchors: a: references directly, d: references through the DN index */
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+                out[i].state = CANOPY_MEMBER_UNKNOWN;
+                if (!strncmp(refs[i], "a:", 2)) {
+                        if (b64_decode(refs[i] + 2, strlen(refs[i] + 2), &anchors[i]) == CANOPY_OK)
+                                have[i] = true;
+                } else if (!strncmp(refs[i], "d:", 2)) {
+                        argv[2 * k] = "GET";
+                        if (!(argv[2 * k + 1] = dn_key(st, connector, refs[i] + 2))) {
+                                err = CANOPY_ERR_NOMEM;
+                                goto out;
+                        }
+                        idx[k++] = i;
+                }
+        }
+        if (k && !(err = pipeline(st, k, 2, argv, rep))) {
+                for (size_t j = 0; j < k; j++) {
+                        size_t i = idx[j];
+                        redisReply *r = rep[j];
+                        if (r->type == REDIS_REPLY_STRING && !(r->len == 1 && r->str[0] == '-')) {
+                                if (b64_decode(r->str, r->len, &anchors[i]) == CANOPY_OK)
+                                        have[i] = true;
+                        } else {
+                                out[i].dangling = r->type == REDIS_REPLY_STRING;
+                                if (asprintf(&out[i].wait_key, "d:%s\x1f%s", connector, refs[i] + 2) < 0) {
+                                        out[i].wait_key = NULL;
+                                        err = CANOPY_ERR_NOMEM;
+                                }
+                        }
+                }
+                free_replies(rep, k);
+        }
+        for (size_t j = 0; j < k; j++)
+                free(argv[2 * j + 1]);
+        memset(rep, 0, n * sizeof(*rep));
+        if (err)
+                goto out;
+        /* 2. the members' connector-space records: mv id and scope */
+        k = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (!have[i])
+                        continue;
+                char *b64 = b64_dup(&anchors[i]);
+                argv[4 * k] = "HMGET";
+                argv[4 * k + 1] = b64 ? cs_key(st, connector, b64) : NULL;
+                argv[4 * k + 2] = "mv";
+                argv[4 * k + 3] = "scope";
+                free(b64);
+                if (!argv[4 * k + 1]) {
+                        err = CANOPY_ERR_NOMEM;
+                        break;
+                }
+                idx[k++] = i;
+        }
+        if (!err && k && !(err = pipeline(st, k, 4, argv, rep))) {
+                for (size_t j = 0; j < k && !err; j++) {
+                        size_t i = idx[j];
+                        redisReply *r = rep[j];
+                        const redisReply *mv = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[0] : NULL;
+                        const redisReply *sc = mv ? r->element[1] : NULL;
+                        bool in = sc && sc->type == REDIS_REPLY_STRING && sc->len == 1 && sc->str[0] == '1';
+                        if (mv && mv->type == REDIS_REPLY_STRING && mv->len > 0 && mv->len < 33 && in) {
+                                memcpy(out[i].mv_id, mv->str, mv->len);
+                                out[i].mv_id[mv->len] = '\0';
+                                out[i].state = CANOPY_MEMBER_JOINED;
+                        } else {
+                                char *b64 = b64_dup(&anchors[i]);
+                                if (!b64 || asprintf(&out[i].wait_key, "c:%s\x1f%s", connector, b64) < 0) {
+                                        out[i].wait_key = NULL;
+                                        err = CANOPY_ERR_NOMEM;
+                                }
+                                free(b64);
+                        }
+                }
+                free_replies(rep, k);
+        }
+        for (size_t j = 0; j < k; j++)
+                free(argv[4 * j + 1]);
+        memset(rep, 0, n * sizeof(*rep));
+        if (err)
+                goto out;
+        /* 3. the joined members' export state: Entra id, deleted */
+        k = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (out[i].state != CANOPY_MEMBER_JOINED)
+                        continue;
+                argv[4 * k] = "HMGET";
+                argv[4 * k + 1] = canopy_state_key(st, "exp:{%s}", out[i].mv_id);
+                argv[4 * k + 2] = "eid";
+                argv[4 * k + 3] = "del";
+                if (!argv[4 * k + 1]) {
+                        err = CANOPY_ERR_NOMEM;
+                        break;
+                }
+                idx[k++] = i;
+        }
+        if (!err && k && !(err = pipeline(st, k, 4, argv, rep))) {
+                for (size_t j = 0; j < k && !err; j++) {
+                        size_t i = idx[j];
+                        redisReply *r = rep[j];
+                        const redisReply *eid = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[0] : NULL;
+                        const redisReply *del = eid ? r->element[1] : NULL;
+                        bool deleted = del && del->type == REDIS_REPLY_STRING && del->len && del->str[0] == '1';
+                        if (eid && eid->type == REDIS_REPLY_STRING && eid->len && !deleted) {
+                                if (!(out[i].entra_id = reply_strdup(eid)))
+                                        err = CANOPY_ERR_NOMEM;
+                                else
+                                        out[i].state = CANOPY_MEMBER_EXPORTED;
+                        }
+                }
+                free_replies(rep, k);
+        }
+        for (size_t j = 0; j < k; j++)
+                free(argv[4 * j + 1]);
+out:
+        for (size_t i = 0; anchors && i < n; i++)
+                free(anchors[i].data);
+        free(anchors);
+        free(argv);
+        free(rep);
+        free(idx);
+        free(have);
+        return err;
+}
+
+canopy_err canopy_state_members_resolve(canopy_state *st, const char *connector, char *const *refs, size_t n,
+                                        canopy_member_res *out) {
+        memset(out, 0, n * sizeof(*out));
+        canopy_err err = CANOPY_OK;
+        for (size_t off = 0; off < n && !err; off += RESOLVE_CHUNK)
+                err = resolve_chunk(st, connector, refs + off, n - off < RESOLVE_CHUNK ? n - off : RESOLVE_CHUNK,
+                                    out + off);
+        if (err)
+                canopy_member_res_clear(out, n);
+        return err;
+}

@@ -61,6 +61,7 @@ static void test_conf_table_rows(void **state) {
         assert_null(sc.kafka.extra[2]);
         assert_int_equal(sc.kafka.startup_timeout_ms, 3000);
         assert_int_equal(sc.kafka.session_timeout_ms, 10000);
+        assert_int_equal(sc.kafka.fetch_wait_max_ms, 50);
         char t[256];
         assert_int_equal(canopy_kafka_topic_name(&sc.kafka, CANOPY_TOPIC_DLQ, t, sizeof(t)), 0);
         assert_string_equal(t, "prod.dlq");

@@ -60,6 +60,7 @@ typedef struct canopy_kafka_conf {
         char **extra;               /* NULL-terminated "key=value" librdkafka properties, passed through */
         int64_t startup_timeout_ms; /* bounded wait for a first broker at start-up */
         int64_t session_timeout_ms; /* consumer group session.timeout.ms */
+        int64_t fetch_wait_max_ms;  /* consumer fetch.wait.max.ms (0: 50 ms) */
 } canopy_kafka_conf;
 
 /* Config table rows for a canopy_kafka_conf member `member` of the service
@@ -68,7 +69,8 @@ typedef struct canopy_kafka_conf {
  *   kafka.security_protocol, kafka.sasl_mechanism, kafka.sasl_username,
  *   kafka.sasl_password (secret, env CANOPY_KAFKA_SASL_PASSWORD or
  *   kafka.sasl_password_file), kafka.ssl_ca_location, kafka.extra (list of
- *   "key=value"), kafka.startup_timeout, kafka.session_timeout.
+ *   "key=value"), kafka.startup_timeout, kafka.session_timeout,
+ *   kafka.fetch_wait_max.
  * Usage:
  *   static const canopy_conf_def defs[] = {
  *           CANOPY_KAFKA_CONF_DEFS(struct worker_conf, kafka),
@@ -103,10 +105,15 @@ typedef struct canopy_kafka_conf {
          offsetof(stype, member.startup_timeout_ms)},                                                        \
         {"kafka.session_timeout", CANOPY_CT_DURATION, "10s", 1000, 300000, 0, NULL, NULL,                    \
          "Consumer group session timeout: how fast a dead worker's partitions move.",                        \
-         offsetof(stype, member.session_timeout_ms)}
+         offsetof(stype, member.session_timeout_ms)},                                                        \
+        {"kafka.fetch_wait_max", CANOPY_CT_DURATION, "50ms", 1, 10000, 0, NULL, NULL,                        \
+         "Longest a consumer's fetch waits at the broker when there is no data (fetch.wait.max.ms): "        \
+         "bounds each stage's hop latency on brokers that hold an empty fetch that long "                    \
+         "(canopy-devkafka does); lower costs more idle fetches. kafka.extra overrides it.",                 \
+         offsetof(stype, member.fetch_wait_max_ms)}
 
 /* Number of rows CANOPY_KAFKA_CONF_DEFS expands to. */
-#define CANOPY_KAFKA_CONF_NDEFS 11
+#define CANOPY_KAFKA_CONF_NDEFS 12
 
 /* Fill *c with the defaults above (strings owned by *c). For tools and tests
  * that do not go through the config module. brokers may be NULL (default). */

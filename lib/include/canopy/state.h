@@ -127,6 +127,30 @@ canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, 
 /* Free an array returned by this module. NULL allowed. */
 void canopy_state_strv_free(char **v);
 
+/* Where a member reference stands (canopy_state_members_resolve). */
+typedef enum canopy_member_state {
+        CANOPY_MEMBER_UNKNOWN,  /* no joined, in-scope object: wait_key says what to wait for */
+        CANOPY_MEMBER_JOINED,   /* mv_id set; not exported (or deleted in Entra) */
+        CANOPY_MEMBER_EXPORTED, /* mv_id and entra_id set */
+} canopy_member_state;
+
+typedef struct canopy_member_res {
+        canopy_member_state state;
+        char mv_id[33];
+        char *entra_id;  /* owned; EXPORTED only */
+        char *wait_key;  /* owned; UNKNOWN only: as canopy_state_member_resolve() */
+        bool dangling;   /* UNKNOWN: a DN whose object moved away or was deleted */
+} canopy_member_res;
+
+/* canopy_state_member_resolve() for n references at once, and the export
+ * state of each joined member, in pipelined round trips (three per 512
+ * references, reading only the fields it needs) instead of three per
+ * member. out[n] (caller's array) is filled; free what it holds with
+ * canopy_member_res_clear(). On error nothing is left allocated. */
+canopy_err canopy_state_members_resolve(canopy_state *st, const char *connector, char *const *refs, size_t n,
+                                        canopy_member_res *out);
+void canopy_member_res_clear(canopy_member_res *v, size_t n);
+
 /* Iterate the anchors of one connector: start with *cursor = 0, call until
  * it comes back 0. *ret: owned array of owned anchors (free with
  * canopy_state_anchors_free). */
@@ -158,6 +182,17 @@ canopy_err canopy_state_scan_piece(canopy_state *st, const char *connector, cons
                                    int32_t npieces, bool *ret_complete);
 /* The sweep of scan_id is done: later pieces (redeliveries) do not repeat it. */
 canopy_err canopy_state_scan_done(canopy_state *st, const char *connector, const char *scan_id);
+
+/* ---- RESOLVE coalescing ------------------------------------------------- */
+
+/* Before publishing an MvEvent RESOLVE for mv_id: *ret_claimed is false when
+ * one is already on its way (not yet started by the export stage), which
+ * will see whatever changed since: then publish nothing. A claim lapses
+ * after 10 minutes (a worker that died between claim and publish). */
+canopy_err canopy_state_resolve_claim(canopy_state *st, const char *mv_id, bool *ret_claimed);
+/* The export stage starts on mv_id: from now on a change it may not see
+ * needs a new RESOLVE. Call before reading anything of the object. */
+canopy_err canopy_state_resolve_start(canopy_state *st, const char *mv_id);
 
 /* ---- metaverse ---------------------------------------------------------- */
 

@@ -227,6 +227,81 @@ static void test_scan_pieces(void **ctx) {
         canopy_state_free(st);
 }
 
+/* Batched member resolution: every kind of reference, across a chunk
+ * boundary (1,200 references: three pipelined chunks). */
+static void test_members_resolve(void **ctx) {
+        canopy_state *st = connect_state();
+        enum { N = 1200 };
+        char **refs = calloc(N + 6, sizeof(*refs));
+        assert_non_null(refs);
+        size_t n = 0;
+        char anch[N][16], mvid[N][33], b64[64];
+        for (int i = 0; i < N; i++) {
+                /* every third exported, every third joined only, the rest out of scope */
+                snprintf(anch[i], sizeof(anch[i]), "m-%05d", i);
+                snprintf(mvid[i], sizeof(mvid[i]), "%032x", 0x5000 + i);
+                canopy_cs_record rec = {0};
+                rec.connector = "rc";
+                rec.anchor = bytes(anch[i]);
+                rec.object_class = "user";
+                rec.mv_id = i % 3 == 2 ? NULL : mvid[i];
+                rec.in_scope = i % 3 != 2;
+                assert_int_equal(canopy_state_cs_put(st, &rec), CANOPY_OK);
+                if (i % 3 == 0) {
+                        char eid[40];
+                        snprintf(eid, sizeof(eid), "entra-%d", i);
+                        assert_int_equal(canopy_state_exp_record(st, mvid[i], eid, "x", "{}"), CANOPY_OK);
+                }
+                canopy_bytes a = bytes(anch[i]);
+                canopy_state_anchor_b64(&a, b64, sizeof(b64));
+                assert_true(asprintf(&refs[n++], "a:%s", b64) > 0);
+        }
+        /* a DN known, a DN buried, a DN never seen, an undecodable reference */
+        canopy_bytes a0 = bytes(anch[0]);
+        assert_int_equal(canopy_state_dn_set(st, "rc", "uid=zero,dc=r", &a0), CANOPY_OK);
+        assert_int_equal(canopy_state_dn_set(st, "rc", "uid=gone,dc=r", &a0), CANOPY_OK);
+        assert_int_equal(canopy_state_dn_del(st, "rc", "uid=gone,dc=r", &a0), CANOPY_OK);
+        refs[n++] = strdup("d:uid=zero,dc=r");
+        refs[n++] = strdup("d:uid=gone,dc=r");
+        refs[n++] = strdup("d:uid=never,dc=r");
+        refs[n++] = strdup("a:not base64!");
+        canopy_member_res *res = calloc(n, sizeof(*res));
+        assert_int_equal(canopy_state_members_resolve(st, "rc", refs, n, res), CANOPY_OK);
+        for (int i = 0; i < N; i++) {
+                if (i % 3 == 0) {
+                        char eid[40];
+                        snprintf(eid, sizeof(eid), "entra-%d", i);
+                        assert_int_equal(res[i].state, CANOPY_MEMBER_EXPORTED);
+                        assert_string_equal(res[i].entra_id, eid);
+                        assert_string_equal(res[i].mv_id, mvid[i]);
+                } else if (i % 3 == 1) {
+                        assert_int_equal(res[i].state, CANOPY_MEMBER_JOINED);
+                        assert_string_equal(res[i].mv_id, mvid[i]);
+                        assert_null(res[i].entra_id);
+                } else {
+                        assert_int_equal(res[i].state, CANOPY_MEMBER_UNKNOWN);
+                        assert_non_null(res[i].wait_key);
+                        assert_memory_equal(res[i].wait_key, "c:rc\x1f", 5);
+                }
+        }
+        assert_int_equal(res[N].state, CANOPY_MEMBER_EXPORTED);
+        assert_string_equal(res[N].entra_id, "entra-0");
+        assert_int_equal(res[N + 1].state, CANOPY_MEMBER_UNKNOWN);
+        assert_true(res[N + 1].dangling);
+        assert_string_equal(res[N + 1].wait_key, "d:rc\x1fuid=gone,dc=r");
+        assert_int_equal(res[N + 2].state, CANOPY_MEMBER_UNKNOWN);
+        assert_false(res[N + 2].dangling);
+        assert_string_equal(res[N + 2].wait_key, "d:rc\x1fuid=never,dc=r");
+        assert_int_equal(res[N + 3].state, CANOPY_MEMBER_UNKNOWN);
+        assert_null(res[N + 3].wait_key);
+        canopy_member_res_clear(res, n);
+        free(res);
+        for (size_t i = 0; i < n; i++)
+                free(refs[i]);
+        free(refs);
+        canopy_state_free(st);
+}
+
 static void test_metaverse(void **ctx) {
         canopy_state *st = connect_state();
         canopy_bytes a = bytes("A1"), b = bytes("B1");
@@ -443,7 +518,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_cs_roundtrip),     cmocka_unit_test(test_members),
                 cmocka_unit_test(test_dn_index),         cmocka_unit_test(test_metaverse),
-                cmocka_unit_test(test_scan_pieces),
+                cmocka_unit_test(test_scan_pieces),      cmocka_unit_test(test_members_resolve),
                 cmocka_unit_test(test_join_race),        cmocka_unit_test(test_export_state),
                 cmocka_unit_test(test_pending_errors_staged), cmocka_unit_test(test_guard_counter),
         };
