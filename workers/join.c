@@ -31,6 +31,8 @@ typedef struct join_ctx {
         canopy_arena *a;
         const canopy_change_event *ev; /* current event (for ts) */
         int64_t msg_ts_ms;             /* its Kafka timestamp (-1 unknown) */
+        int32_t msg_partition;         /* its partition and offset in changes */
+        int64_t msg_offset;
         run_slot runs[RUN_SLOTS];
         size_t nruns;
         int64_t runs_flushed_ms;
@@ -559,6 +561,17 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
         if (err && err != CANOPY_ERR_NOT_FOUND)
                 return err;
         err = CANOPY_OK;
+        /* Already applied (a replay of the topic, or a redelivery after a
+         * crash): the record is newer than this event, so its image is not
+         * rewound to an old one. The rules still run on the record as it
+         * is (a replay is a full sync: scope or joins may have changed),
+         * and the object is announced again, since a crash may have come
+         * between record and announcement; the export stage, state based,
+         * writes nothing when nothing changed. The timestamp guards against
+         * a topic recreated with its offsets starting over. */
+        bool stale = rec && ev->op != CANOPY_OP_DELETE && rec->kafka_offset >= 0 &&
+                     rec->kafka_partition == jc->msg_partition && jc->msg_offset <= rec->kafka_offset &&
+                     jc->msg_ts_ms > 0 && jc->msg_ts_ms <= rec->event_ts_ms;
         if (ev->op == CANOPY_OP_DELETE) {
                 err = rec ? remove_object(jc, rec) : CANOPY_OK;
                 if (!err && rec) {
@@ -575,8 +588,9 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
                         canopy_cs_record_free(rec);
                         return CANOPY_ERR_NOMEM;
                 }
+                rec->kafka_offset = -1;
         }
-        if (ev->object_class && (!rec->object_class || strcmp(rec->object_class, ev->object_class))) {
+        if (!stale && ev->object_class && (!rec->object_class || strcmp(rec->object_class, ev->object_class))) {
                 free(rec->object_class);
                 rec->object_class = strdup(ev->object_class);
         }
@@ -587,13 +601,13 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
         /* 1. Merge the image: a complete image replaces every attribute
          * (later chunks of a split event only add values); a partial image
          * (DirSync) replaces only the attributes it carries. */
-        if (ev->complete && first_chunk) {
+        if (!stale && ev->complete && first_chunk) {
                 for (size_t i = rec->nattrs; i-- > 0;)
                         if (!canopy_change_event_attr(ev, rec->attrs[i].name))
                                 canopy_cs_record_set_attr(rec, rec->attrs[i].name, false, NULL, 0);
         }
         bool members_seen = false;
-        for (size_t i = 0; !err && i < ev->nattrs; i++) {
+        for (size_t i = 0; !err && !stale && i < ev->nattrs; i++) {
                 const canopy_attr *at = &ev->attrs[i];
                 if (is_ref_attr(at->name, member_attr)) {
                         members_seen = true;
@@ -603,12 +617,12 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
                 else
                         err = canopy_cs_record_set_attr(rec, at->name, at->binary, at->values, at->nvalues);
         }
-        if (!err && ev->complete && first_chunk && !members_seen && type && !strcmp(type, "group"))
+        if (!err && !stale && ev->complete && first_chunk && !members_seen && type && !strcmp(type, "group"))
                 err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, true, NULL, 0, NULL, 0);
 
         /* 2. DN, renames and moves: members are stored as anchors, so only
          * the DN index changes. */
-        if (!err && ev->dn && (!rec->dn || strcmp(rec->dn, ev->dn))) {
+        if (!err && !stale && ev->dn && (!rec->dn || strcmp(rec->dn, ev->dn))) {
                 if (rec->dn)
                         err = canopy_state_dn_del(jc->st, ev->connector, rec->dn, &rec->anchor);
                 if (!err)
@@ -619,14 +633,18 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
                         err = resolve_dn_waiters(jc, ev->connector, ev->dn);
                 }
         }
-        if (!err && ev->scan_id) {
+        if (!err && !stale && ev->scan_id) {
                 free(rec->scan_id);
                 rec->scan_id = strdup(ev->scan_id);
         }
-        if (ev->source_ts_ms)
-                rec->source_ts_ms = ev->source_ts_ms;
-        if (jc->msg_ts_ms > 0)
-                rec->event_ts_ms = jc->msg_ts_ms;
+        if (!stale) {
+                if (ev->source_ts_ms)
+                        rec->source_ts_ms = ev->source_ts_ms;
+                if (jc->msg_ts_ms > 0)
+                        rec->event_ts_ms = jc->msg_ts_ms;
+                rec->kafka_partition = jc->msg_partition;
+                rec->kafka_offset = jc->msg_offset;
+        }
 
         /* 3. Scope, then join or project. */
         canopy_obj_view view;
@@ -750,6 +768,8 @@ int worker_join_run(worker *w) {
                 lc.connector = ev.connector;
                 jc.ev = &ev;
                 jc.msg_ts_ms = m->ts_ms;
+                jc.msg_partition = m->partition;
+                jc.msg_offset = m->offset;
                 for (int attempt = 0;; attempt++) {
                         err = apply_change(&jc, &ev);
                         canopy_arena_reset(jc.a);

@@ -496,6 +496,8 @@ canopy_err canopy_state_cs_get(canopy_state *st, const char *connector, const ca
                 goto out;
         }
         rec = calloc(1, sizeof(*rec));
+        if (rec)
+                rec->kafka_offset = -1;
         if (!rec || !(rec->connector = strdup(connector)) || canopy_bytes_set(&rec->anchor, anchor->data, anchor->len)) {
                 err = CANOPY_ERR_NOMEM;
                 goto out;
@@ -518,6 +520,14 @@ canopy_err canopy_state_cs_get(canopy_state *st, const char *connector, const ca
                         rec->source_ts_ms = strtoll(v->str, NULL, 10);
                 else if (!strcmp(f->str, "ets"))
                         rec->event_ts_ms = strtoll(v->str, NULL, 10);
+                else if (!strcmp(f->str, "ko") && v->len) {
+                        char *colon = NULL;
+                        long part = strtol(v->str, &colon, 10);
+                        if (colon && *colon == ':') {
+                                rec->kafka_partition = (int32_t)part;
+                                rec->kafka_offset = strtoll(colon + 1, NULL, 10);
+                        }
+                }
                 else if (f->len > 2 && (f->str[0] == 'a' || f->str[0] == 'b') && f->str[1] == ':') {
                         err = values_decode(rec, f->str + 2, f->str[0] == 'b', v->str, v->len);
                         if (err)
@@ -540,17 +550,21 @@ canopy_err canopy_state_cs_put(canopy_state *st, const canopy_cs_record *rec) {
         char *b64 = b64_dup(&rec->anchor);
         char *key = b64 ? cs_key(st, rec->connector, b64) : NULL;
         char *idx = canopy_state_key(st, "csidx:{%s}", rec->connector);
-        size_t nargs = 2 * (7 + rec->nattrs);
+        size_t nargs = 2 * (8 + rec->nattrs);
         const char **av = calloc(nargs, sizeof(*av));
         size_t *al = calloc(nargs, sizeof(*al));
         char **owned = calloc(2 * rec->nattrs + 1, sizeof(*owned));
-        char ts[32], ets[32];
+        char ts[32], ets[32], ko[48];
         if (!key || !idx || !av || !al || !owned) {
                 err = CANOPY_ERR_NOMEM;
                 goto out;
         }
         snprintf(ts, sizeof(ts), "%lld", (long long)rec->source_ts_ms);
         snprintf(ets, sizeof(ets), "%lld", (long long)rec->event_ts_ms);
+        if (rec->kafka_offset >= 0)
+                snprintf(ko, sizeof(ko), "%d:%lld", (int)rec->kafka_partition, (long long)rec->kafka_offset);
+        else
+                ko[0] = '\0';
         size_t k = 0;
 #define PUT_(f, v)                                      \
         do {                                            \
@@ -569,6 +583,7 @@ canopy_err canopy_state_cs_put(canopy_state *st, const canopy_cs_record *rec) {
         PUT_("scan", rec->scan_id);
         PUT_("ts", (const char *)ts);
         PUT_("ets", (const char *)ets);
+        PUT_("ko", (const char *)ko);
 #undef PUT_
         for (size_t i = 0; i < rec->nattrs; i++) {
                 const canopy_attr *a = &rec->attrs[i];

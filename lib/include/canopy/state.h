@@ -81,6 +81,8 @@ typedef struct canopy_cs_record {
         char *scan_id;      /* last full scan the object was seen in; may be NULL */
         int64_t source_ts_ms;
         int64_t event_ts_ms; /* Kafka timestamp of the last event applied (0 unknown) */
+        int32_t kafka_partition; /* changes partition and offset of the last event applied */
+        int64_t kafka_offset;    /* (-1: unknown) */
         canopy_attr *attrs; /* full value sets (no deltas); reference attributes excluded */
         size_t nattrs;
 } canopy_cs_record;
