@@ -299,6 +299,62 @@ static void strset_free(strset *s) {
         memset(s, 0, sizeof(*s));
 }
 
+/* Register group_mv as waiting for every member reference of res[0..n)
+ * still unknown, then resolve those references again: a member the join
+ * stage recorded between the first read and the registration found no
+ * waiter to wake, so it is taken now (and the wait withdrawn). A reference
+ * that now waits for something else (its DN is known, its record not yet
+ * joined) is registered under the new key and read once more; the join
+ * stage writes the DN index before it wakes DN waiters and the record
+ * before it wakes anchor waiters, so every wake-up is seen by one side. */
+static canopy_err wait_unknown(export_ctx *ec, const char *connector, const char *group_mv, char *const *refs,
+                               canopy_member_res *res, size_t n) {
+        canopy_err err = CANOPY_OK;
+        size_t *at = malloc(sizeof(*at) * (n ? n : 1));
+        char **again = malloc(sizeof(*again) * (n ? n : 1));
+        bool *todo = calloc(n ? n : 1, sizeof(*todo));
+        if (!at || !again || !todo)
+                err = CANOPY_ERR_NOMEM;
+        for (size_t i = 0; !err && i < n; i++)
+                todo[i] = res[i].state == CANOPY_MEMBER_UNKNOWN && res[i].wait_key;
+        for (int round = 0; !err && round < 4; round++) {
+                size_t nw = 0;
+                for (size_t i = 0; !err && i < n; i++)
+                        if (todo[i]) {
+                                err = canopy_state_pending_add(ec->st, res[i].wait_key, group_mv);
+                                todo[i] = false;
+                                at[nw] = i;
+                                again[nw++] = refs[i];
+                        }
+                if (err || !nw)
+                        break;
+                canopy_member_res *res2 = calloc(nw, sizeof(*res2));
+                err = res2 ? canopy_state_members_resolve(ec->st, connector, again, nw, res2) : CANOPY_ERR_NOMEM;
+                for (size_t j = 0; !err && j < nw; j++) {
+                        canopy_member_res *m = &res[at[j]];
+                        bool same = res2[j].state == CANOPY_MEMBER_UNKNOWN && res2[j].wait_key &&
+                                    !strcmp(res2[j].wait_key, m->wait_key);
+                        if (same)
+                                continue;
+                        err = canopy_state_pending_remove(ec->st, m->wait_key, group_mv);
+                        canopy_member_res t = *m; /* res2 frees the old result */
+                        *m = res2[j];
+                        res2[j] = t;
+                        todo[at[j]] = m->state == CANOPY_MEMBER_UNKNOWN && m->wait_key;
+                }
+                if (res2)
+                        canopy_member_res_clear(res2, nw);
+                free(res2);
+        }
+        for (size_t i = 0; !err && i < n; i++) /* still moving after four reads: wait for the last key */
+                if (todo[i])
+                        err = canopy_state_pending_add(ec->st, res[i].wait_key, group_mv);
+        free(at);
+        free(again);
+        free(todo);
+        return err;
+}
+
 /* Desired member Entra ids of a group from every contributing record;
  * members not yet exported become pending references. The references are
  * resolved in pipelined batches (canopy_state_members_resolve); only the
@@ -309,25 +365,26 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
         for (size_t r = 0; !err && r < d->nrecs; r++) {
                 char **refs = NULL;
                 size_t n = 0;
-                err = canopy_state_cs_members(ec->st, d->recs[r]->connector, &d->recs[r]->anchor, &refs, &n);
+                const char *conn = d->recs[r]->connector;
+                err = canopy_state_cs_members(ec->st, conn, &d->recs[r]->anchor, &refs, &n);
                 canopy_member_res *res = n && !err ? calloc(n, sizeof(*res)) : NULL;
                 if (!err && n && !res)
                         err = CANOPY_ERR_NOMEM;
                 if (!err && n)
-                        err = canopy_state_members_resolve(ec->st, d->recs[r]->connector, refs, n, res);
+                        err = canopy_state_members_resolve(ec->st, conn, refs, n, res);
+                if (!err && n)
+                        err = wait_unknown(ec, conn, group_mv, refs, res, n);
                 for (size_t i = 0; !err && i < n; i++) {
                         canopy_member_res *m = &res[i];
                         if (m->state == CANOPY_MEMBER_UNKNOWN) {
                                 /* A DN not seen yet (the join stage may not
                                  * have read the member) is waited for like a
-                                 * member not yet exported. A DN whose object
-                                 * moved away or was deleted is a dangling
-                                 * reference: no member, and nothing to hold
-                                 * removals back for. */
+                                 * member not yet exported (wait_unknown). A
+                                 * DN whose object moved away or was deleted
+                                 * is a dangling reference: no member, and
+                                 * nothing to hold removals back for. */
                                 if (m->wait_key && !m->dangling && !strncmp(m->wait_key, "d:", 2))
                                         (*ret_waiting)++;
-                                if (m->wait_key)
-                                        err = canopy_state_pending_add(ec->st, m->wait_key, group_mv);
                                 continue;
                         }
                         if (!strcmp(m->mv_id, group_mv))
@@ -338,7 +395,7 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                         }
                         /* Joined, not exported: wait for it, then look
                          * again: its export may have finished between the
-                         * two reads. */
+                         * two reads (and found no waiter to wake). */
                         canopy_export_state *es = NULL;
                         err = canopy_state_pending_add(ec->st, m->mv_id, group_mv);
                         if (!err)
@@ -346,9 +403,11 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                         if (err == CANOPY_ERR_NOT_FOUND) {
                                 (*ret_waiting)++;
                                 err = CANOPY_OK;
-                        } else if (!err && es->entra_id && !es->deleted)
+                        } else if (!err && es->entra_id && !es->deleted) {
                                 err = strset_add(ret, es->entra_id);
-                        else if (!err)
+                                if (!err)
+                                        err = canopy_state_pending_remove(ec->st, m->mv_id, group_mv);
+                        } else if (!err)
                                 (*ret_waiting)++;
                         canopy_export_state_free(es);
                 }
@@ -1120,6 +1179,28 @@ static void auth_report(export_ctx *ec, canopy_err err) {
         }
 }
 
+/* Ask for a token at start-up, so that refused credentials are reported
+ * at once (and counted by the guard) rather than at the first change to
+ * export. A refusal does not stop the stage: the secret may be rotated
+ * while it runs, and each export retries (slowly) until then. */
+static void check_credentials(export_ctx *ec) {
+        canopy_graph_error ei;
+        memset(&ei, 0, sizeof(ei));
+        canopy_err err = canopy_graph_authenticate(ec->gc, &ei);
+        if (err == CANOPY_ERR_GRAPH_AUTH)
+                CANOPY_ERROR(MOD,
+                             "Graph authentication failed for client %s in tenant %s: %s%s%s; exports wait "
+                             "until it succeeds (check graph.client_secret_file or graph.cert_file and "
+                             "graph.key_file)",
+                             ec->w->conf->graph_client_id, ec->w->conf->graph_tenant,
+                             ei.code[0] ? ei.code : canopy_err_text(err), ei.message[0] ? ": " : "", ei.message);
+        else if (err)
+                CANOPY_WARN(MOD, "Graph token not fetched at start-up (%s%s%s); will retry on the first export",
+                            canopy_err_text(err), ei.message[0] ? ": " : "", ei.message);
+        auth_report(ec, err);
+        canopy_graph_error_clear(&ei);
+}
+
 int worker_export_run(worker *w) {
         canopy_kafka_consumer *kc = NULL;
         int rc = 1;
@@ -1134,6 +1215,7 @@ int worker_export_run(worker *w) {
         if (!w->conf->staging) {
                 if (open_graph(w, &ec.gc))
                         goto out;
+                check_credentials(&ec);
                 for (int attempt = 0; (err = replay_staged(&ec)) && !*w->stop; attempt++)
                         if (canopy_err_class_of(err) != CANOPY_ERRCLASS_RETRIABLE || !worker_backoff(w, attempt))
                                 goto out;

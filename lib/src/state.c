@@ -1218,6 +1218,8 @@ canopy_err canopy_state_exp_members(canopy_state *st, const char *mv_id, char **
 
 /* ---- pending references --------------------------------------------------------- */
 
+static canopy_err int_reply(canopy_state *st, redisReply *r, int64_t *ret);
+
 canopy_err canopy_state_pending_add(canopy_state *st, const char *member_key, const char *group_mv) {
         char *key = canopy_state_key(st, "pend:{%s}", member_key);
         char *idx = canopy_state_key(st, "pendidx:{pend}");
@@ -1226,6 +1228,25 @@ canopy_err canopy_state_pending_add(canopy_state *st, const char *member_key, co
                 err = cmd3(st, "SADD", idx, member_key);
                 if (!err)
                         err = cmd3(st, "SADD", key, group_mv);
+        }
+        free(key);
+        free(idx);
+        return err;
+}
+
+canopy_err canopy_state_pending_remove(canopy_state *st, const char *member_key, const char *group_mv) {
+        char *key = canopy_state_key(st, "pend:{%s}", member_key);
+        char *idx = canopy_state_key(st, "pendidx:{pend}");
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (key && idx) {
+                err = cmd3(st, "SREM", key, group_mv);
+                int64_t left = 0;
+                if (!err)
+                        err = int_reply(st, rconn_cmd(st->rc, "SCARD %s", key), &left);
+                /* The index only feeds the metric: a concurrent add may
+                 * lose its entry here, never its wake-up (the set keeps it). */
+                if (!err && left == 0)
+                        err = cmd3(st, "SREM", idx, member_key);
         }
         free(key);
         free(idx);

@@ -270,6 +270,10 @@ void canopy_state_hash_hex(const char *text, char out[65]);
 /* Group `group_mv` waits for member `member_key` (a member mv id, or
  * "d:<connector>\x1f<normalised DN>" for a DN never seen). */
 canopy_err canopy_state_pending_add(canopy_state *st, const char *member_key, const char *group_mv);
+/* Group `group_mv` no longer waits for member_key: the member turned out
+ * to be there after all (read again after canopy_state_pending_add, which
+ * closes the race with the stage that resolves it). */
+canopy_err canopy_state_pending_remove(canopy_state *st, const char *member_key, const char *group_mv);
 /* Atomically take (read and delete) the groups waiting for member_key. */
 canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, char ***ret, size_t *ret_n);
 /* Number of members that groups are waiting for. */

@@ -442,6 +442,9 @@ static void test_export_state(void **ctx) {
         canopy_state_free(st);
 }
 
+/* A DN wait key: connector, US, an escaped DN. */
+#define WAIT_KEY "d:north\x1f" "cn=a\\, b,dc=x"
+
 static void test_pending_errors_staged(void **ctx) {
         canopy_state *st = connect_state();
         int64_t c = -1;
@@ -463,6 +466,23 @@ static void test_pending_errors_staged(void **ctx) {
         canopy_state_strv_free(g);
         assert_int_equal(canopy_state_pending_count(st, &c), CANOPY_OK);
         assert_int_equal(c, 0);
+
+        /* A wait withdrawn (the member was there after all) leaves the
+         * other waiters, and the count drops only with the last one. */
+        assert_int_equal(canopy_state_pending_add(st, WAIT_KEY, "group-1"), CANOPY_OK);
+        assert_int_equal(canopy_state_pending_add(st, WAIT_KEY, "group-2"), CANOPY_OK);
+        assert_int_equal(canopy_state_pending_remove(st, WAIT_KEY, "group-1"), CANOPY_OK);
+        assert_int_equal(canopy_state_pending_count(st, &c), CANOPY_OK);
+        assert_int_equal(c, 1);
+        assert_int_equal(canopy_state_pending_remove(st, WAIT_KEY, "group-1"), CANOPY_OK);
+        assert_int_equal(canopy_state_pending_count(st, &c), CANOPY_OK);
+        assert_int_equal(c, 1);
+        assert_int_equal(canopy_state_pending_remove(st, WAIT_KEY, "group-2"), CANOPY_OK);
+        assert_int_equal(canopy_state_pending_count(st, &c), CANOPY_OK);
+        assert_int_equal(c, 0);
+        assert_int_equal(canopy_state_pending_take(st, WAIT_KEY, &g, &n), CANOPY_OK);
+        assert_int_equal(n, 0);
+        canopy_state_strv_free(g);
 
         assert_int_equal(canopy_state_error_set(st, "mv-x", "{\"code\":\"GRAPH_CONFLICT\"}"), CANOPY_OK);
         assert_int_equal(canopy_state_error_count(st, &c), CANOPY_OK);
