@@ -74,13 +74,10 @@ static canopy_err publish_mv(export_ctx *ec, const char *mv_id, const char *type
         /* A burst of member exports re-exports their group once, not once
          * per member: a RESOLVE already queued will see them all. */
         if (reason == CANOPY_MV_RESOLVE) {
-                bool claimed = true;
-                canopy_err ce = canopy_state_resolve_claim(ec->st, mv_id, &claimed);
-                if (ce || !claimed) {
-                        if (!ce)
-                                atomic_fetch_add_explicit(&ec->w->m.resolve_coalesced, 1, memory_order_relaxed);
+                bool send;
+                canopy_err ce = worker_resolve_claim(ec->w, ec->st, mv_id, &send);
+                if (ce || !send)
                         return ce;
-                }
         }
         canopy_mv_event mv = {0};
         mv.mv_id = (char *)mv_id;

@@ -81,14 +81,11 @@ static void run_note(join_ctx *jc, const char *connector, const char *type, cons
 /* Publish an MvEvent for mv_id with its current contributors. */
 static canopy_err publish_mv(join_ctx *jc, const char *mv_id, const char *type, canopy_mv_reason reason,
                              const char *cause) {
-        if (reason == CANOPY_MV_RESOLVE) { /* coalesced: see canopy_state_resolve_claim() */
-                bool claimed = true;
-                canopy_err ce = canopy_state_resolve_claim(jc->st, mv_id, &claimed);
-                if (ce || !claimed) {
-                        if (!ce)
-                                atomic_fetch_add_explicit(&jc->w->m.resolve_coalesced, 1, memory_order_relaxed);
+        if (reason == CANOPY_MV_RESOLVE) {
+                bool send;
+                canopy_err ce = worker_resolve_claim(jc->w, jc->st, mv_id, &send);
+                if (ce || !send)
                         return ce;
-                }
         }
         canopy_mv_record *rec = NULL;
         canopy_err err = canopy_state_mv_get(jc->st, mv_id, &rec);

@@ -43,6 +43,14 @@ bool worker_backoff(worker *w, int attempt) {
         return !*w->stop;
 }
 
+canopy_err worker_resolve_claim(worker *w, canopy_state *st, const char *mv_id, bool *ret_send) {
+        *ret_send = true;
+        canopy_err err = canopy_state_resolve_claim(st, mv_id, ret_send);
+        if (!err && !*ret_send)
+                atomic_fetch_add_explicit(&w->m.resolve_coalesced, 1, memory_order_relaxed);
+        return err;
+}
+
 static void on_delivery(void *msg_opaque, canopy_err err, const char *errstr, int32_t partition, int64_t offset,
                         void *app_opaque) {
         worker *w = app_opaque;

@@ -58,6 +58,11 @@ void worker_metrics_stop(void *h);
  * unless stopping. Returns false when stopping. */
 bool worker_backoff(worker *w, int attempt);
 
+/* A RESOLVE of group mv_id is due. RESOLVEs are coalesced per group (see
+ * canopy_state_resolve_claim): *ret_send is true when the caller is to
+ * publish it, false when one is already queued (counted in the metrics). */
+canopy_err worker_resolve_claim(worker *w, canopy_state *st, const char *mv_id, bool *ret_send);
+
 /* Monotonic / wall clock in ms. */
 int64_t worker_now_ms(void);
 

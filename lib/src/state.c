@@ -1606,6 +1606,24 @@ void canopy_member_res_clear(canopy_member_res *v, size_t n) {
         }
 }
 
+/* HMGET <key> f1 f2 for the k keys already in argv[4j+1], in one pipeline. */
+static canopy_err hmget_pairs(canopy_state *st, size_t k, char **argv, const char *f1, const char *f2,
+                              redisReply **rep) {
+        for (size_t j = 0; j < k; j++) {
+                argv[4 * j] = "HMGET";
+                argv[4 * j + 2] = (char *)f1;
+                argv[4 * j + 3] = (char *)f2;
+        }
+        return pipeline(st, k, 4, argv, rep);
+}
+
+/* The two values of an HMGET reply (NULL, NULL when it is not a pair). */
+static void pair_of(const redisReply *r, const redisReply **a, const redisReply **b) {
+        bool pair = r->type == REDIS_REPLY_ARRAY && r->elements == 2;
+        *a = pair ? r->element[0] : NULL;
+        *b = pair ? r->element[1] : NULL;
+}
+
 /* One chunk: at most RESOLVE_CHUNK references. */
 #define RESOLVE_CHUNK 512
 
@@ -1665,10 +1683,7 @@ static canopy_err resolve_chunk(canopy_state *st, const char *connector, char *c
                 if (!have[i])
                         continue;
                 char *b64 = b64_dup(&anchors[i]);
-                argv[4 * k] = "HMGET";
                 argv[4 * k + 1] = b64 ? cs_key(st, connector, b64) : NULL;
-                argv[4 * k + 2] = "mv";
-                argv[4 * k + 3] = "scope";
                 free(b64);
                 if (!argv[4 * k + 1]) {
                         err = CANOPY_ERR_NOMEM;
@@ -1676,12 +1691,11 @@ static canopy_err resolve_chunk(canopy_state *st, const char *connector, char *c
                 }
                 idx[k++] = i;
         }
-        if (!err && k && !(err = pipeline(st, k, 4, argv, rep))) {
+        if (!err && k && !(err = hmget_pairs(st, k, argv, "mv", "scope", rep))) {
                 for (size_t j = 0; j < k && !err; j++) {
                         size_t i = idx[j];
-                        redisReply *r = rep[j];
-                        const redisReply *mv = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[0] : NULL;
-                        const redisReply *sc = mv ? r->element[1] : NULL;
+                        const redisReply *mv, *sc;
+                        pair_of(rep[j], &mv, &sc);
                         bool in = sc && sc->type == REDIS_REPLY_STRING && sc->len == 1 && sc->str[0] == '1';
                         if (mv && mv->type == REDIS_REPLY_STRING && mv->len > 0 && mv->len < 33 && in) {
                                 memcpy(out[i].mv_id, mv->str, mv->len);
@@ -1708,22 +1722,18 @@ static canopy_err resolve_chunk(canopy_state *st, const char *connector, char *c
         for (size_t i = 0; i < n; i++) {
                 if (out[i].state != CANOPY_MEMBER_JOINED)
                         continue;
-                argv[4 * k] = "HMGET";
                 argv[4 * k + 1] = canopy_state_key(st, "exp:{%s}", out[i].mv_id);
-                argv[4 * k + 2] = "eid";
-                argv[4 * k + 3] = "del";
                 if (!argv[4 * k + 1]) {
                         err = CANOPY_ERR_NOMEM;
                         break;
                 }
                 idx[k++] = i;
         }
-        if (!err && k && !(err = pipeline(st, k, 4, argv, rep))) {
+        if (!err && k && !(err = hmget_pairs(st, k, argv, "eid", "del", rep))) {
                 for (size_t j = 0; j < k && !err; j++) {
                         size_t i = idx[j];
-                        redisReply *r = rep[j];
-                        const redisReply *eid = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[0] : NULL;
-                        const redisReply *del = eid ? r->element[1] : NULL;
+                        const redisReply *eid, *del;
+                        pair_of(rep[j], &eid, &del);
                         bool deleted = del && del->type == REDIS_REPLY_STRING && del->len && del->str[0] == '1';
                         if (eid && eid->type == REDIS_REPLY_STRING && eid->len && !deleted) {
                                 if (!(out[i].entra_id = reply_strdup(eid)))
