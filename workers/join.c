@@ -706,6 +706,22 @@ static void on_rebalance(canopy_kafka_consumer *kc, canopy_kafka_rebalance what,
                 *w->stop = 1;
 }
 
+/* Say at start-up when Redis can take back acknowledged state on a crash:
+ * the stages commit Kafka offsets once Redis acknowledged their writes, so
+ * such a loss is not replayed (docs/STATE.md, durability). */
+static void check_persistence(worker *w, canopy_state *st) {
+        bool durable = false;
+        char what[64] = "";
+        canopy_err err = canopy_state_persistence(st, &durable, what, sizeof(what));
+        if (err)
+                CANOPY_INFO(MOD, "Redis persistence not readable (%s); it must run with appendonly yes and "
+                            "appendfsync always (docs/STATE.md)", canopy_state_errstr(st));
+        else if (!durable)
+                CANOPY_WARN(MOD, "Redis %s:%lld runs with %s: a Redis crash can lose acknowledged state that "
+                            "is not replayed; set appendonly yes and appendfsync always (docs/STATE.md)",
+                            w->conf->redis_host, (long long)w->conf->redis_port, what);
+}
+
 int worker_join_run(worker *w) {
         canopy_state *st = NULL;
         canopy_kafka_consumer *kc = NULL;
@@ -723,6 +739,7 @@ int worker_join_run(worker *w) {
                 goto out;
         }
         jc.st = st;
+        check_persistence(w, st);
         canopy_topic topics[1] = {CANOPY_TOPIC_CHANGES};
         canopy_kafka_consumer_opts opts = {w->conf->join_group, topics, 1, on_rebalance, w, false};
         err = canopy_kafka_consumer_new(&w->conf->kafka, &opts, &kc, eb, sizeof(eb));

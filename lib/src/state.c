@@ -140,6 +140,30 @@ static canopy_err reply_err(canopy_state *st, redisReply *r) {
         return CANOPY_OK;
 }
 
+static const char *config_value(canopy_state *st, const char *name, char *buf, size_t len) {
+        redisReply *r = rconn_cmd(st->rc, "CONFIG GET %s", name);
+        const char *v = NULL;
+        if (!reply_err(st, r) && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[1]->type == REDIS_REPLY_STRING) {
+                snprintf(buf, len, "%s", r->element[1]->str);
+                v = buf;
+        } else if (r && r->type != REDIS_REPLY_ERROR)
+                snprintf(st->rc->errstr, sizeof(st->rc->errstr), "CONFIG GET %s: unexpected answer", name);
+        if (r)
+                freeReplyObject(r);
+        return v;
+}
+
+canopy_err canopy_state_persistence(canopy_state *st, bool *ret_durable, char *what, size_t whatlen) {
+        char aof[16], fsync[16];
+        *ret_durable = false;
+        if (!config_value(st, "appendonly", aof, sizeof(aof)) || !config_value(st, "appendfsync", fsync, sizeof(fsync)))
+                return st->rc->errstr[0] ? CANOPY_ERR_REDIS : CANOPY_ERR_REDIS_UNREACHABLE;
+        snprintf(what, whatlen, "appendonly %s, appendfsync %s", aof, fsync);
+        *ret_durable = !strcmp(aof, "yes") && !strcmp(fsync, "always");
+        return CANOPY_OK;
+}
+
 /* Run a command given as argv (lengths from strlen unless given), drop the
  * reply. */
 static canopy_err cmd_argv(canopy_state *st, int argc, const char **argv, const size_t *lens) {

@@ -335,7 +335,7 @@ _h_redis_start() {
         : >"$conf"
         chmod 600 "$conf"
         if [ -n "${HARNESS_REDIS_AOF:-}" ]; then
-                printf 'appendonly yes\nappendfsync everysec\n' >>"$conf"
+                printf 'appendonly yes\nappendfsync always\n' >>"$conf"
         else
                 printf 'appendonly no\n' >>"$conf"
         fi
@@ -359,7 +359,7 @@ _h_redis_ping() {
 }
 
 # harness_redis [--appendonly] [--password]: start redis-server. Default: no
-# persistence. --appendonly: AOF on (appendfsync everysec), so that a restart
+# persistence. --appendonly: AOF on (appendfsync always), so that a restart
 # (harness_restart_redis, even after SIGKILL) keeps the data. --password: a
 # random password (requirepass) in CANOPY_TEST_REDIS_PASSWORD_FILE (0600, no
 # newline).

@@ -54,6 +54,14 @@ canopy_err canopy_state_new(const char *host, int port, const char *password, co
                             int timeout_ms, canopy_state **ret);
 /* Close and free. NULL allowed. */
 void canopy_state_free(canopy_state *st);
+/* How Redis persists what it acknowledged (CONFIG GET appendonly,
+ * appendfsync). *ret_durable: AOF on with appendfsync always, the only
+ * setting under which a Redis crash loses no acknowledged write (with
+ * everysec Redis may answer before it writes, and a crash can take back up
+ * to two seconds of state that Kafka offsets already moved past). what
+ * receives a short description ("appendonly yes, appendfsync everysec").
+ * CANOPY_ERR_REDIS when CONFIG is not allowed (managed Redis). */
+canopy_err canopy_state_persistence(canopy_state *st, bool *ret_durable, char *what, size_t whatlen);
 /* Text of the last Redis error (borrowed, valid until the next call). */
 const char *canopy_state_errstr(const canopy_state *st);
 

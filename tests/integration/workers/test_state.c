@@ -515,6 +515,36 @@ static void test_pending_errors_staged(void **ctx) {
         canopy_state_free(st);
 }
 
+static int redis_cli(const char *args) {
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "redis-cli -h %s -p %s %s >/dev/null", getenv("CANOPY_TEST_REDIS_HOST"),
+                 getenv("CANOPY_TEST_REDIS_PORT"), args);
+        return system(cmd);
+}
+
+/* Durable only with AOF on and appendfsync always (docs/STATE.md). */
+static void test_persistence(void **ctx) {
+        (void)ctx;
+        canopy_state *st = connect_state();
+        bool durable = true;
+        char what[64] = "";
+        assert_int_equal(canopy_state_persistence(st, &durable, what, sizeof(what)), CANOPY_OK);
+        assert_false(durable); /* the harness's default Redis: no persistence */
+        assert_non_null(strstr(what, "appendonly no"));
+        assert_int_equal(redis_cli("CONFIG SET appendfsync always"), 0);
+        assert_int_equal(canopy_state_persistence(st, &durable, what, sizeof(what)), CANOPY_OK);
+        assert_false(durable);
+        assert_int_equal(redis_cli("CONFIG SET appendonly yes"), 0);
+        assert_int_equal(canopy_state_persistence(st, &durable, what, sizeof(what)), CANOPY_OK);
+        assert_true(durable);
+        assert_string_equal(what, "appendonly yes, appendfsync always");
+        assert_int_equal(redis_cli("CONFIG SET appendfsync everysec"), 0);
+        assert_int_equal(canopy_state_persistence(st, &durable, what, sizeof(what)), CANOPY_OK);
+        assert_false(durable);
+        assert_int_equal(redis_cli("CONFIG SET appendonly no"), 0);
+        canopy_state_free(st);
+}
+
 static void test_guard_counter(void **ctx) {
         canopy_state *st = connect_state();
         canopy_guard_verdict v = CANOPY_GUARD_HOLD;
@@ -541,6 +571,7 @@ int main(void) {
                 cmocka_unit_test(test_scan_pieces),      cmocka_unit_test(test_members_resolve),
                 cmocka_unit_test(test_join_race),        cmocka_unit_test(test_export_state),
                 cmocka_unit_test(test_pending_errors_staged), cmocka_unit_test(test_guard_counter),
+                cmocka_unit_test(test_persistence),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
