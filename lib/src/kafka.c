@@ -593,6 +593,12 @@ canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy
                 {"session.timeout.ms", NULL},
                 {"heartbeat.interval.ms", NULL},
                 {"fetch.wait.max.ms", has_extra(conf, "fetch.wait.max.ms") ? NULL : fwait},
+                /* librdkafka prefetches up to 64 MiB and 100000 messages per
+                 * partition by default; a worker holds two consumers, so
+                 * that prefetch was most of its memory.  8 MiB still covers
+                 * several fetches of the largest event. */
+                {"queued.max.messages.kbytes", has_extra(conf, "queued.max.messages.kbytes") ? NULL : "8192"},
+                {"queued.min.messages", has_extra(conf, "queued.min.messages") ? NULL : "2000"},
                 /* Incremental rebalancing: partitions are revoked while the
                  * group is stable, so the commit on revoke is accepted, and
                  * partitions that do not move keep flowing. */
@@ -603,7 +609,8 @@ canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy
         for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
                 const char *v = kv[i].v;
                 if (!v && (strcmp(kv[i].k, "partition.assignment.strategy") == 0 ||
-                           strcmp(kv[i].k, "fetch.wait.max.ms") == 0))
+                           strcmp(kv[i].k, "fetch.wait.max.ms") == 0 ||
+                           strncmp(kv[i].k, "queued.", 7) == 0))
                         continue;
                 if (!v) {
                         snprintf(num, sizeof(num), "%lld",
