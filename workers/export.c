@@ -1227,10 +1227,12 @@ int worker_export_run(worker *w) {
         CANOPY_INFO(MOD, "export stage started (group %s%s)", w->conf->export_group,
                     w->conf->staging ? ", staging mode" : "");
         int64_t since_commit = 0;
+        uint64_t lost_seen = 0;
         deferq dq = {0};
         while (!*w->stop) {
                 canopy_kafka_msg *m = deferq_pop(&dq);
                 err = m ? CANOPY_OK : canopy_kafka_consume(kc, (int)w->conf->poll_ms, &m);
+                worker_lost_check(w, kc, "export", &lost_seen, &w->m.export_lost);
                 if (err == CANOPY_ERR_TIMEOUT || (!err && !m)) {
                         if (since_commit) {
                                 if (!worker_flush(w))

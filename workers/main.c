@@ -51,6 +51,43 @@ canopy_err worker_resolve_claim(worker *w, canopy_state *st, const char *mv_id, 
         return err;
 }
 
+void worker_lost_check(worker *w, canopy_kafka_consumer *kc, const char *stage, uint64_t *seen,
+                       atomic_uint_fast64_t *lost) {
+        uint64_t now = canopy_kafka_consumer_lost(kc);
+        if (now <= *seen)
+                return;
+        CANOPY_ERROR("kafka", "%s stage: events were lost: the broker no longer holds %llu position(s) this stage had not "
+                          "read (retention shorter than the backlog, or a truncated topic; see the rdkafka OFFSET "
+                          "line); requesting a full scan of every connector",
+                     stage, (unsigned long long)(now - *seen));
+        size_t n = canopy_rules_connector_count(w->rules), sent = 0;
+        char reason[160];
+        snprintf(reason, sizeof(reason), "%s stage of worker %s lost events (offset out of range)", stage,
+                 w->worker_id ? w->worker_id : "?");
+        for (size_t i = 0; i < n; i++) {
+                canopy_control_event ce;
+                memset(&ce, 0, sizeof(ce));
+                ce.kind = CANOPY_CTL_FULL_SCAN;
+                ce.target = (char *)canopy_rules_connector_at(w->rules, i)->id;
+                ce.reason = reason;
+                ce.actor = (char *)(w->worker_id ? w->worker_id : "canopy-worker");
+                ce.ts_ms = worker_now_ms();
+                char eb[256];
+                canopy_err err = canopy_kafka_produce_control(w->kp, &ce, NULL, eb, sizeof(eb));
+                if (err) {
+                        CANOPY_ERROR("kafka", "cannot request a full scan of %s: %s (%s); retried after the next poll",
+                                     ce.target, eb, canopy_err_name(err));
+                        return;
+                }
+                sent++;
+        }
+        if (!worker_flush(w))
+                return;
+        atomic_fetch_add_explicit(&w->m.scans_requested, sent, memory_order_relaxed);
+        atomic_fetch_add_explicit(lost, now - *seen, memory_order_relaxed);
+        *seen = now;
+}
+
 static void on_delivery(void *msg_opaque, canopy_err err, const char *errstr, int32_t partition, int64_t offset,
                         void *app_opaque) {
         worker *w = app_opaque;

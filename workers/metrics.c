@@ -19,7 +19,7 @@ typedef struct mstate {
         canopy_http *srv;
         pthread_mutex_t lock;
         worker_metrics last; /* values already added to the registry */
-        canopy_metric *events, *dead, *mv_pub, *coalesced, *noop, *graph, *conflicts, *staged, *pending, *errors;
+        canopy_metric *events, *dead, *mv_pub, *coalesced, *noop, *graph, *conflicts, *staged, *pending, *errors, *lost, *scans;
 } mstate;
 
 static uint64_t delta(atomic_uint_fast64_t *cur, atomic_uint_fast64_t *last) {
@@ -40,6 +40,9 @@ static void sync_metrics(mstate *ms) {
         canopy_metrics_add(ms->noop, NULL, (double)delta(&m->export_noop, &l->export_noop));
         canopy_metrics_add(ms->conflicts, NULL, (double)delta(&m->conflicts, &l->conflicts));
         canopy_metrics_add(ms->staged, NULL, (double)delta(&m->staged, &l->staged));
+        canopy_metrics_add(ms->lost, CANOPY_LABELS("join"), (double)delta(&m->join_lost, &l->join_lost));
+        canopy_metrics_add(ms->lost, CANOPY_LABELS("export"), (double)delta(&m->export_lost, &l->export_lost));
+        canopy_metrics_add(ms->scans, NULL, (double)delta(&m->scans_requested, &l->scans_requested));
         for (int k = 0; k < GK_COUNT; k++) {
                 canopy_metrics_add(ms->graph, CANOPY_LABELS(worker_graph_kind_names[k], "ok"),
                                    (double)delta(&m->graph[k][0], &l->graph[k][0]));
@@ -86,6 +89,11 @@ void *worker_metrics_start(worker *w, const char *listen) {
         ms->conflicts = canopy_metrics_counter(reg, "canopy_worker_conflicts_total", "Graph ObjectConflicts.", NULL);
         ms->staged = canopy_metrics_counter(reg, "canopy_worker_staged_total", "Differences staged (staging mode).",
                                             NULL);
+        ms->lost = canopy_metrics_counter(reg, "canopy_worker_lost_positions_total",
+                                          "Partition positions the broker no longer held (events never read).",
+                                          "stage");
+        ms->scans = canopy_metrics_counter(reg, "canopy_worker_full_scans_requested_total",
+                                           "Full scans requested on the control topic after lost events.", NULL);
         ms->pending = canopy_metrics_gauge(reg, "canopy_worker_pending_references",
                                            "Members that groups wait for (not yet exported).", NULL);
         ms->errors = canopy_metrics_gauge(reg, "canopy_worker_errors", "Objects in the errors set.", NULL);

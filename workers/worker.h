@@ -26,6 +26,9 @@ typedef struct worker_metrics {
         atomic_uint_fast64_t graph[8][2];
         atomic_uint_fast64_t conflicts;
         atomic_uint_fast64_t staged;
+        atomic_uint_fast64_t join_lost;       /* positions the broker no longer held */
+        atomic_uint_fast64_t export_lost;
+        atomic_uint_fast64_t scans_requested; /* full scans requested after a loss */
         atomic_int_fast64_t join_lag;         /* last seen lag (high watermark - offset), -1 unknown */
         atomic_int_fast64_t export_lag;
         atomic_int_fast64_t pending_refs;     /* sampled from Redis */
@@ -62,6 +65,15 @@ bool worker_backoff(worker *w, int attempt);
  * canopy_state_resolve_claim): *ret_send is true when the caller is to
  * publish it, false when one is already queued (counted in the metrics). */
 canopy_err worker_resolve_claim(worker *w, canopy_state *st, const char *mv_id, bool *ret_send);
+
+/* After each poll: when kc found a partition's next offset gone from the
+ * broker (canopy_kafka_consumer_lost), the events in between were never
+ * read; a full scan of every connector of the rules is requested on the
+ * control topic (the join stage announces every object in scope again, so
+ * lost mv events are made good too). *seen: losses already handled.
+ * lost: the stage's counter. */
+void worker_lost_check(worker *w, canopy_kafka_consumer *kc, const char *stage, uint64_t *seen,
+                       atomic_uint_fast64_t *lost);
 
 /* Monotonic / wall clock in ms. */
 int64_t worker_now_ms(void);

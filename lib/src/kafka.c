@@ -9,6 +9,7 @@
 
 #include <librdkafka/rdkafka.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,22 +131,36 @@ canopy_err canopy_kafka_topic_name(const canopy_kafka_conf *c, canopy_topic t, c
         return CANOPY_OK;
 }
 
-/* librdkafka log lines become JSON lines of module "rdkafka". */
-static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-        canopy_log_level lvl = level <= 3 ? CANOPY_LOG_ERROR
-                               : level == 4 ? CANOPY_LOG_WARN
-                               : level <= 6 ? CANOPY_LOG_INFO
-                                            : CANOPY_LOG_DEBUG;
-        canopy_log(lvl, "rdkafka", NULL, "%s: %s: %s", rd_kafka_name(rk), fac, buf);
-}
-
 /* State shared by the producer and consumer for error reporting. */
 struct kstate {
         char last_error[512];
         char fatal[512];
         int fatal_err;
         unsigned repeats;
+        _Atomic uint64_t lost; /* positions the broker no longer held */
 };
+
+static struct kstate *kstate_of(const rd_kafka_t *rk);
+
+/* librdkafka log lines become JSON lines of module "rdkafka". librdkafka
+ * reports only here that a partition's next offset was out of range (the
+ * broker's retention passed it, or the topic was truncated) and that it
+ * went on from auto.offset.reset: the messages in between were never read.
+ * A group without a committed offset also "resets", but for another
+ * reason, which is not a loss. */
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+        canopy_log_level lvl = level <= 3 ? CANOPY_LOG_ERROR
+                               : level == 4 ? CANOPY_LOG_WARN
+                               : level <= 6 ? CANOPY_LOG_INFO
+                                            : CANOPY_LOG_DEBUG;
+        canopy_log(lvl, "rdkafka", NULL, "%s: %s: %s", rd_kafka_name(rk), fac, buf);
+        if (fac && !strcmp(fac, "OFFSET") && strstr(buf, "offset reset") &&
+            strstr(buf, rd_kafka_err2str(RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE))) {
+                struct kstate *ks = kstate_of(rk);
+                if (ks)
+                        atomic_fetch_add(&ks->lost, 1);
+        }
+}
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque);
 static void error_cb_producer(rd_kafka_t *rk, int err, const char *reason, void *opaque);
@@ -485,6 +500,14 @@ struct canopy_kafka_consumer {
         int assigned_once; /* a first assignment arrived */
         int64_t session_ms;
 };
+
+static struct kstate *kstate_of(const rd_kafka_t *rk) {
+        void *o = rd_kafka_opaque(rk);
+        if (!o)
+                return NULL;
+        return rd_kafka_type(rk) == RD_KAFKA_CONSUMER ? &((canopy_kafka_consumer *)o)->ks
+                                                      : &((canopy_kafka_producer *)o)->ks;
+}
 
 static void error_cb_consumer(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
         error_cb(rk, err, reason, &((canopy_kafka_consumer *)opaque)->ks);
@@ -933,6 +956,10 @@ canopy_err canopy_kafka_dead_letter(canopy_kafka_consumer *kc, const canopy_kafk
 
 uint64_t canopy_kafka_dead_letter_count(const canopy_kafka_consumer *kc) {
         return kc ? kc->ndl : 0;
+}
+
+uint64_t canopy_kafka_consumer_lost(canopy_kafka_consumer *kc) {
+        return kc ? atomic_load(&kc->ks.lost) : 0;
 }
 
 canopy_err canopy_kafka_consumer_close(canopy_kafka_consumer *kc) {

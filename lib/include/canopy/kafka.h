@@ -306,6 +306,12 @@ canopy_err canopy_kafka_dead_letter(canopy_kafka_consumer *kc, const canopy_kafk
                                     const char *reason);
 /* Number of dead letters this consumer published. */
 uint64_t canopy_kafka_dead_letter_count(const canopy_kafka_consumer *kc);
+/* Positions lost: times a partition's next offset was no longer on the
+ * broker (its retention passed it, or the topic was truncated or recreated)
+ * and the consumer went on from the oldest message left. The messages in
+ * between were never read: what they carried has to be read again from the
+ * source (a full scan). A group's first start is not a loss. */
+uint64_t canopy_kafka_consumer_lost(canopy_kafka_consumer *kc);
 
 /* Leave the group: commit what is marked done (sync), then close. Call
  * before free for a clean hand-over. */

@@ -1,7 +1,7 @@
 /* backbone_it.c: integration tests of the event backbone against a real
  * Kafka-protocol broker (canopy-devkafka, started by tests/harness/run-with).
  *
- *   canopy-test-backbone produce-consume | dlq | kill | rebalance | unreachable
+ *   canopy-test-backbone produce-consume | dlq | kill | lost | rebalance | unreachable
  *   canopy-test-backbone worker PREFIX GROUP OUTFILE DIE_AFTER   (child of kill)
  *
  * Each test uses its own topic prefix and group ids. Waits are bounded by a
@@ -419,6 +419,117 @@ static int t_worker(int argc, char **argv) {
         return 1;
 }
 
+/* ---- lost: the broker dropped what the group had not read -------------- */
+
+/* Produce [from, to) with a `description` of vlen bytes. */
+static void produce_big(const canopy_kafka_conf *c, long from, long to, size_t vlen) {
+        struct acks acks = {0};
+        canopy_kafka_producer *kp;
+        char err[512];
+        char *big = malloc(vlen);
+        CHECK(big, "malloc");
+        memset(big, 'x', vlen);
+        CHECK(canopy_kafka_producer_new(c, on_delivery, &acks, &kp, err, sizeof(err)) == 0, "producer: %s", err);
+        for (long s = from; s < to; s++) {
+                canopy_change_event ev;
+                build_event(&ev, s);
+                canopy_attr *a = canopy_change_event_add_attr(&ev, "description", false);
+                canopy_attr_add_value(a, big, vlen);
+                CHECK(canopy_kafka_produce_change(kp, &ev, NULL, err, sizeof(err)) == 0, "produce: %s", err);
+                canopy_change_event_free(&ev);
+                canopy_kafka_producer_poll(kp, 0);
+        }
+        CHECK(canopy_kafka_producer_flush(kp, 60000) == 0, "flush timed out");
+        CHECK(acks.ok == to - from && acks.failed == 0, "acked %ld of %ld", acks.ok, to - from);
+        canopy_kafka_producer_free(kp);
+        free(big);
+}
+
+/* Consume until nothing arrived for 3 s after the first message; returns
+ * the number of messages, fills t. */
+static long drain(canopy_kafka_consumer *kc, struct tracker *t, long *min_seq) {
+        long n = 0;
+        int64_t guard = mono_ms() + HANG_GUARD_MS, idle_since = mono_ms();
+        while (mono_ms() < guard && (n == 0 || mono_ms() - idle_since < 3000)) {
+                canopy_kafka_msg *m;
+                if (canopy_kafka_consume(kc, 200, &m))
+                        continue;
+                long s = process(t, kc, m);
+                if (min_seq && (n == 0 || s < *min_seq))
+                        *min_seq = s;
+                canopy_kafka_msg_free(m);
+                n++;
+                idle_since = mono_ms();
+        }
+        CHECK(n > 0, "nothing consumed within %d ms", HANG_GUARD_MS);
+        return n;
+}
+
+/* The dev broker keeps 5 MiB per partition (docs/DEVKAFKA.md): a group that
+ * committed its position, then fell more than that behind, finds its next
+ * offset gone. The consumer must say so (canopy_kafka_consumer_lost); a
+ * group's first start on the same topic must not. */
+static int t_lost(void) {
+        const long SMALL = 20, BIG = 240;
+        const size_t VLEN = 160 * 1024; /* 240 x 160 KiB = 37.5 MiB over 4 partitions */
+        char prefix[96], group[96], fresh[96];
+        unique(prefix, sizeof(prefix), "lost");
+        strcat(prefix, ".");
+        unique(group, sizeof(group), "lost-group");
+        unique(fresh, sizeof(fresh), "lost-fresh");
+        canopy_kafka_conf c;
+        make_conf(&c, prefix);
+
+        produce_events(&c, 0, SMALL);
+        canopy_kafka_consumer *kc = consumer(&c, group, CANOPY_TOPIC_CHANGES, NULL, NULL);
+        struct tracker t;
+        tracker_init(&t, SMALL + BIG);
+        long got = drain(kc, &t, NULL);
+        CHECK(got == SMALL && t.distinct == SMALL, "first pass read %ld (%ld distinct) of %ld", got, t.distinct,
+              SMALL);
+        CHECK(canopy_kafka_commit(kc, true) == 0, "commit");
+        CHECK(canopy_kafka_consumer_lost(kc) == 0, "a first start counted as a loss");
+        CHECK(canopy_kafka_consumer_close(kc) == 0, "close");
+        canopy_kafka_consumer_free(kc);
+
+        /* More than 5 MiB per partition while the group is away. */
+        produce_big(&c, SMALL, SMALL + BIG, VLEN);
+
+        kc = consumer(&c, group, CANOPY_TOPIC_CHANGES, NULL, NULL);
+        struct tracker t2;
+        tracker_init(&t2, SMALL + BIG);
+        long min_seq = -1;
+        got = drain(kc, &t2, &min_seq);
+        uint64_t lost = canopy_kafka_consumer_lost(kc);
+        fprintf(stderr, "second pass: %ld messages (lowest seq %ld) of %ld produced; %llu position(s) lost\n", got,
+                min_seq, BIG, (unsigned long long)lost);
+        CHECK(min_seq >= SMALL, "an event read twice after the commit (seq %ld)", min_seq);
+        CHECK(got < BIG, "the broker kept everything (%ld of %ld): the test did not overflow a partition", got, BIG);
+        CHECK(lost >= 1, "%ld of %ld events were dropped unread and the consumer did not report it", BIG - got,
+              BIG);
+        CHECK(lost <= 4, "%llu losses reported for 4 partitions", (unsigned long long)lost);
+        canopy_kafka_consumer_close(kc);
+        canopy_kafka_consumer_free(kc);
+
+        /* A new group on the same topic starts at the oldest message left:
+         * no loss of its own. */
+        kc = consumer(&c, fresh, CANOPY_TOPIC_CHANGES, NULL, NULL);
+        struct tracker t3;
+        tracker_init(&t3, SMALL + BIG);
+        long got3 = drain(kc, &t3, NULL);
+        CHECK(got3 == got, "a new group read %ld, the old one %ld", got3, got);
+        CHECK(canopy_kafka_consumer_lost(kc) == 0, "a new group's first start counted as a loss");
+        canopy_kafka_consumer_close(kc);
+        canopy_kafka_consumer_free(kc);
+        free(t.seen);
+        free(t2.seen);
+        free(t3.seen);
+        canopy_kafka_conf_free(&c);
+        printf("PASS lost: %ld of %ld dropped unread, %llu loss(es) reported\n", BIG - got, BIG,
+               (unsigned long long)lost);
+        return 0;
+}
+
 static int t_kill(const char *self) {
         const long N = 3000, DIE_AFTER = 1050;
         char prefix[96], group[96], outfile[512];
@@ -660,6 +771,8 @@ int main(int argc, char **argv) {
                 return t_kill(argv[0]);
         if (!strcmp(argv[1], "worker"))
                 return t_worker(argc, argv);
+        if (!strcmp(argv[1], "lost"))
+                return t_lost();
         if (!strcmp(argv[1], "rebalance"))
                 return t_rebalance();
         if (!strcmp(argv[1], "unreachable"))

@@ -326,6 +326,33 @@ replay|rebuild)
         w1=$(writes)
         [ "$w1" = "$w0" ] || fail "$scenario wrote $((w1 - w0)) times to Graph for unchanged objects: $(emu /_emulator/stats | jq -c .)"
         ;;
+lost)
+        # The broker drops changes the stopped worker had not read (the dev
+        # broker keeps 5 MiB per partition): the restarted worker finds its
+        # position gone, says so and requests a full scan, which brings the
+        # lost change to Entra.
+        start_producer A
+        start_worker w1
+        converge_forest_a
+        stop_worker w1
+        printf 'dn: uid=alice,ou=people,dc=a,dc=test\nchangetype: modify\nreplace: title\ntitle: Lost And Found\n' | ldapmod A
+        sleep 2 # the producer has published it
+        head -c 600000 /dev/zero | tr '\0' x > "$T/big.line"
+        echo >> "$T/big.line"
+        for ((p = 0; p < 8; p++)); do
+                for ((i = 0; i < 10; i++)); do cat "$T/big.line"; done |
+                        kcat -P -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -t e2e.changes -p "$p" -X message.max.bytes=1000000 ||
+                        fail "kcat could not fill partition $p"
+        done
+        start_worker w2
+        wait_for "the lost change, after the full scan" '.users[] | select(.mailNickname == "alice") | .jobTitle == "Lost And Found"'
+        [ "$(metric w2 'canopy_worker_lost_positions_total{stage="join"}')" -ge 1 ] || fail "no lost position counted"
+        [ "$(metric w2 canopy_worker_full_scans_requested_total)" -ge 1 ] || fail "no full scan requested"
+        grep -q 'events were lost' "$T/worker-w2.log" || fail "the loss was not logged"
+        grep -q 'full scan requested by' "$T/producer-a.log" || fail "the producer did not get the request"
+        converge_forest_a
+        check_no_duplicates
+        ;;
 sigkill)
         {
                 for i in $(seq 1 150); do
