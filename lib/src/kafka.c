@@ -631,9 +631,10 @@ canopy_err canopy_kafka_consumer_new(const canopy_kafka_conf *conf, const canopy
         };
         for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
                 const char *v = kv[i].v;
-                if (!v && (strcmp(kv[i].k, "partition.assignment.strategy") == 0 ||
-                           strcmp(kv[i].k, "fetch.wait.max.ms") == 0 ||
-                           strncmp(kv[i].k, "queued.", 7) == 0))
+                /* NULL: the session's timeouts are derived below; any
+                 * other key is left to kafka.extra. */
+                bool timing = !strcmp(kv[i].k, "session.timeout.ms") || !strcmp(kv[i].k, "heartbeat.interval.ms");
+                if (!v && !timing)
                         continue;
                 if (!v) {
                         snprintf(num, sizeof(num), "%lld",
