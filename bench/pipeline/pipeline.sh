@@ -357,6 +357,18 @@ topic_last_ts() {
         kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t "$PREFIX$1" -o -1 -e -q -f '%T\n' 2>/dev/null |
                 awk '$1 > m { m = $1 } END { printf "%.0f", m }'
 }
+# timeline T0: messages written per second since T0 (ms) to the changes (the
+# producer), mv (the join stage) and exports (the export stage) topics, one
+# line per second: which stage sets the pace, and when each one started.
+timeline() {
+        local t
+        printf 'second changes mv exports\n'
+        for t in changes mv exports; do
+                kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t "$PREFIX$t" -o beginning -e -q -f '%T\n' 2>/dev/null |
+                        awk -v t0="$1" -v col="$t" '$1 >= t0 { print int(($1 - t0) / 1000), col }'
+        done | awk '{ n[$1 " " $2]++; if ($1 > last) last = $1 }
+                END { for (s = 0; s <= last; s++) printf "%d %d %d %d\n", s, n[s " changes"], n[s " mv"], n[s " exports"] }'
+}
 cpu_ticks() { # PID: utime+stime in clock ticks
         [ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }
         awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -492,6 +504,7 @@ sync_run() {
                 awk -v n="$NOBJ" '{ d = $3 - $2; if (d > 0) printf "%s %d %.1f\n", $1, d, d / n }' | sort -k2,2nr | head -8 |
                 jq -Rsc 'split("\n") | map(select(length > 0) | split(" ") | {command: .[0], calls: (.[1] | tonumber), per_object: (.[2] | tonumber)})')
         cp "$T/redis-calls-1.txt" "$OUT/redis-calls-$label.txt" 2>/dev/null
+        timeline "$t0" > "$OUT/timeline-$label.txt"
         SYNC_REDIS_BYTES=$(( $(rinfo memory used_memory) - mem0 ))
         local st users groups members
         st=$(emu /_emulator/state) || { bad "cannot read the emulator state"; return 1; }
