@@ -504,7 +504,6 @@ sync_run() {
                 awk -v n="$NOBJ" '{ d = $3 - $2; if (d > 0) printf "%s %d %.1f\n", $1, d, d / n }' | sort -k2,2nr | head -8 |
                 jq -Rsc 'split("\n") | map(select(length > 0) | split(" ") | {command: .[0], calls: (.[1] | tonumber), per_object: (.[2] | tonumber)})')
         cp "$T/redis-calls-1.txt" "$OUT/redis-calls-$label.txt" 2>/dev/null
-        timeline "$t0" > "$OUT/timeline-$label.txt"
         SYNC_REDIS_BYTES=$(( $(rinfo memory used_memory) - mem0 ))
         local st users groups members
         st=$(emu /_emulator/state) || { bad "cannot read the emulator state"; return 1; }
@@ -529,6 +528,8 @@ sync_run() {
                 for p in $(worker_pids); do tot=$((tot + $(cpu_ticks "$p"))); done
                 printf '"workers": %s' "$(fdiv "$tot" "$hz" 1)"
         )
+        # After the CPU figures: reading the topics back costs the broker.
+        timeline "$t0" > "$OUT/timeline-$label.txt"
         say "sync ($label): $users users, $groups groups, $members memberships in $(fdiv "$SYNC_MS" 1000 1) s" \
                 "= $SYNC_OPS objects/s, $SYNC_WRITES Graph writes ($SYNC_WPS/s), $SYNC_REQS requests," \
                 "$SYNC_REDIS_CMDS Redis commands, worker peak RSS $SYNC_PEAK_RSS KiB; CPU s: {$SYNC_CPU}"
