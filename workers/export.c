@@ -1198,7 +1198,7 @@ static void check_credentials(export_ctx *ec) {
         canopy_graph_error_clear(&ei);
 }
 
-int worker_export_run(worker *w) {
+int worker_export_run(worker *w, int idx) {
         canopy_kafka_consumer *kc = NULL;
         int rc = 1;
         char eb[512];
@@ -1212,10 +1212,15 @@ int worker_export_run(worker *w) {
         if (!w->conf->staging) {
                 if (open_graph(w, &ec.gc))
                         goto out;
-                check_credentials(&ec);
-                for (int attempt = 0; (err = replay_staged(&ec)) && !*w->stop; attempt++)
-                        if (canopy_err_class_of(err) != CANOPY_ERRCLASS_RETRIABLE || !worker_backoff(w, attempt))
-                                goto out;
+                /* Once per process, not per thread: the staged differences
+                 * go to mv, where every thread (and worker) takes its share. */
+                if (idx == 0) {
+                        check_credentials(&ec);
+                        for (int attempt = 0; (err = replay_staged(&ec)) && !*w->stop; attempt++)
+                                if (canopy_err_class_of(err) != CANOPY_ERRCLASS_RETRIABLE ||
+                                    !worker_backoff(w, attempt))
+                                        goto out;
+                }
         }
         canopy_topic topics[1] = {CANOPY_TOPIC_MV};
         canopy_kafka_consumer_opts opts = {w->conf->export_group, topics, 1, NULL, NULL, false};
@@ -1224,8 +1229,8 @@ int worker_export_run(worker *w) {
                 CANOPY_ERROR(MOD, "consumer: %s", eb);
                 goto out;
         }
-        CANOPY_INFO(MOD, "export stage started (group %s%s)", w->conf->export_group,
-                    w->conf->staging ? ", staging mode" : "");
+        CANOPY_INFO(MOD, "export stage started (group %s, thread %d of %d%s)", w->conf->export_group, idx + 1,
+                    (int)w->conf->export_threads, w->conf->staging ? ", staging mode" : "");
         int64_t since_commit = 0;
         uint64_t lost_seen = 0;
         deferq dq = {0};

@@ -130,11 +130,16 @@ static void *join_thread(void *arg) {
         return (void *)(intptr_t)rc;
 }
 
+typedef struct export_arg {
+        worker *w;
+        int idx;
+} export_arg;
+
 static void *export_thread(void *arg) {
-        worker *w = arg;
-        int rc = worker_export_run(w);
+        export_arg *ea = arg;
+        int rc = worker_export_run(ea->w, ea->idx);
         if (rc)
-                *w->stop = 1;
+                *ea->w->stop = 1;
         return (void *)(intptr_t)rc;
 }
 
@@ -235,25 +240,42 @@ int main(int argc, char **argv) {
         }
         mh = worker_metrics_start(&w, conf.metrics_listen);
 
-        /* 3. The stages, one thread each. */
+        /* 3. The stages: the join stage in one thread, the export stage in
+         * export.threads. */
         bool run_join = strcmp(conf.stages, "export") != 0;
         bool run_export = strcmp(conf.stages, "join") != 0;
         CANOPY_INFO("worker", "worker %s starting: stages %s%s", w.worker_id, conf.stages,
                     conf.staging ? " (staging mode)" : "");
-        pthread_t tj, te;
+        /* The export stage waits on Graph and Redis round trips, not on
+         * the CPU: export.threads consumers export that many mv events at
+         * once. */
+        int nexp = run_export ? (int)conf.export_threads : 0;
+        pthread_t tj, te[64];
+        export_arg ea[64];
+        int started = 0;
+        bool failed = false;
         if (run_join && pthread_create(&tj, NULL, join_thread, &w))
                 goto out;
-        if (run_export && pthread_create(&te, NULL, export_thread, &w)) {
-                stop_flag = 1;
-                if (run_join)
-                        pthread_join(tj, NULL);
-                goto out;
+        for (; started < nexp; started++) {
+                ea[started] = (export_arg){&w, started};
+                if (pthread_create(&te[started], NULL, export_thread, &ea[started])) {
+                        CANOPY_ERROR("worker", "export thread %d: cannot start", started + 1);
+                        stop_flag = 1;
+                        failed = true;
+                        break;
+                }
         }
         void *rj = NULL, *re = NULL;
         if (run_join)
                 pthread_join(tj, &rj);
-        if (run_export)
-                pthread_join(te, &re);
+        for (int i = 0; i < started; i++) {
+                void *r = NULL;
+                pthread_join(te[i], &r);
+                if (r)
+                        re = r;
+        }
+        if (failed)
+                re = (void *)1;
         rc = (rj || re) ? 1 : 0;
         if (!rc && !worker_flush(&w))
                 rc = 1;

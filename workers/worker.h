@@ -51,7 +51,9 @@ typedef struct worker {
 
 /* Stage threads: return 0 on a clean stop, non-zero on a fatal error. */
 int worker_join_run(worker *w);
-int worker_export_run(worker *w);
+/* Export thread idx of conf->export_threads: thread 0 also checks the
+ * credentials and replays the staged differences at start-up. */
+int worker_export_run(worker *w, int idx);
 
 /* Metrics endpoint (libmicrohttpd). NULL listen: nothing. */
 void *worker_metrics_start(worker *w, const char *listen);

@@ -24,6 +24,7 @@ typedef struct canopy_worker_conf {
         char *export_group;        /* export.group_id */
         int64_t join_batch;        /* join.batch: events per offset commit */
         int64_t export_batch;      /* export.batch: mv events handled together */
+        int64_t export_threads;    /* export.threads: export consumers in this process */
         int64_t poll_ms;           /* worker.poll */
 
         canopy_kafka_conf kafka;   /* kafka.* */
