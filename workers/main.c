@@ -250,7 +250,7 @@ int main(int argc, char **argv) {
          * the CPU: export.threads consumers export that many mv events at
          * once. */
         int nexp = run_export ? (int)conf.export_threads : 0;
-        pthread_t tj, te[64];
+        pthread_t tj, te[64]; /* export.threads is at most 64 (conf_worker.c) */
         export_arg ea[64];
         int started = 0;
         bool failed = false;

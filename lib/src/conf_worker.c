@@ -28,10 +28,12 @@ static const canopy_conf_def defs[] = {
      "Kafka consumer group of the export stage.", W(export_group)},
     {"export.batch", CANOPY_CT_INT, "100", 1, 10000, 0, NULL, NULL,
      "mv events handled between two offset commits.", W(export_batch)},
-    {"export.threads", CANOPY_CT_INT, "4", 1, 64, 0, "CANOPY_EXPORT_THREADS", NULL,
+    {"export.threads", CANOPY_CT_INT, "1", 1, 64, 0, "CANOPY_EXPORT_THREADS", NULL,
      "Export threads of this process. Each is one consumer of export.group_id with its own Redis and Graph "
      "connections, so this many mv events are exported at once (the partitions of mv spread over them; an "
-     "object's events stay in order in its partition). Graph round trips, not CPU, set the export pace.",
+     "object's events stay in order in its partition). Worth raising where Graph round trips set the pace "
+     "(tens of ms to a real tenant); where CPU does, as on a small host against the emulator, it adds Redis "
+     "work and no speed (bench/pipeline/FINDINGS.md).",
      W(export_threads)},
     {"export.staging", CANOPY_CT_BOOL, "false", NOB, 0, "CANOPY_STAGING", NULL,
      "Staging mode: compute and record (exports topic, Redis) what would be exported, call nothing. Turning "
