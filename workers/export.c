@@ -296,6 +296,52 @@ static void strset_free(strset *s) {
         memset(s, 0, sizeof(*s));
 }
 
+/* What a group's member computation leaves waiting: wait key ->
+ * "<connector>\x1f<reference>" (canopy_state_group_waits_set). */
+typedef struct waitlist {
+        char **keys, **vals;
+        size_t n, cap;
+        bool ok; /* false once an allocation failed: record nothing */
+} waitlist;
+
+static void waitlist_add(waitlist *wl, const char *key, const char *conn, const char *ref) {
+        if (!wl || !wl->ok)
+                return;
+        if (wl->n == wl->cap) {
+                size_t cap = wl->cap ? wl->cap * 2 : 16;
+                char **k = realloc(wl->keys, cap * sizeof(*k));
+                if (k)
+                        wl->keys = k;
+                char **v = k ? realloc(wl->vals, cap * sizeof(*v)) : NULL;
+                if (v)
+                        wl->vals = v;
+                if (!k || !v) {
+                        wl->ok = false;
+                        return;
+                }
+                wl->cap = cap;
+        }
+        char *v = NULL;
+        char *k = strdup(key);
+        if (!k || asprintf(&v, "%s\x1f%s", conn, ref) < 0) {
+                free(k);
+                wl->ok = false;
+                return;
+        }
+        wl->keys[wl->n] = k;
+        wl->vals[wl->n++] = v;
+}
+
+static void waitlist_free(waitlist *wl) {
+        for (size_t i = 0; i < wl->n; i++) {
+                free(wl->keys[i]);
+                free(wl->vals[i]);
+        }
+        free(wl->keys);
+        free(wl->vals);
+        memset(wl, 0, sizeof(*wl));
+}
+
 /* Register group_mv as waiting for every member reference of res[0..n)
  * still unknown, then resolve those references again: a member the join
  * stage recorded between the first read and the registration found no
@@ -357,7 +403,7 @@ static canopy_err wait_unknown(export_ctx *ec, const char *connector, const char
  * resolved in pipelined batches (canopy_state_members_resolve); only the
  * members still waiting cost a round trip of their own. */
 static canopy_err desired_members(export_ctx *ec, const char *group_mv, const desired *d, strset *ret,
-                                  size_t *ret_waiting) {
+                                  size_t *ret_waiting, waitlist *wl) {
         canopy_err err = CANOPY_OK;
         for (size_t r = 0; !err && r < d->nrecs; r++) {
                 char **refs = NULL;
@@ -382,6 +428,8 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                                  * nothing to hold removals back for. */
                                 if (m->wait_key && !m->dangling && !strncmp(m->wait_key, "d:", 2))
                                         (*ret_waiting)++;
+                                if (m->wait_key)
+                                        waitlist_add(wl, m->wait_key, conn, refs[i]);
                                 continue;
                         }
                         if (!strcmp(m->mv_id, group_mv))
@@ -399,13 +447,16 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                                 err = canopy_state_exp_get(ec->st, m->mv_id, &es);
                         if (err == CANOPY_ERR_NOT_FOUND) {
                                 (*ret_waiting)++;
+                                waitlist_add(wl, m->mv_id, conn, refs[i]);
                                 err = CANOPY_OK;
                         } else if (!err && es->entra_id && !es->deleted) {
                                 err = strset_add(ret, es->entra_id);
                                 if (!err)
                                         err = canopy_state_pending_remove(ec->st, m->mv_id, group_mv);
-                        } else if (!err)
+                        } else if (!err) {
                                 (*ret_waiting)++;
+                                waitlist_add(wl, m->mv_id, conn, refs[i]);
+                        }
                         canopy_export_state_free(es);
                 }
                 canopy_member_res_clear(res, n);
@@ -706,6 +757,155 @@ out:
         return err;
 }
 
+/* A RESOLVE of a group whose last full member computation recorded what it
+ * left waiting (canopy_state_group_waits_set): only the members woken since
+ * are looked at, so a group of 100,000 members costs what its newly
+ * exported members cost, not a look-up of every member each time. Only
+ * additions come of it: removals wait for a full computation. *ret_done is
+ * false when everything must be computed instead (nothing recorded,
+ * removals held back, a woken member of a connector the group no longer
+ * has). */
+static canopy_err members_woken(export_ctx *ec, const char *group_mv, const desired *d, outcome *o,
+                                bool *ret_done) {
+        *ret_done = false;
+        for (size_t r = 0; r < d->nrecs; r++)
+                for (size_t q = r + 1; q < d->nrecs; q++)
+                        if (!strcmp(d->recs[r]->connector, d->recs[q]->connector))
+                                return CANOPY_OK; /* two records of one connector: compute all */
+        bool ok = false;
+        char **keys = NULL;
+        size_t nk = 0;
+        canopy_err err = canopy_state_group_waits_begin(ec->st, group_mv, &ok, &keys, &nk);
+        if (err || !ok) {
+                canopy_state_strv_free(keys);
+                return err;
+        }
+        size_t cap = nk ? nk : 1;
+        char **vals = calloc(cap, sizeof(*vals));
+        const char **del = calloc(cap, sizeof(*del));
+        bool *seen = calloc(cap, sizeof(*seen));
+        size_t *at = calloc(cap, sizeof(*at));
+        const char **refs = calloc(cap, sizeof(*refs));
+        bool *has = calloc(cap, sizeof(*has));
+        canopy_member_res *res = calloc(cap, sizeof(*res));
+        size_t ndel = 0;
+        waitlist add = {.ok = true};
+        strset cand = {0}, want = {0}, none = {0};
+        if (!vals || !del || !seen || !at || !refs || !has || !res)
+                err = CANOPY_ERR_NOMEM;
+        if (!err)
+                err = canopy_state_group_waits_get(ec->st, group_mv, (const char *const *)keys, nk, vals);
+        for (size_t r = 0; !err && r < d->nrecs; r++) {
+                const char *conn = d->recs[r]->connector;
+                size_t cl = strlen(conn), n = 0;
+                for (size_t i = 0; i < nk; i++)
+                        if (vals[i] && !strncmp(vals[i], conn, cl) && vals[i][cl] == '\x1f') {
+                                seen[i] = true;
+                                at[n] = i;
+                                refs[n++] = vals[i] + cl + 1;
+                        }
+                if (!n)
+                        continue;
+                /* Still a member? A reference the group dropped since is
+                 * forgotten (the group's change computes everything). */
+                err = canopy_state_cs_members_has(ec->st, conn, &d->recs[r]->anchor, refs, n, has);
+                size_t m = 0;
+                for (size_t j = 0; !err && j < n; j++) {
+                        if (!has[j]) {
+                                del[ndel++] = keys[at[j]];
+                                continue;
+                        }
+                        at[m] = at[j];
+                        refs[m++] = refs[j];
+                }
+                if (!err && m)
+                        err = canopy_state_members_resolve(ec->st, conn, (char *const *)refs, m, res);
+                if (!err && m)
+                        err = wait_unknown(ec, conn, group_mv, (char *const *)refs, res, m);
+                for (size_t j = 0; !err && j < m; j++) {
+                        const char *key = keys[at[j]];
+                        canopy_member_res *mr = &res[j];
+                        if (mr->state == CANOPY_MEMBER_UNKNOWN) {
+                                if (!mr->wait_key || strcmp(mr->wait_key, key)) {
+                                        del[ndel++] = key;
+                                        if (mr->wait_key)
+                                                waitlist_add(&add, mr->wait_key, conn, refs[j]);
+                                }
+                                continue;
+                        }
+                        if (!strcmp(mr->mv_id, group_mv)) {
+                                del[ndel++] = key;
+                                continue;
+                        }
+                        if (mr->state == CANOPY_MEMBER_EXPORTED) {
+                                del[ndel++] = key;
+                                err = strset_add(&cand, mr->entra_id);
+                                continue;
+                        }
+                        /* Joined, not exported: wait for it and look again
+                         * (as desired_members). */
+                        canopy_export_state *es = NULL;
+                        err = canopy_state_pending_add(ec->st, mr->mv_id, group_mv);
+                        if (!err)
+                                err = canopy_state_exp_get(ec->st, mr->mv_id, &es);
+                        if (!err && es->entra_id && !es->deleted) {
+                                del[ndel++] = key;
+                                err = strset_add(&cand, es->entra_id);
+                                if (!err)
+                                        err = canopy_state_pending_remove(ec->st, mr->mv_id, group_mv);
+                        } else if (!err || err == CANOPY_ERR_NOT_FOUND) {
+                                err = CANOPY_OK;
+                                if (strcmp(mr->mv_id, key)) {
+                                        del[ndel++] = key;
+                                        waitlist_add(&add, mr->mv_id, conn, refs[j]);
+                                }
+                        }
+                        canopy_export_state_free(es);
+                }
+                canopy_member_res_clear(res, m);
+        }
+        bool full = !add.ok;
+        for (size_t i = 0; !err && i < nk; i++)
+                if (vals[i] && !seen[i])
+                        full = true; /* a connector the group no longer has */
+        if (!err && !full && cand.n) {
+                bool *in = calloc(cand.n, sizeof(*in));
+                err = in ? canopy_state_exp_members_has(ec->st, group_mv, (const char *const *)cand.v, cand.n, in)
+                         : CANOPY_ERR_NOMEM;
+                for (size_t i = 0; !err && i < cand.n; i++)
+                        if (!in[i])
+                                err = strset_add(&want, cand.v[i]);
+                free(in);
+                strset_sort(&want);
+                if (!err && want.n)
+                        err = export_members(ec, o->entra_id, &want, &none, 1, o, NULL);
+        }
+        /* On an error or a full computation the marker stays "busy": the
+         * next look at the group computes everything. */
+        if (!err && !full) {
+                err = canopy_state_group_waits_end(ec->st, group_mv, del, ndel, (const char *const *)add.keys,
+                                                   (const char *const *)add.vals, add.n);
+                if (!err)
+                        *ret_done = true;
+                CANOPY_DEBUG(MOD, "%s: %zu woken member(s), %zu added, %zu still waiting anew", group_mv, nk,
+                             want.n, add.n);
+        }
+        for (size_t i = 0; vals && i < nk; i++)
+                free(vals[i]);
+        free(vals);
+        free(del);
+        free(seen);
+        free(at);
+        free(refs);
+        free(has);
+        free(res);
+        waitlist_free(&add);
+        strset_free(&cand);
+        strset_free(&want);
+        canopy_state_strv_free(keys);
+        return err;
+}
+
 static canopy_err export_one(export_ctx *ec, outcome *o) {
         const char *mv_id = ec->ev->mv_id;
         canopy_mv_record *mv = NULL;
@@ -925,10 +1125,22 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                         fresh = true;
                 }
         }
-        (void)fresh;
-        if (kind == CANOPY_GRAPH_GROUP) {
+        bool woken = false; /* the members were brought up to date from the woken ones */
+        if (kind == CANOPY_GRAPH_GROUP && !staging && !fresh && o->entra_id[0] &&
+            ec->ev->reason == CANOPY_MV_RESOLVE) {
+                err = members_woken(ec, mv_id, &d, o, &woken);
+                if (err)
+                        goto out;
+        }
+        if (kind == CANOPY_GRAPH_GROUP && !woken) {
+                /* Everything: what it leaves waiting is recorded for the
+                 * RESOLVEs to come. The woken keys are dropped first: the
+                 * reads below see what they announced. */
                 size_t waiting = 0;
-                err = desired_members(ec, mv_id, &d, &want, &waiting);
+                waitlist wl = {.ok = true};
+                err = canopy_state_group_waits_clear(ec->st, mv_id);
+                if (!err)
+                        err = desired_members(ec, mv_id, &d, &want, &waiting, staging ? NULL : &wl);
                 if (!err) {
                         char **h = NULL;
                         size_t nh = 0;
@@ -940,6 +1152,15 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                 }
                 if (!err && (o->entra_id[0] || staging))
                         err = export_members(ec, o->entra_id, &want, &have, waiting, o, stage_detail);
+                /* Removals held back while members wait: RESOLVEs must
+                 * compute everything until they are done. */
+                bool held = false;
+                for (size_t i = 0; waiting && i < have.n && !held; i++)
+                        held = !strset_has(&want, have.v[i]);
+                if (!err && !staging && o->entra_id[0] && wl.ok)
+                        err = canopy_state_group_waits_set(ec->st, mv_id, held, (const char *const *)wl.keys,
+                                                           (const char *const *)wl.vals, wl.n);
+                waitlist_free(&wl);
                 if (err)
                         goto out;
         }

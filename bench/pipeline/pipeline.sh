@@ -125,7 +125,8 @@ if [ "$U" -gt 25000 ]; then
 fi
 TOPICS=("${PREFIX}changes:$NPART" "${PREFIX}mv:$NPART" "${PREFIX}exports:8" "${PREFIX}dlq:1" "${PREFIX}control:1")
 harness_kafka 3 "${TOPICS[@]}" || exit
-harness_emulator --domain canopy.test || exit
+# 16 HTTP threads: the latency run (below) holds one per request in flight.
+harness_emulator --domain canopy.test --threads 16 || exit
 harness_slapd "$FOREST" "$LDIF" || exit
 LURI=$CANOPY_TEST_LDAP_BENCH_URI
 LDAPS=$CANOPY_TEST_LDAP_BENCH_LDAPS_URI
@@ -232,6 +233,7 @@ join:
   group_id: "bench-join-$2"
 export:
   group_id: "bench-export-$2"
+  threads: ${EXPORT_THREADS:-4}
 graph:
   tenant: "$CANOPY_TEST_GRAPH_TENANT"
   client_id: "$CANOPY_TEST_GRAPH_CLIENT_ID"
@@ -794,6 +796,42 @@ if [ -n "$SYNC1_OK" ] && ! skip scale; then
                 done
                 result 7.scale_1 "initial sync with 1 worker" "${SC[1]}" "objects/s" "" "" "" "" \
                         "{\"users\": $U, \"redis_commands_per_object\": ${SCR[1]:-null}}"
+        fi
+fi
+
+# ---- export concurrency under Graph latency ------------------------------------------------
+# On loopback a Graph request takes well under a millisecond; Microsoft
+# Graph answers in tens of milliseconds. With the emulator's added latency,
+# the same sync runs for LAT_S seconds with export.threads 1 and then 4, and
+# the Graph writes per second are compared (a ratio within this run).
+if ! skip threads; then
+        LAT_MS=20 LAT_S=30
+        [ -z "$SMOKE" ] || LAT_S=5
+        declare -A LW=()
+        for th in 1 4; do
+                fresh_backends || break
+                emu_post /_emulator/faults "{\"writeRate\":0,\"latencyMs\":$LAT_MS}" >/dev/null ||
+                        { bad "cannot set the emulator latency"; break; }
+                say "threads: Graph latency $LAT_MS ms, 2 workers with export.threads=$th, ${LAT_S}s"
+                EXPORT_THREADS=$th write_worker_conf lat "lat$th" 1000000 1s
+                start_workers 2 lat || break
+                start_producer
+                sleep 5
+                lw0=$(emu_stat writes) lt0=$(now_ms)
+                sleep "$LAT_S"
+                lw1=$(emu_stat writes) lt1=$(now_ms)
+                stop_workers
+                stop_producer
+                LW[$th]=$(fdiv $((lw1 - lw0)) "$((lt1 - lt0))e-3" 1)
+                say "threads: export.threads=$th: $((lw1 - lw0)) Graph writes in $(fdiv $((lt1 - lt0)) 1000 1) s = ${LW[$th]}/s"
+        done
+        emu_post /_emulator/faults '{"latencyMs":0}' >/dev/null || true
+        if [ -n "${LW[1]:-}" ] && [ -n "${LW[4]:-}" ]; then
+                result 1c.export_threads "Graph writes/s with export.threads=4 / with 1, Graph latency $LAT_MS ms (2 workers)" \
+                        "$(fdiv "${LW[4]}" "${LW[1]}" 2)" "x" "" "" "" "" \
+                        "{\"latency_ms\": $LAT_MS, \"writes_per_s_1\": ${LW[1]}, \"writes_per_s_4\": ${LW[4]}, \"seconds\": $LAT_S}"
+        else
+                bad "threads: a run did not finish"
         fi
 fi
 

@@ -81,6 +81,16 @@ static const char LUA_TAKE[] =
         "redis.call('DEL', KEYS[1])\n"
         "return m\n";
 
+/* Begin an incremental RESOLVE of a group: KEYS[1] = gw (waits), KEYS[2] =
+ * gr (woken keys). nil unless the marker allows it; else mark it busy and
+ * take the woken keys. */
+static const char LUA_GBEGIN[] =
+        "if redis.call('HGET', KEYS[1], '\\31') ~= '1' then return false end\n"
+        "redis.call('HSET', KEYS[1], '\\31', 'busy')\n"
+        "local m = redis.call('SMEMBERS', KEYS[2])\n"
+        "redis.call('DEL', KEYS[2])\n"
+        "return m\n";
+
 /* ---- basics ------------------------------------------------------------- */
 
 char *canopy_state_key(const canopy_state *st, const char *fmt, ...) {
@@ -1218,6 +1228,8 @@ canopy_err canopy_state_exp_deleted(canopy_state *st, const char *mv_id) {
                 err = cmd_argv(st, 3, av, NULL);
                 if (!err)
                         err = cmd4(st, "HSET", key, "del", "1");
+                if (!err)
+                        err = canopy_state_group_waits_clear(st, mv_id);
         }
         free(key);
         free(mkey);
@@ -1288,6 +1300,13 @@ canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, c
                         err = strv_from_reply(r, ret, ret_n);
                 if (r)
                         freeReplyObject(r);
+                /* Each group notes the key as woken, for a RESOLVE that
+                 * looks at the woken members only (canopy_state_group_waits_begin). */
+                for (size_t i = 0; !err && i < *ret_n; i++) {
+                        char *gr = canopy_state_key(st, "gr:{%s}", (*ret)[i]);
+                        err = gr ? cmd3(st, "SADD", gr, member_key) : CANOPY_ERR_NOMEM;
+                        free(gr);
+                }
                 /* The index only feeds the metric: drop the entry after the
                  * take; a crash in between leaves an empty entry counted. */
                 if (!err)
@@ -1295,6 +1314,169 @@ canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, c
         }
         free(key);
         free(idx);
+        return err;
+}
+
+/* ---- group waits ---------------------------------------------------------------- */
+
+#define GW_MARK "\x1f"
+
+/* HSET key f1 v1 f2 v2 ...; HDEL key f1 f2 ... (nothing when n is 0). */
+static canopy_err hash_fields(canopy_state *st, const char *cmd, const char *key, const char *const *f,
+                              const char *const *v, size_t n) {
+        if (!n)
+                return CANOPY_OK;
+        size_t per = v ? 2 : 1, argc = 2 + n * per;
+        const char **av = malloc(sizeof(*av) * argc);
+        if (!av)
+                return CANOPY_ERR_NOMEM;
+        av[0] = cmd;
+        av[1] = key;
+        for (size_t i = 0; i < n; i++) {
+                av[2 + i * per] = f[i];
+                if (v)
+                        av[3 + i * per] = v[i];
+        }
+        canopy_err err = cmd_argv(st, (int)argc, av, NULL);
+        free(av);
+        return err;
+}
+
+canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *const *keys,
+                                        const char *const *vals, size_t n) {
+        char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
+        canopy_err err = gw ? cmd3(st, "DEL", gw, NULL) : CANOPY_ERR_NOMEM;
+        if (!err)
+                err = hash_fields(st, "HSET", gw, keys, vals, n);
+        /* The marker last: a crash before it leaves no marker (compute all). */
+        if (!err)
+                err = cmd4(st, "HSET", gw, GW_MARK, held ? "held" : "1");
+        free(gw);
+        return err;
+}
+
+canopy_err canopy_state_group_waits_begin(canopy_state *st, const char *group_mv, bool *ret_ok, char ***ret,
+                                          size_t *ret_n) {
+        *ret_ok = false;
+        *ret = NULL;
+        *ret_n = 0;
+        char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
+        char *gr = canopy_state_key(st, "gr:{%s}", group_mv);
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (gw && gr) {
+                const char *av[3] = {"2", gw, gr};
+                redisReply *r = rconn_eval(st->rc, LUA_GBEGIN, st->sha_gbegin, 3, av, NULL);
+                err = reply_err(st, r);
+                if (!err && r->type == REDIS_REPLY_ARRAY) {
+                        err = strv_from_reply(r, ret, ret_n);
+                        *ret_ok = !err;
+                }
+                if (r)
+                        freeReplyObject(r);
+        }
+        free(gw);
+        free(gr);
+        return err;
+}
+
+canopy_err canopy_state_group_waits_get(canopy_state *st, const char *group_mv, const char *const *keys, size_t n,
+                                        char **ret) {
+        for (size_t i = 0; i < n; i++)
+                ret[i] = NULL;
+        if (!n)
+                return CANOPY_OK;
+        char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
+        const char **av = malloc(sizeof(*av) * (n + 2));
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (gw && av) {
+                av[0] = "HMGET";
+                av[1] = gw;
+                for (size_t i = 0; i < n; i++)
+                        av[2 + i] = keys[i];
+                redisReply *r = rconn_cmdargv(st->rc, (int)(n + 2), av, NULL);
+                err = reply_err(st, r);
+                if (!err && (r->type != REDIS_REPLY_ARRAY || r->elements != n))
+                        err = CANOPY_ERR_REDIS;
+                for (size_t i = 0; !err && i < n; i++)
+                        if (r->element[i]->type == REDIS_REPLY_STRING &&
+                            !(ret[i] = strndup(r->element[i]->str, r->element[i]->len)))
+                                err = CANOPY_ERR_NOMEM;
+                if (r)
+                        freeReplyObject(r);
+                if (err)
+                        for (size_t i = 0; i < n; i++) {
+                                free(ret[i]);
+                                ret[i] = NULL;
+                        }
+        }
+        free(av);
+        free(gw);
+        return err;
+}
+
+canopy_err canopy_state_group_waits_end(canopy_state *st, const char *group_mv, const char *const *del, size_t ndel,
+                                        const char *const *add, const char *const *vals, size_t nadd) {
+        char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
+        canopy_err err = gw ? hash_fields(st, "HDEL", gw, del, NULL, ndel) : CANOPY_ERR_NOMEM;
+        if (!err)
+                err = hash_fields(st, "HSET", gw, add, vals, nadd);
+        if (!err)
+                err = cmd4(st, "HSET", gw, GW_MARK, "1");
+        free(gw);
+        return err;
+}
+
+canopy_err canopy_state_group_waits_clear(canopy_state *st, const char *group_mv) {
+        char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
+        char *gr = canopy_state_key(st, "gr:{%s}", group_mv);
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (gw && gr) {
+                const char *av[3] = {"DEL", gw, gr};
+                err = cmd_argv(st, 3, av, NULL);
+        }
+        free(gw);
+        free(gr);
+        return err;
+}
+
+/* SMISMEMBER key items... -> ret[]. */
+static canopy_err set_has(canopy_state *st, const char *key, const char *const *items, size_t n, bool *ret) {
+        if (!n)
+                return CANOPY_OK;
+        const char **av = malloc(sizeof(*av) * (n + 2));
+        if (!av)
+                return CANOPY_ERR_NOMEM;
+        av[0] = "SMISMEMBER";
+        av[1] = key;
+        for (size_t i = 0; i < n; i++)
+                av[2 + i] = items[i];
+        redisReply *r = rconn_cmdargv(st->rc, (int)(n + 2), av, NULL);
+        free(av);
+        canopy_err err = reply_err(st, r);
+        if (!err && (r->type != REDIS_REPLY_ARRAY || r->elements != n))
+                err = CANOPY_ERR_REDIS;
+        for (size_t i = 0; !err && i < n; i++)
+                ret[i] = r->element[i]->type == REDIS_REPLY_INTEGER && r->element[i]->integer == 1;
+        if (r)
+                freeReplyObject(r);
+        return err;
+}
+
+canopy_err canopy_state_exp_members_has(canopy_state *st, const char *mv_id, const char *const *items, size_t n,
+                                        bool *ret) {
+        char *key = canopy_state_key(st, "exp:{%s}:m", mv_id);
+        canopy_err err = key ? set_has(st, key, items, n, ret) : CANOPY_ERR_NOMEM;
+        free(key);
+        return err;
+}
+
+canopy_err canopy_state_cs_members_has(canopy_state *st, const char *connector, const canopy_bytes *anchor,
+                                       const char *const *items, size_t n, bool *ret) {
+        char *b64 = b64_dup(anchor);
+        char *key = b64 ? canopy_state_key(st, "cs:{%s|%s}:m", connector, b64) : NULL;
+        canopy_err err = key ? set_has(st, key, items, n, ret) : CANOPY_ERR_NOMEM;
+        free(key);
+        free(b64);
         return err;
 }
 

@@ -14,6 +14,7 @@ struct canopy_state {
         char sha_csput[41];
         char sha_members[41];
         char sha_take[41];
+        char sha_gbegin[41];
         char sha_bury[41];
         char sha_scan_piece[41];
 };

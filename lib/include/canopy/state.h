@@ -287,6 +287,44 @@ canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, c
 /* Number of members that groups are waiting for. */
 canopy_err canopy_state_pending_count(canopy_state *st, int64_t *ret);
 
+/* ---- group waits: resolving only the members that were woken ------------ */
+/* A group's full member computation costs a look-up per member; during an
+ * initial sync a large group is woken again and again as its members are
+ * exported. So the full computation records what it left waiting (gw:{g},
+ * wait key -> "<connector>\x1f<reference>"), canopy_state_pending_take
+ * notes every key it wakes (gr:{g}), and a RESOLVE looks at those keys
+ * only. The marker of gw:{g} says whether that is allowed: "1" yes; "held"
+ * (removals were held back while members waited) or "busy" (a RESOLVE was
+ * cut short) no: the next RESOLVE computes everything again, which is
+ * always right. */
+
+/* Replace the group's waits after a full computation. keys/vals borrowed. */
+canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *const *keys,
+                                        const char *const *vals, size_t n);
+/* Begin an incremental RESOLVE: when the marker is "1", set it to "busy",
+ * take the woken keys (*ret, NULL-terminated, owned) and set *ret_ok; else
+ * *ret_ok is false and nothing changes (compute everything). */
+canopy_err canopy_state_group_waits_begin(canopy_state *st, const char *group_mv, bool *ret_ok, char ***ret,
+                                          size_t *ret_n);
+/* The recorded values of keys[0..n): ret[i] owned, NULL when not waited for. */
+canopy_err canopy_state_group_waits_get(canopy_state *st, const char *group_mv, const char *const *keys, size_t n,
+                                        char **ret);
+/* End an incremental RESOLVE: drop del[], record add[] -> vals[], marker "1". */
+canopy_err canopy_state_group_waits_end(canopy_state *st, const char *group_mv, const char *const *del, size_t ndel,
+                                        const char *const *add, const char *const *vals, size_t nadd);
+/* Forget the group's waits (its next RESOLVE computes everything): after a
+ * member is deleted, when the group is deleted, before a full computation
+ * (which also drops the woken keys: it reads every member anyway). */
+canopy_err canopy_state_group_waits_clear(canopy_state *st, const char *group_mv);
+
+/* Set membership in one round trip: ret[i] tells whether items[i] is in
+ * the group's exported members (exp) or its connector-space member
+ * references (cs). */
+canopy_err canopy_state_exp_members_has(canopy_state *st, const char *mv_id, const char *const *items, size_t n,
+                                        bool *ret);
+canopy_err canopy_state_cs_members_has(canopy_state *st, const char *connector, const canopy_bytes *anchor,
+                                       const char *const *items, size_t n, bool *ret);
+
 /* Reverse membership of exported members: group `group_mv` has the Entra
  * object `member_eid` as a member in Entra. Taken when that object is
  * deleted, so that those groups are exported again. */
