@@ -417,17 +417,20 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                         err = canopy_state_members_resolve(ec->st, conn, refs, n, res);
                 if (!err && n)
                         err = wait_unknown(ec, conn, group_mv, refs, res, n);
+                size_t unseen = 0;
                 for (size_t i = 0; !err && i < n; i++) {
                         canopy_member_res *m = &res[i];
                         if (m->state == CANOPY_MEMBER_UNKNOWN) {
                                 /* A DN not seen yet (the join stage may not
                                  * have read the member) is waited for like a
-                                 * member not yet exported (wait_unknown). A
+                                 * member not yet exported (wait_unknown), and
+                                 * holds removals back until the connector's
+                                 * first full import is complete (below). A
                                  * DN whose object moved away or was deleted
                                  * is a dangling reference: no member, and
                                  * nothing to hold removals back for. */
                                 if (m->wait_key && !m->dangling && !strncmp(m->wait_key, "d:", 2))
-                                        (*ret_waiting)++;
+                                        unseen++;
                                 if (m->wait_key)
                                         waitlist_add(wl, m->wait_key, conn, refs[i]);
                                 continue;
@@ -458,6 +461,12 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                                 waitlist_add(wl, m->mv_id, conn, refs[i]);
                         }
                         canopy_export_state_free(es);
+                }
+                if (!err && unseen) {
+                        bool scanned = false;
+                        err = canopy_state_hold_for_scan(ec->st, conn, group_mv, &scanned);
+                        if (!scanned)
+                                *ret_waiting += unseen;
                 }
                 canopy_member_res_clear(res, n);
                 free(res);
@@ -648,6 +657,10 @@ static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_
         char **groups = NULL;
         size_t ng = 0;
         err = canopy_state_memberof_take(ec->st, es->entra_id, &groups, &ng);
+        /* A removal: their next RESOLVE must compute every member, not
+         * only the woken ones (which only ever add). */
+        for (size_t i = 0; !err && i < ng; i++)
+                err = canopy_state_group_waits_clear(ec->st, groups[i]);
         for (size_t i = 0; !err && i < ng; i++)
                 err = publish_mv(ec, groups[i], "group", CANOPY_MV_RESOLVE);
         canopy_state_strv_free(groups);
@@ -885,8 +898,10 @@ static canopy_err members_woken(export_ctx *ec, const char *group_mv, const desi
         if (!err && !full) {
                 err = canopy_state_group_waits_end(ec->st, group_mv, del, ndel, (const char *const *)add.keys,
                                                    (const char *const *)add.vals, add.n);
-                if (!err)
+                if (!err) {
                         *ret_done = true;
+                        atomic_fetch_add_explicit(&ec->w->m.members_woken, 1, memory_order_relaxed);
+                }
                 CANOPY_DEBUG(MOD, "%s: %zu woken member(s), %zu added, %zu still waiting anew", group_mv, nk,
                              want.n, add.n);
         }
@@ -1141,6 +1156,8 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                 err = canopy_state_group_waits_clear(ec->st, mv_id);
                 if (!err)
                         err = desired_members(ec, mv_id, &d, &want, &waiting, staging ? NULL : &wl);
+                if (!err)
+                        atomic_fetch_add_explicit(&ec->w->m.members_full, 1, memory_order_relaxed);
                 if (!err) {
                         char **h = NULL;
                         size_t nh = 0;

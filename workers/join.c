@@ -535,6 +535,22 @@ static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
                 }
                 canopy_state_anchors_free(anchors, n);
         } while (!err && cur);
+        /* A member DN of the connector not seen by now is not in scope:
+         * groups that held removals back for one compute their members
+         * again (canopy_state_hold_for_scan). Before scan_done, so that a
+         * retry of this event gets here again. */
+        char **held = NULL;
+        size_t nheld = 0;
+        if (!err)
+                err = canopy_state_connector_scanned(jc->st, ev->connector, &held, &nheld);
+        for (size_t i = 0; !err && i < nheld; i++) {
+                err = canopy_state_group_waits_clear(jc->st, held[i]);
+                if (!err)
+                        err = publish_mv(jc, held[i], "group", CANOPY_MV_RESOLVE, ev->connector);
+                if (!err)
+                        err = canopy_state_hold_release(jc->st, ev->connector, (const char *const *)&held[i], 1);
+        }
+        canopy_state_strv_free(held);
         if (!err && ev->nchunks > 1)
                 err = canopy_state_scan_done(jc->st, ev->connector, ev->scan_id);
         if (!err) {

@@ -19,7 +19,7 @@ typedef struct mstate {
         canopy_http *srv;
         pthread_mutex_t lock;
         worker_metrics last; /* values already added to the registry */
-        canopy_metric *events, *dead, *mv_pub, *coalesced, *noop, *graph, *conflicts, *staged, *pending, *errors, *lost, *scans;
+        canopy_metric *events, *dead, *mv_pub, *coalesced, *noop, *graph, *conflicts, *staged, *pending, *errors, *lost, *scans, *members;
 } mstate;
 
 static uint64_t delta(atomic_uint_fast64_t *cur, atomic_uint_fast64_t *last) {
@@ -43,6 +43,8 @@ static void sync_metrics(mstate *ms) {
         canopy_metrics_add(ms->lost, CANOPY_LABELS("join"), (double)delta(&m->join_lost, &l->join_lost));
         canopy_metrics_add(ms->lost, CANOPY_LABELS("export"), (double)delta(&m->export_lost, &l->export_lost));
         canopy_metrics_add(ms->scans, NULL, (double)delta(&m->scans_requested, &l->scans_requested));
+        canopy_metrics_add(ms->members, CANOPY_LABELS("full"), (double)delta(&m->members_full, &l->members_full));
+        canopy_metrics_add(ms->members, CANOPY_LABELS("woken"), (double)delta(&m->members_woken, &l->members_woken));
         for (int k = 0; k < GK_COUNT; k++) {
                 canopy_metrics_add(ms->graph, CANOPY_LABELS(worker_graph_kind_names[k], "ok"),
                                    (double)delta(&m->graph[k][0], &l->graph[k][0]));
@@ -94,6 +96,10 @@ void *worker_metrics_start(worker *w, const char *listen) {
                                           "stage");
         ms->scans = canopy_metrics_counter(reg, "canopy_worker_full_scans_requested_total",
                                            "Full scans requested on the control topic after lost events.", NULL);
+        ms->members = canopy_metrics_counter(reg, "canopy_worker_group_member_computations_total",
+                                             "Group member computations: every member (full) or only the members "
+                                             "exported since the last one (woken).",
+                                             "how");
         ms->pending = canopy_metrics_gauge(reg, "canopy_worker_pending_references",
                                            "Members that groups wait for (not yet exported).", NULL);
         ms->errors = canopy_metrics_gauge(reg, "canopy_worker_errors", "Objects in the errors set.", NULL);

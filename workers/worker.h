@@ -29,6 +29,8 @@ typedef struct worker_metrics {
         atomic_uint_fast64_t join_lost;       /* positions the broker no longer held */
         atomic_uint_fast64_t export_lost;
         atomic_uint_fast64_t scans_requested; /* full scans requested after a loss */
+        atomic_uint_fast64_t members_full;    /* group member computations: every member */
+        atomic_uint_fast64_t members_woken;   /* ... the woken members only */
         atomic_int_fast64_t join_lag;         /* last seen lag (high watermark - offset), -1 unknown */
         atomic_int_fast64_t export_lag;
         atomic_int_fast64_t pending_refs;     /* sampled from Redis */

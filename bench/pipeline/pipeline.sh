@@ -233,7 +233,7 @@ join:
   group_id: "bench-join-$2"
 export:
   group_id: "bench-export-$2"
-  threads: ${EXPORT_THREADS:-4}
+  threads: ${EXPORT_THREADS:-1}
 graph:
   tenant: "$CANOPY_TEST_GRAPH_TENANT"
   client_id: "$CANOPY_TEST_GRAPH_CLIENT_ID"

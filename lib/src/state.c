@@ -81,6 +81,21 @@ static const char LUA_TAKE[] =
         "redis.call('DEL', KEYS[1])\n"
         "return m\n";
 
+/* A group holds removals back for a DN of connector KEYS[2]'s first full
+ * import not seen yet: KEYS[1] = hold set, KEYS[2] = scanned flag, ARGV[1]
+ * = group. 1 when the import is complete (nothing held, nothing noted). */
+static const char LUA_HOLD[] =
+        "if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('SREM', KEYS[1], ARGV[1]) return 1 end\n"
+        "redis.call('SADD', KEYS[1], ARGV[1])\n"
+        "return 0\n";
+
+/* The first full import of a connector is complete: KEYS[1] = scanned
+ * flag, KEYS[2] = hold set. Returns the groups that held removals back
+ * (they stay in the set until canopy_state_hold_release). */
+static const char LUA_SCANNED[] =
+        "redis.call('SET', KEYS[1], '1')\n"
+        "return redis.call('SMEMBERS', KEYS[2])\n";
+
 /* Begin an incremental RESOLVE of a group: KEYS[1] = gw (waits), KEYS[2] =
  * gr (woken keys). nil unless the marker allows it; else mark it busy and
  * take the woken keys. */
@@ -1314,6 +1329,70 @@ canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, c
         }
         free(key);
         free(idx);
+        return err;
+}
+
+/* ---- first full import of a connector ---------------------------------- */
+
+canopy_err canopy_state_hold_for_scan(canopy_state *st, const char *connector, const char *group_mv,
+                                      bool *ret_scanned) {
+        *ret_scanned = false;
+        char *hold = canopy_state_key(st, "hold:{%s}", connector);
+        char *flag = canopy_state_key(st, "scanned:{%s}", connector);
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (hold && flag) {
+                const char *av[4] = {"2", hold, flag, group_mv};
+                redisReply *r = rconn_eval(st->rc, LUA_HOLD, st->sha_hold, 4, av, NULL);
+                err = reply_err(st, r);
+                if (!err && r->type != REDIS_REPLY_INTEGER)
+                        err = CANOPY_ERR_REDIS;
+                if (!err)
+                        *ret_scanned = r->integer == 1;
+                if (r)
+                        freeReplyObject(r);
+        }
+        free(hold);
+        free(flag);
+        return err;
+}
+
+canopy_err canopy_state_connector_scanned(canopy_state *st, const char *connector, char ***ret, size_t *ret_n) {
+        *ret = NULL;
+        *ret_n = 0;
+        char *flag = canopy_state_key(st, "scanned:{%s}", connector);
+        char *hold = canopy_state_key(st, "hold:{%s}", connector);
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (hold && flag) {
+                const char *av[3] = {"2", flag, hold};
+                redisReply *r = rconn_eval(st->rc, LUA_SCANNED, st->sha_scanned, 3, av, NULL);
+                err = reply_err(st, r);
+                if (!err)
+                        err = strv_from_reply(r, ret, ret_n);
+                if (r)
+                        freeReplyObject(r);
+        }
+        free(hold);
+        free(flag);
+        return err;
+}
+
+canopy_err canopy_state_hold_release(canopy_state *st, const char *connector, const char *const *groups, size_t n) {
+        char *hold = canopy_state_key(st, "hold:{%s}", connector);
+        canopy_err err = hold ? CANOPY_OK : CANOPY_ERR_NOMEM;
+        if (!err && n) {
+                const char **av = malloc(sizeof(*av) * (n + 2));
+                if (!av)
+                        err = CANOPY_ERR_NOMEM;
+                for (size_t i = 0; av && i < n; i++)
+                        av[2 + i] = groups[i];
+                if (av) {
+                        av[0] = "SREM";
+                        av[1] = hold;
+                        err = cmd_argv(st, (int)(n + 2), av, NULL);
+                }
+                free(av);
+        }
+        free(hold);
         return err;
 }
 

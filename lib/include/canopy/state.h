@@ -287,6 +287,27 @@ canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, c
 /* Number of members that groups are waiting for. */
 canopy_err canopy_state_pending_count(canopy_state *st, int64_t *ret);
 
+/* ---- first full import of a connector ---------------------------------- */
+/* A member DN the join stage has not seen may be a member still to come
+ * while the connector's first full import runs, and a group holds its
+ * removals back for it (the member may already be in the Entra group).
+ * Once that import is complete (its END_OF_SCAN swept), such a DN is a
+ * reference to nothing in scope (an object outside the synced OUs, of
+ * another directory, deleted): Entra Connect drops it, and so does Canopy.
+ * scanned:{connector} is the flag, hold:{connector} the groups that held
+ * removals back meanwhile, to be computed again once it is set. */
+
+/* Group `group_mv` waits for a DN of `connector` not seen yet: note it in
+ * hold:{connector} unless the import is complete (*ret_scanned). */
+canopy_err canopy_state_hold_for_scan(canopy_state *st, const char *connector, const char *group_mv,
+                                      bool *ret_scanned);
+/* The connector's full import is complete: set the flag and read the groups
+ * that held removals back (*ret NULL-terminated, owned); release each with
+ * canopy_state_hold_release once its RESOLVE is sent (a retry reads the
+ * rest). */
+canopy_err canopy_state_connector_scanned(canopy_state *st, const char *connector, char ***ret, size_t *ret_n);
+canopy_err canopy_state_hold_release(canopy_state *st, const char *connector, const char *const *groups, size_t n);
+
 /* ---- group waits: resolving only the members that were woken ------------ */
 /* A group's full member computation costs a look-up per member; during an
  * initial sync a large group is woken again and again as its members are

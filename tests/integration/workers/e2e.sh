@@ -259,6 +259,57 @@ large-group)
         w2=$(writes)
         [ $((w2 - w1)) = 1 ] || fail "one member removed cost $((w2 - w1)) writes (want 1)"
         ;;
+late-members)
+        # A group exported before its members (and a nested group): each
+        # RESOLVE looks only at the members exported since the last one
+        # (canopy_worker_group_member_computations_total{how="woken"}); a
+        # member deleted, one dropped from the group while it still waited,
+        # and one that never comes must all end right. Three export threads.
+        start_producer A
+        start_worker w1 --set export.threads=3
+        converge_forest_a
+        {
+                printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: add\nobjectClass: groupOfNames\ncn: late\n'
+                for i in $(seq 1 120); do printf 'member: uid=l%03d,ou=people,dc=a,dc=test\n' "$i"; done
+                printf 'member: uid=ghost,ou=people,dc=a,dc=test\nmember: uid=never,ou=people,dc=a,dc=test\n'
+                printf 'member: cn=late-sub,ou=groups,dc=a,dc=test\n'
+        } | ldapmod A
+        wait_for "group late exported, no member yet" '[.groups[] | select(.displayName == "late")] | length == 1'
+        for i in $(seq 1 120); do
+                printf 'dn: uid=l%03d,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: l%03d\ncn: L %03d\nsn: L%03d\nmail: l%03d@corp.test\n\n' "$i" "$i" "$i" "$i" "$i"
+        done | ldapmod A
+        printf 'dn: cn=late-sub,ou=groups,dc=a,dc=test\nchangetype: add\nobjectClass: groupOfNames\ncn: late-sub\nmember: uid=alice,ou=people,dc=a,dc=test\n' | ldapmod A
+        # late = l001..l120 + late-sub
+        members_are() { # members_are NAME JQ-ARRAY-OF-NAMES
+                wait_for "$1 has exactly $2" "
+                  (.users | map({key: .id, value: .mailNickname}) | from_entries) as \$u
+                  | (.groups | map({key: .id, value: .displayName}) | from_entries) as \$g
+                  | (.groups[] | select(.displayName == \"$1\") | [.members[] | \$u[.] // \$g[.]] | sort) == ($2 | sort)"
+        }
+        members_are late '[range(1; 121) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
+        woken=$(metric w1 'canopy_worker_group_member_computations_total{how="woken"}')
+        full=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
+        log "member computations: $woken woken, $full full"
+        [ "${woken:-0}" -ge 1 ] || fail "no RESOLVE looked at the woken members only"
+        # Dropped while waiting, then created: not a member.
+        printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\ndelete: member\nmember: uid=ghost,ou=people,dc=a,dc=test\n' | ldapmod A
+        sleep 1
+        printf 'dn: uid=ghost,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: ghost\ncn: Ghost\nsn: Ghost\nmail: ghost@corp.test\n' | ldapmod A
+        wait_for "ghost exported" '[.users[] | select(.mailNickname == "ghost")] | length == 1'
+        # Members deleted: removed from the group.
+        for i in 003 050 120; do printf 'dn: uid=l%s,ou=people,dc=a,dc=test\nchangetype: delete\n\n' "$i"; done | ldapmod A
+        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
+        # A member added afterwards, then one more user the group waits for.
+        printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=l200,ou=people,dc=a,dc=test\n' | ldapmod A
+        sleep 1
+        printf 'dn: uid=l200,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: l200\ncn: L 200\nsn: L200\nmail: l200@corp.test\n' | ldapmod A
+        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub", "l200"]'
+        members_are late-sub '["alice"]'
+        sleep 2 # anything still queued is applied: ghost must not come back
+        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub", "l200"]'
+        check_no_duplicates
+        [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
+        ;;
 conflict)
         # dave in A and dave in B: different mail (no join), same UPN dave@<domain>.
         printf 'dn: uid=dave,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave Other\nsn: Other\nmail: dave.other@corp.test\n' | ldapmod A

@@ -523,6 +523,103 @@ static int redis_cli(const char *args) {
 }
 
 /* Durable only with AOF on and appendfsync always (docs/STATE.md). */
+/* Group waits: what a full computation left waiting, the keys woken since
+ * (canopy_state_pending_take), and the marker that allows an incremental
+ * RESOLVE only when the last computation held nothing back. */
+static void test_group_waits(void **ctx) {
+        (void)ctx;
+        canopy_state *st = connect_state();
+        const char *g = "99999999999999999999999999999999";
+        bool ok = true;
+        char **keys = NULL;
+        size_t n = 9;
+        /* Nothing recorded: compute everything. */
+        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
+        assert_false(ok);
+        assert_int_equal(n, 0);
+        const char *wk[2] = {"d:a\x1fuid=x,dc=a", "mvjoined000000000000000000000001"};
+        const char *wv[2] = {"a\x1fuid=x,dc=a", "a\x1fuid=y,dc=a"};
+        assert_int_equal(canopy_state_group_waits_set(st, g, false, wk, wv, 2), CANOPY_OK);
+        assert_int_equal(canopy_state_pending_add(st, wk[0], g), CANOPY_OK);
+        char **groups = NULL;
+        assert_int_equal(canopy_state_pending_take(st, wk[0], &groups, &n), CANOPY_OK);
+        assert_int_equal(n, 1);
+        canopy_state_strv_free(groups);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
+        assert_true(ok);
+        assert_int_equal(n, 1);
+        assert_string_equal(keys[0], wk[0]);
+        /* Busy until it ends: a second begin (after a crash) computes all. */
+        bool ok2 = true;
+        char **k2 = NULL;
+        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok2, &k2, &n), CANOPY_OK);
+        assert_false(ok2);
+        char *vals[2] = {NULL, NULL};
+        const char *ask[2] = {wk[0], "not-waited"};
+        assert_int_equal(canopy_state_group_waits_get(st, g, ask, 2, vals), CANOPY_OK);
+        assert_string_equal(vals[0], wv[0]);
+        assert_null(vals[1]);
+        free(vals[0]);
+        const char *del[1] = {wk[0]};
+        assert_int_equal(canopy_state_group_waits_end(st, g, del, 1, NULL, NULL, 0), CANOPY_OK);
+        canopy_state_strv_free(keys);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
+        assert_true(ok);
+        assert_int_equal(n, 0);
+        canopy_state_strv_free(keys);
+        assert_int_equal(canopy_state_group_waits_end(st, g, NULL, 0, NULL, NULL, 0), CANOPY_OK);
+        /* Held removals: never incremental. */
+        assert_int_equal(canopy_state_group_waits_set(st, g, true, wk, wv, 2), CANOPY_OK);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
+        assert_false(ok);
+        /* Cleared: nothing left. */
+        assert_int_equal(canopy_state_group_waits_set(st, g, false, wk, wv, 2), CANOPY_OK);
+        assert_int_equal(canopy_state_group_waits_clear(st, g), CANOPY_OK);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
+        assert_false(ok);
+        /* Set membership, in one round trip. */
+        const char *eids[2] = {"e-1", "e-2"};
+        assert_int_equal(canopy_state_exp_members_apply(st, g, false, eids, 1, NULL, 0), CANOPY_OK);
+        bool has[2] = {false, true};
+        assert_int_equal(canopy_state_exp_members_has(st, g, eids, 2, has), CANOPY_OK);
+        assert_true(has[0]);
+        assert_false(has[1]);
+        canopy_state_free(st);
+}
+
+/* The first full import of a connector: groups holding removals back for a
+ * DN not seen are noted until it completes, then read (and released). */
+static void test_hold_for_scan(void **ctx) {
+        (void)ctx;
+        canopy_state *st = connect_state();
+        bool scanned = true;
+        assert_int_equal(canopy_state_hold_for_scan(st, "holdc", "g1", &scanned), CANOPY_OK);
+        assert_false(scanned);
+        assert_int_equal(canopy_state_hold_for_scan(st, "holdc", "g2", &scanned), CANOPY_OK);
+        assert_int_equal(canopy_state_hold_for_scan(st, "otherc", "g3", &scanned), CANOPY_OK);
+        char **held = NULL;
+        size_t n = 0;
+        assert_int_equal(canopy_state_connector_scanned(st, "holdc", &held, &n), CANOPY_OK);
+        assert_int_equal(n, 2);
+        assert_int_equal(canopy_state_hold_release(st, "holdc", (const char *const *)held, 1), CANOPY_OK);
+        canopy_state_strv_free(held);
+        /* A retry reads what was not released. */
+        assert_int_equal(canopy_state_connector_scanned(st, "holdc", &held, &n), CANOPY_OK);
+        assert_int_equal(n, 1);
+        assert_int_equal(canopy_state_hold_release(st, "holdc", (const char *const *)held, 1), CANOPY_OK);
+        canopy_state_strv_free(held);
+        /* Complete: nothing held any more, nothing noted. */
+        assert_int_equal(canopy_state_hold_for_scan(st, "holdc", "g4", &scanned), CANOPY_OK);
+        assert_true(scanned);
+        assert_int_equal(canopy_state_connector_scanned(st, "holdc", &held, &n), CANOPY_OK);
+        assert_int_equal(n, 0);
+        canopy_state_strv_free(held);
+        /* Another connector is not affected. */
+        assert_int_equal(canopy_state_hold_for_scan(st, "otherc", "g3", &scanned), CANOPY_OK);
+        assert_false(scanned);
+        canopy_state_free(st);
+}
+
 static void test_persistence(void **ctx) {
         (void)ctx;
         canopy_state *st = connect_state();
@@ -571,6 +668,7 @@ int main(void) {
                 cmocka_unit_test(test_scan_pieces),      cmocka_unit_test(test_members_resolve),
                 cmocka_unit_test(test_join_race),        cmocka_unit_test(test_export_state),
                 cmocka_unit_test(test_pending_errors_staged), cmocka_unit_test(test_guard_counter),
+                cmocka_unit_test(test_group_waits),      cmocka_unit_test(test_hold_for_scan),
                 cmocka_unit_test(test_persistence),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
