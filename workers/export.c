@@ -4,6 +4,7 @@
  * Redis and makes only the Graph calls for the difference; records the
  * result in Redis and on `exports`. State based: an event only says "look at
  * this mv id", so replays and duplicates converge to the same end state. */
+#include <inttypes.h>
 #include <jansson.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -770,65 +771,103 @@ out:
         return err;
 }
 
-/* A RESOLVE of a group whose last full member computation recorded what it
- * left waiting (canopy_state_group_waits_set): only the members woken since
- * are looked at, so a group of 100,000 members costs what its newly
- * exported members cost, not a look-up of every member each time. Only
- * additions come of it: removals wait for a full computation. *ret_done is
- * false when everything must be computed instead (nothing recorded,
- * removals held back, a woken member of a connector the group no longer
- * has). */
-static canopy_err members_woken(export_ctx *ec, const char *group_mv, const desired *d, outcome *o,
+/* Fingerprint of the group's contributing records (connector and anchor
+ * of each, FNV-1a 64): an incremental member computation is only allowed
+ * with the records of the last full one. */
+static void records_fingerprint(const desired *d, char out[17]) {
+        uint64_t h = 1469598103934665603ULL;
+        for (size_t r = 0; r < d->nrecs; r++) {
+                const canopy_cs_record *rec = d->recs[r];
+                for (const char *c = rec->connector; *c; c++)
+                        h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+                h = (h ^ 0x1f) * 1099511628211ULL;
+                for (size_t k = 0; k < rec->anchor.len; k++)
+                        h = (h ^ rec->anchor.data[k]) * 1099511628211ULL;
+                h = (h ^ 0x1e) * 1099511628211ULL;
+        }
+        snprintf(out, 17, "%016" PRIx64, h);
+}
+
+/* The references of `conn` among "<connector>\x1f<ref>" strings v[0..n)
+ * (those with want_added == added[i], or all when added is NULL): into
+ * out[] (pointing inside v), keys[] gets keyv[i] (NULL when keyv is NULL). */
+static size_t refs_of_conn(const char *conn, char *const *v, const bool *added, bool want_added, size_t n,
+                           const char *const *keyv, const char **out, const char **keys, size_t at) {
+        size_t cl = strlen(conn);
+        for (size_t i = 0; i < n; i++) {
+                if (!v[i] || (added && added[i] != want_added))
+                        continue;
+                if (strncmp(v[i], conn, cl) || v[i][cl] != '\x1f')
+                        continue;
+                keys[at] = keyv ? keyv[i] : NULL;
+                out[at++] = v[i] + cl + 1;
+        }
+        return at;
+}
+
+/* A group whose last full member computation recorded what it left
+ * waiting (canopy_state_group_waits_set): only what changed since is looked
+ * at, the members woken (exported since) and the member references the
+ * join stage changed by delta. A group of 100,000 members being filled
+ * costs what its new members cost, and one member added or removed costs
+ * that member, not a look-up of every member. *ret_done is false when
+ * everything must be computed instead (nothing recorded, removals held
+ * back, other records than last time, a removal with two records, a woken
+ * member of a connector the group no longer has). */
+static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desired *d, outcome *o,
                                 bool *ret_done) {
         *ret_done = false;
         for (size_t r = 0; r < d->nrecs; r++)
                 for (size_t q = r + 1; q < d->nrecs; q++)
                         if (!strcmp(d->recs[r]->connector, d->recs[q]->connector))
                                 return CANOPY_OK; /* two records of one connector: compute all */
-        bool ok = false;
-        char **keys = NULL;
-        size_t nk = 0;
-        canopy_err err = canopy_state_group_waits_begin(ec->st, group_mv, &ok, &keys, &nk);
-        if (err || !ok) {
-                canopy_state_strv_free(keys);
+        char print[17];
+        records_fingerprint(d, print);
+        canopy_group_delta gd = {0};
+        canopy_err err = canopy_state_group_waits_begin(ec->st, group_mv, print, &gd);
+        if (err || !gd.ok) {
+                canopy_group_delta_clear(&gd);
                 return err;
         }
-        size_t cap = nk ? nk : 1;
-        char **vals = calloc(cap, sizeof(*vals));
-        const char **del = calloc(cap, sizeof(*del));
-        bool *seen = calloc(cap, sizeof(*seen));
-        size_t *at = calloc(cap, sizeof(*at));
+        size_t nk = gd.nwoken, cap = nk + gd.nrefs + 1;
+        char **vals = calloc(nk + 1, sizeof(*vals));
+        bool *seen = calloc(nk + 1, sizeof(*seen));
         const char **refs = calloc(cap, sizeof(*refs));
+        const char **wkey = calloc(cap, sizeof(*wkey)); /* refs[j]'s wait key; NULL: a reference added */
         bool *has = calloc(cap, sizeof(*has));
         canopy_member_res *res = calloc(cap, sizeof(*res));
-        size_t ndel = 0;
         waitlist add = {.ok = true};
-        strset cand = {0}, want = {0}, none = {0};
-        if (!vals || !del || !seen || !at || !refs || !has || !res)
+        strset dels = {0}, cand = {0}, gone = {0}, want = {0}, have = {0};
+        bool full = false;
+        if (!vals || !seen || !refs || !wkey || !has || !res)
                 err = CANOPY_ERR_NOMEM;
         if (!err)
-                err = canopy_state_group_waits_get(ec->st, group_mv, (const char *const *)keys, nk, vals);
-        for (size_t r = 0; !err && r < d->nrecs; r++) {
+                err = canopy_state_group_waits_get(ec->st, group_mv, (const char *const *)gd.woken, nk, vals);
+        /* With two records another one may still name a removed member. */
+        for (size_t i = 0; !err && i < gd.nrefs; i++)
+                if (!gd.added[i] && d->nrecs > 1)
+                        full = true;
+        for (size_t r = 0; !err && !full && r < d->nrecs; r++) {
                 const char *conn = d->recs[r]->connector;
-                size_t cl = strlen(conn), n = 0;
+                const canopy_bytes *anchor = &d->recs[r]->anchor;
+                /* Members to add: the woken keys and the references added. */
+                size_t n = refs_of_conn(conn, vals, NULL, false, nk, (const char *const *)gd.woken, refs, wkey, 0);
                 for (size_t i = 0; i < nk; i++)
-                        if (vals[i] && !strncmp(vals[i], conn, cl) && vals[i][cl] == '\x1f') {
+                        if (vals[i] && !strncmp(vals[i], conn, strlen(conn)) && vals[i][strlen(conn)] == '\x1f')
                                 seen[i] = true;
-                                at[n] = i;
-                                refs[n++] = vals[i] + cl + 1;
-                        }
-                if (!n)
-                        continue;
+                n = refs_of_conn(conn, gd.refs, gd.added, true, gd.nrefs, NULL, refs, wkey, n);
                 /* Still a member? A reference the group dropped since is
-                 * forgotten (the group's change computes everything). */
-                err = canopy_state_cs_members_has(ec->st, conn, &d->recs[r]->anchor, refs, n, has);
+                 * forgotten. */
+                if (n)
+                        err = canopy_state_cs_members_has(ec->st, conn, anchor, refs, n, has);
                 size_t m = 0;
                 for (size_t j = 0; !err && j < n; j++) {
                         if (!has[j]) {
-                                del[ndel++] = keys[at[j]];
+                                if (wkey[j])
+                                        err = strset_add(&dels, wkey[j]);
                                 continue;
                         }
-                        at[m] = at[j];
+                        wkey[m] = wkey[j];
                         refs[m++] = refs[j];
                 }
                 if (!err && m)
@@ -836,22 +875,29 @@ static canopy_err members_woken(export_ctx *ec, const char *group_mv, const desi
                 if (!err && m)
                         err = wait_unknown(ec, conn, group_mv, (char *const *)refs, res, m);
                 for (size_t j = 0; !err && j < m; j++) {
-                        const char *key = keys[at[j]];
+                        const char *key = wkey[j];
                         canopy_member_res *mr = &res[j];
                         if (mr->state == CANOPY_MEMBER_UNKNOWN) {
-                                if (!mr->wait_key || strcmp(mr->wait_key, key)) {
-                                        del[ndel++] = key;
-                                        if (mr->wait_key)
-                                                waitlist_add(&add, mr->wait_key, conn, refs[j]);
+                                if (!mr->wait_key || (key && !strcmp(mr->wait_key, key)))
+                                        continue; /* still waiting for the same */
+                                if (key)
+                                        err = strset_add(&dels, key);
+                                waitlist_add(&add, mr->wait_key, conn, refs[j]);
+                                /* A DN not seen while the connector's first
+                                 * full import runs holds removals back: the
+                                 * full computation records that. */
+                                if (!err && !mr->dangling && !strncmp(mr->wait_key, "d:", 2)) {
+                                        bool scanned = false;
+                                        err = canopy_state_hold_for_scan(ec->st, conn, group_mv, &scanned);
+                                        full = full || !scanned;
                                 }
                                 continue;
                         }
-                        if (!strcmp(mr->mv_id, group_mv)) {
-                                del[ndel++] = key;
-                                continue;
-                        }
+                        if (key)
+                                err = strset_add(&dels, key);
+                        if (err || !strcmp(mr->mv_id, group_mv))
+                                continue; /* a group is not its own member */
                         if (mr->state == CANOPY_MEMBER_EXPORTED) {
-                                del[ndel++] = key;
                                 err = strset_add(&cand, mr->entra_id);
                                 continue;
                         }
@@ -862,62 +908,101 @@ static canopy_err members_woken(export_ctx *ec, const char *group_mv, const desi
                         if (!err)
                                 err = canopy_state_exp_get(ec->st, mr->mv_id, &es);
                         if (!err && es->entra_id && !es->deleted) {
-                                del[ndel++] = key;
                                 err = strset_add(&cand, es->entra_id);
                                 if (!err)
                                         err = canopy_state_pending_remove(ec->st, mr->mv_id, group_mv);
                         } else if (!err || err == CANOPY_ERR_NOT_FOUND) {
                                 err = CANOPY_OK;
-                                if (strcmp(mr->mv_id, key)) {
-                                        del[ndel++] = key;
-                                        waitlist_add(&add, mr->mv_id, conn, refs[j]);
-                                }
+                                waitlist_add(&add, mr->mv_id, conn, refs[j]);
                         }
                         canopy_export_state_free(es);
                 }
                 canopy_member_res_clear(res, m);
+                /* Members to remove: the references removed (and not named
+                 * again since). */
+                n = err ? 0 : refs_of_conn(conn, gd.refs, gd.added, false, gd.nrefs, NULL, refs, wkey, 0);
+                if (n)
+                        err = canopy_state_cs_members_has(ec->st, conn, anchor, refs, n, has);
+                m = 0;
+                for (size_t j = 0; !err && j < n; j++)
+                        if (!has[j])
+                                refs[m++] = refs[j];
+                if (!err && m)
+                        err = canopy_state_members_resolve(ec->st, conn, (char *const *)refs, m, res);
+                for (size_t j = 0; !err && j < m; j++) {
+                        canopy_member_res *mr = &res[j];
+                        if (mr->state == CANOPY_MEMBER_UNKNOWN) {
+                                if (mr->wait_key) /* no longer waited for here */
+                                        err = strset_add(&dels, mr->wait_key);
+                                continue;
+                        }
+                        if (!strcmp(mr->mv_id, group_mv))
+                                continue;
+                        err = strset_add(&dels, mr->mv_id);
+                        if (!err && mr->state == CANOPY_MEMBER_EXPORTED)
+                                err = strset_add(&gone, mr->entra_id);
+                        else if (!err)
+                                err = canopy_state_pending_remove(ec->st, mr->mv_id, group_mv);
+                }
+                canopy_member_res_clear(res, m);
         }
-        bool full = !add.ok;
+        full = full || !add.ok;
         for (size_t i = 0; !err && i < nk; i++)
                 if (vals[i] && !seen[i])
                         full = true; /* a connector the group no longer has */
-        if (!err && !full && cand.n) {
-                bool *in = calloc(cand.n, sizeof(*in));
-                err = in ? canopy_state_exp_members_has(ec->st, group_mv, (const char *const *)cand.v, cand.n, in)
-                         : CANOPY_ERR_NOMEM;
-                for (size_t i = 0; !err && i < cand.n; i++)
-                        if (!in[i])
-                                err = strset_add(&want, cand.v[i]);
-                free(in);
-                strset_sort(&want);
-                if (!err && want.n)
-                        err = export_members(ec, o->entra_id, &want, &none, 1, o, NULL);
+        /* Against what is exported: add what is not there, remove what is. */
+        strset_sort(&cand);
+        strset_sort(&gone);
+        size_t nq = cand.n + gone.n;
+        bool *in = !err && !full && nq ? calloc(nq, sizeof(*in)) : NULL;
+        if (!err && !full && nq) {
+                const char **q = calloc(nq, sizeof(*q));
+                for (size_t i = 0; q && i < cand.n; i++)
+                        q[i] = cand.v[i];
+                for (size_t i = 0; q && i < gone.n; i++)
+                        q[cand.n + i] = gone.v[i];
+                err = q && in ? canopy_state_exp_members_has(ec->st, group_mv, q, nq, in) : CANOPY_ERR_NOMEM;
+                free(q);
         }
+        for (size_t i = 0; !err && in && i < nq; i++) {
+                if (i < cand.n && !in[i])
+                        err = strset_add(&want, cand.v[i]);
+                else if (i >= cand.n && in[i] && !strset_has(&cand, gone.v[i - cand.n]))
+                        err = strset_add(&have, gone.v[i - cand.n]);
+        }
+        free(in);
+        strset_sort(&want);
+        strset_sort(&have);
+        if (!err && !full && (want.n || have.n))
+                err = export_members(ec, o->entra_id, &want, &have, 0, o, NULL);
         /* On an error or a full computation the marker stays "busy": the
-         * next look at the group computes everything. */
+         * next computation of the group does everything. */
         if (!err && !full) {
-                err = canopy_state_group_waits_end(ec->st, group_mv, del, ndel, (const char *const *)add.keys,
-                                                   (const char *const *)add.vals, add.n);
+                err = canopy_state_group_waits_end(ec->st, group_mv, (const char *const *)dels.v, dels.n,
+                                                   (const char *const *)add.keys, (const char *const *)add.vals,
+                                                   add.n);
                 if (!err) {
                         *ret_done = true;
                         atomic_fetch_add_explicit(&ec->w->m.members_woken, 1, memory_order_relaxed);
                 }
-                CANOPY_DEBUG(MOD, "%s: %zu woken member(s), %zu added, %zu still waiting anew", group_mv, nk,
-                             want.n, add.n);
+                CANOPY_DEBUG(MOD, "%s: %zu woken, %zu changed reference(s): %zu added, %zu removed, %zu waiting anew",
+                             group_mv, nk, gd.nrefs, want.n, have.n, add.n);
         }
         for (size_t i = 0; vals && i < nk; i++)
                 free(vals[i]);
         free(vals);
-        free(del);
         free(seen);
-        free(at);
         free(refs);
+        free(wkey);
         free(has);
         free(res);
         waitlist_free(&add);
+        strset_free(&dels);
         strset_free(&cand);
+        strset_free(&gone);
         strset_free(&want);
-        canopy_state_strv_free(keys);
+        strset_free(&have);
+        canopy_group_delta_clear(&gd);
         return err;
 }
 
@@ -1140,19 +1225,22 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                         fresh = true;
                 }
         }
-        bool woken = false; /* the members were brought up to date from the woken ones */
+        bool woken = false; /* the members were brought up to date from what changed */
         if (kind == CANOPY_GRAPH_GROUP && !staging && !fresh && o->entra_id[0] &&
-            ec->ev->reason == CANOPY_MV_RESOLVE) {
-                err = members_woken(ec, mv_id, &d, o, &woken);
+            (ec->ev->reason == CANOPY_MV_RESOLVE || ec->ev->reason == CANOPY_MV_UPDATE)) {
+                err = members_delta(ec, mv_id, &d, o, &woken);
                 if (err)
                         goto out;
         }
         if (kind == CANOPY_GRAPH_GROUP && !woken) {
                 /* Everything: what it leaves waiting is recorded for the
-                 * RESOLVEs to come. The woken keys are dropped first: the
-                 * reads below see what they announced. */
+                 * incremental computations to come (members_delta). The
+                 * woken keys and member changes noted so far are dropped
+                 * first: the reads below see what they announced. */
                 size_t waiting = 0;
                 waitlist wl = {.ok = true};
+                char print[17];
+                records_fingerprint(&d, print);
                 err = canopy_state_group_waits_clear(ec->st, mv_id);
                 if (!err)
                         err = desired_members(ec, mv_id, &d, &want, &waiting, staging ? NULL : &wl);
@@ -1175,7 +1263,7 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                 for (size_t i = 0; waiting && i < have.n && !held; i++)
                         held = !strset_has(&want, have.v[i]);
                 if (!err && !staging && o->entra_id[0] && wl.ok)
-                        err = canopy_state_group_waits_set(ec->st, mv_id, held, (const char *const *)wl.keys,
+                        err = canopy_state_group_waits_set(ec->st, mv_id, held, print, (const char *const *)wl.keys,
                                                            (const char *const *)wl.vals, wl.n);
                 waitlist_free(&wl);
                 if (err)

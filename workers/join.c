@@ -265,7 +265,8 @@ static canopy_err refs_of(join_ctx *jc, const char *connector, const canopy_byte
 }
 
 /* Apply the member attribute of the event to the group's reference set. */
-static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, const canopy_attr *at, bool replace) {
+static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, const canopy_attr *at, bool replace,
+                                const char *group_mv) {
         char **add = NULL, **rm = NULL;
         size_t nadd = 0, nrm = 0;
         canopy_err err = refs_of(jc, ev->connector, at->delta ? at->added : at->values,
@@ -308,6 +309,15 @@ static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, con
         if (!err)
                 err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, replace && !at->delta,
                                                     (const char *const *)add, nadd, (const char *const *)rm, nrm);
+        /* The export stage computes an exported group's members from what
+         * changed (canopy_state_group_delta_note); a whole new set makes it
+         * compute every member. After the set: a computation between the
+         * two reads the new set, and the note only repeats it. */
+        if (!err && group_mv)
+                err = replace && !at->delta ? canopy_state_group_waits_clear(jc->st, group_mv)
+                                            : canopy_state_group_delta_note(jc->st, group_mv, ev->connector,
+                                                                            (const char *const *)add, nadd,
+                                                                            (const char *const *)rm, nrm);
         if (add)
                 refs_free(add, nadd);
         if (rm)
@@ -624,14 +634,17 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
                 const canopy_attr *at = &ev->attrs[i];
                 if (is_ref_attr(at->name, member_attr)) {
                         members_seen = true;
-                        err = apply_members(jc, ev, at, first_chunk);
+                        err = apply_members(jc, ev, at, first_chunk, rec->mv_id);
                 } else if (at->delta)
                         err = apply_value_delta(rec, at);
                 else
                         err = canopy_cs_record_set_attr(rec, at->name, at->binary, at->values, at->nvalues);
         }
-        if (!err && !stale && ev->complete && first_chunk && !members_seen && type && !strcmp(type, "group"))
+        if (!err && !stale && ev->complete && first_chunk && !members_seen && type && !strcmp(type, "group")) {
                 err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, true, NULL, 0, NULL, 0);
+                if (!err && rec->mv_id)
+                        err = canopy_state_group_waits_clear(jc->st, rec->mv_id);
+        }
 
         /* 2. DN, renames and moves: members are stored as anchors, so only
          * the DN index changes. */

@@ -44,7 +44,7 @@ static void sync_metrics(mstate *ms) {
         canopy_metrics_add(ms->lost, CANOPY_LABELS("export"), (double)delta(&m->export_lost, &l->export_lost));
         canopy_metrics_add(ms->scans, NULL, (double)delta(&m->scans_requested, &l->scans_requested));
         canopy_metrics_add(ms->members, CANOPY_LABELS("full"), (double)delta(&m->members_full, &l->members_full));
-        canopy_metrics_add(ms->members, CANOPY_LABELS("woken"), (double)delta(&m->members_woken, &l->members_woken));
+        canopy_metrics_add(ms->members, CANOPY_LABELS("incremental"), (double)delta(&m->members_woken, &l->members_woken));
         for (int k = 0; k < GK_COUNT; k++) {
                 canopy_metrics_add(ms->graph, CANOPY_LABELS(worker_graph_kind_names[k], "ok"),
                                    (double)delta(&m->graph[k][0], &l->graph[k][0]));
@@ -98,7 +98,7 @@ void *worker_metrics_start(worker *w, const char *listen) {
                                            "Full scans requested on the control topic after lost events.", NULL);
         ms->members = canopy_metrics_counter(reg, "canopy_worker_group_member_computations_total",
                                              "Group member computations: every member (full) or only the members "
-                                             "exported since the last one (woken).",
+                                             "changed since the last one (incremental).",
                                              "how");
         ms->pending = canopy_metrics_gauge(reg, "canopy_worker_pending_references",
                                            "Members that groups wait for (not yet exported).", NULL);

@@ -96,15 +96,19 @@ static const char LUA_SCANNED[] =
         "redis.call('SET', KEYS[1], '1')\n"
         "return redis.call('SMEMBERS', KEYS[2])\n";
 
-/* Begin an incremental RESOLVE of a group: KEYS[1] = gw (waits), KEYS[2] =
- * gr (woken keys). nil unless the marker allows it; else mark it busy and
- * take the woken keys. */
+/* Begin an incremental member computation of a group: KEYS[1] = gw
+ * (waits), KEYS[2] = gr (woken keys), KEYS[3] = gd (member changes);
+ * ARGV[1] = fingerprint of the group's records. nil unless the marker
+ * allows it and the records are those of the last full computation; else
+ * mark it busy and take the woken keys and the member changes. */
 static const char LUA_GBEGIN[] =
         "if redis.call('HGET', KEYS[1], '\\31') ~= '1' then return false end\n"
+        "if redis.call('HGET', KEYS[1], '\\30') ~= ARGV[1] then return false end\n"
         "redis.call('HSET', KEYS[1], '\\31', 'busy')\n"
         "local m = redis.call('SMEMBERS', KEYS[2])\n"
-        "redis.call('DEL', KEYS[2])\n"
-        "return m\n";
+        "local d = redis.call('HGETALL', KEYS[3])\n"
+        "redis.call('DEL', KEYS[2], KEYS[3])\n"
+        "return {m, d}\n";
 
 /* ---- basics ------------------------------------------------------------- */
 
@@ -1399,6 +1403,7 @@ canopy_err canopy_state_hold_release(canopy_state *st, const char *connector, co
 /* ---- group waits ---------------------------------------------------------------- */
 
 #define GW_MARK "\x1f"
+#define GW_PRINT "\x1e"
 
 /* HSET key f1 v1 f2 v2 ...; HDEL key f1 f2 ... (nothing when n is 0). */
 static canopy_err hash_fields(canopy_state *st, const char *cmd, const char *key, const char *const *f,
@@ -1421,12 +1426,14 @@ static canopy_err hash_fields(canopy_state *st, const char *cmd, const char *key
         return err;
 }
 
-canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *const *keys,
-                                        const char *const *vals, size_t n) {
+canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *fingerprint,
+                                        const char *const *keys, const char *const *vals, size_t n) {
         char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
         canopy_err err = gw ? cmd3(st, "DEL", gw, NULL) : CANOPY_ERR_NOMEM;
         if (!err)
                 err = hash_fields(st, "HSET", gw, keys, vals, n);
+        if (!err)
+                err = cmd4(st, "HSET", gw, GW_PRINT, fingerprint);
         /* The marker last: a crash before it leaves no marker (compute all). */
         if (!err)
                 err = cmd4(st, "HSET", gw, GW_MARK, held ? "held" : "1");
@@ -1434,27 +1441,92 @@ canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, 
         return err;
 }
 
-canopy_err canopy_state_group_waits_begin(canopy_state *st, const char *group_mv, bool *ret_ok, char ***ret,
-                                          size_t *ret_n) {
-        *ret_ok = false;
-        *ret = NULL;
-        *ret_n = 0;
+canopy_err canopy_state_group_waits_begin(canopy_state *st, const char *group_mv, const char *fingerprint,
+                                          canopy_group_delta *ret) {
+        memset(ret, 0, sizeof(*ret));
         char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
         char *gr = canopy_state_key(st, "gr:{%s}", group_mv);
+        char *gd = canopy_state_key(st, "gd:{%s}", group_mv);
         canopy_err err = CANOPY_ERR_NOMEM;
-        if (gw && gr) {
-                const char *av[3] = {"2", gw, gr};
-                redisReply *r = rconn_eval(st->rc, LUA_GBEGIN, st->sha_gbegin, 3, av, NULL);
+        if (gw && gr && gd) {
+                const char *av[5] = {"3", gw, gr, gd, fingerprint};
+                redisReply *r = rconn_eval(st->rc, LUA_GBEGIN, st->sha_gbegin, 5, av, NULL);
                 err = reply_err(st, r);
                 if (!err && r->type == REDIS_REPLY_ARRAY) {
-                        err = strv_from_reply(r, ret, ret_n);
-                        *ret_ok = !err;
+                        if (r->elements != 2 || r->element[0]->type != REDIS_REPLY_ARRAY ||
+                            r->element[1]->type != REDIS_REPLY_ARRAY || r->element[1]->elements % 2)
+                                err = CANOPY_ERR_REDIS;
+                        if (!err)
+                                err = strv_from_reply(r->element[0], &ret->woken, &ret->nwoken);
+                        redisReply *d = err ? NULL : r->element[1];
+                        size_t nd = d ? d->elements / 2 : 0;
+                        if (d && nd) {
+                                ret->refs = calloc(nd + 1, sizeof(*ret->refs));
+                                ret->added = calloc(nd, sizeof(*ret->added));
+                                if (!ret->refs || !ret->added)
+                                        err = CANOPY_ERR_NOMEM;
+                        }
+                        for (size_t i = 0; !err && i < nd; i++) {
+                                redisReply *f = d->element[2 * i], *v = d->element[2 * i + 1];
+                                if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+                                        err = CANOPY_ERR_REDIS;
+                                else if (!(ret->refs[i] = strndup(f->str, f->len)))
+                                        err = CANOPY_ERR_NOMEM;
+                                else {
+                                        ret->added[i] = v->len == 1 && v->str[0] == '+';
+                                        ret->nrefs = i + 1;
+                                }
+                        }
+                        ret->ok = !err;
+                        if (err)
+                                canopy_group_delta_clear(ret);
                 }
                 if (r)
                         freeReplyObject(r);
         }
         free(gw);
         free(gr);
+        free(gd);
+        return err;
+}
+
+void canopy_group_delta_clear(canopy_group_delta *d) {
+        canopy_state_strv_free(d->woken);
+        canopy_state_strv_free(d->refs);
+        free(d->added);
+        memset(d, 0, sizeof(*d));
+}
+
+canopy_err canopy_state_group_delta_note(canopy_state *st, const char *group_mv, const char *connector,
+                                         const char *const *add, size_t nadd, const char *const *rm, size_t nrm) {
+        if (!nadd && !nrm)
+                return CANOPY_OK;
+        char *gd = canopy_state_key(st, "gd:{%s}", group_mv);
+        size_t n = nadd + nrm;
+        const char **av = malloc(sizeof(*av) * (2 + 2 * n));
+        char **f = calloc(n, sizeof(*f));
+        canopy_err err = gd && av && f ? CANOPY_OK : CANOPY_ERR_NOMEM;
+        for (size_t i = 0; !err && i < n; i++)
+                if (asprintf(&f[i], "%s\x1f%s", connector, i < nadd ? add[i] : rm[i - nadd]) < 0) {
+                        f[i] = NULL;
+                        err = CANOPY_ERR_NOMEM;
+                }
+        if (!err) {
+                /* Removals after additions: a reference in both (a value
+                 * re-added and removed in one event) ends removed. */
+                av[0] = "HSET";
+                av[1] = gd;
+                for (size_t i = 0; i < n; i++) {
+                        av[2 + 2 * i] = f[i];
+                        av[3 + 2 * i] = i < nadd ? "+" : "-";
+                }
+                err = cmd_argv(st, (int)(2 + 2 * n), av, NULL);
+        }
+        for (size_t i = 0; f && i < n; i++)
+                free(f[i]);
+        free(f);
+        free(av);
+        free(gd);
         return err;
 }
 
@@ -1508,13 +1580,15 @@ canopy_err canopy_state_group_waits_end(canopy_state *st, const char *group_mv, 
 canopy_err canopy_state_group_waits_clear(canopy_state *st, const char *group_mv) {
         char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
         char *gr = canopy_state_key(st, "gr:{%s}", group_mv);
+        char *gd = canopy_state_key(st, "gd:{%s}", group_mv);
         canopy_err err = CANOPY_ERR_NOMEM;
-        if (gw && gr) {
-                const char *av[3] = {"DEL", gw, gr};
-                err = cmd_argv(st, 3, av, NULL);
+        if (gw && gr && gd) {
+                const char *av[4] = {"DEL", gw, gr, gd};
+                err = cmd_argv(st, 4, av, NULL);
         }
         free(gw);
         free(gr);
+        free(gd);
         return err;
 }
 

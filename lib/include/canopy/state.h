@@ -308,25 +308,47 @@ canopy_err canopy_state_hold_for_scan(canopy_state *st, const char *connector, c
 canopy_err canopy_state_connector_scanned(canopy_state *st, const char *connector, char ***ret, size_t *ret_n);
 canopy_err canopy_state_hold_release(canopy_state *st, const char *connector, const char *const *groups, size_t n);
 
-/* ---- group waits: resolving only the members that were woken ------------ */
+/* ---- group waits: computing only what changed ---------------------------- */
 /* A group's full member computation costs a look-up per member; during an
  * initial sync a large group is woken again and again as its members are
- * exported. So the full computation records what it left waiting (gw:{g},
- * wait key -> "<connector>\x1f<reference>"), canopy_state_pending_take
- * notes every key it wakes (gr:{g}), and a RESOLVE looks at those keys
- * only. The marker of gw:{g} says whether that is allowed: "1" yes; "held"
+ * exported, and a one-member change of a large group would cost a look-up
+ * of every member. So the full computation records what it left waiting
+ * (gw:{g}, wait key -> "<connector>\x1f<reference>"),
+ * canopy_state_pending_take notes every key it wakes (gr:{g}), the join
+ * stage notes member deltas (gd:{g}), and the next computation looks at
+ * those only. The marker of gw:{g} says whether that is allowed: "1" yes; "held"
  * (removals were held back while members waited) or "busy" (a RESOLVE was
  * cut short) no: the next RESOLVE computes everything again, which is
  * always right. */
 
-/* Replace the group's waits after a full computation. keys/vals borrowed. */
-canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *const *keys,
-                                        const char *const *vals, size_t n);
-/* Begin an incremental RESOLVE: when the marker is "1", set it to "busy",
- * take the woken keys (*ret, NULL-terminated, owned) and set *ret_ok; else
- * *ret_ok is false and nothing changes (compute everything). */
-canopy_err canopy_state_group_waits_begin(canopy_state *st, const char *group_mv, bool *ret_ok, char ***ret,
-                                          size_t *ret_n);
+/* Replace the group's waits after a full computation. keys/vals borrowed.
+ * fingerprint names the group's contributing records: an incremental
+ * computation is only allowed with the same ones. */
+canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *fingerprint,
+                                        const char *const *keys, const char *const *vals, size_t n);
+
+/* What happened to a group's members since its last member computation. */
+typedef struct canopy_group_delta {
+        bool ok;       /* false: compute everything */
+        char **woken;  /* pending keys woken (NULL-terminated) */
+        size_t nwoken;
+        char **refs;   /* member references changed, "<connector>\x1f<ref>" */
+        bool *added;   /* refs[i] added (true) or removed (false) */
+        size_t nrefs;
+} canopy_group_delta;
+
+/* Begin an incremental computation: when the marker is "1" and the
+ * fingerprint matches, set it to "busy", take the woken keys (gr:) and the
+ * member changes (gd:) into *ret and set ret->ok; else ret->ok is false
+ * and nothing changes (compute everything). Free with
+ * canopy_group_delta_clear. */
+canopy_err canopy_state_group_waits_begin(canopy_state *st, const char *group_mv, const char *fingerprint,
+                                          canopy_group_delta *ret);
+void canopy_group_delta_clear(canopy_group_delta *d);
+/* The join stage changed the group's member references of `connector`
+ * by a delta: note them (gd:) for its next incremental computation. */
+canopy_err canopy_state_group_delta_note(canopy_state *st, const char *group_mv, const char *connector,
+                                         const char *const *add, size_t nadd, const char *const *rm, size_t nrm);
 /* The recorded values of keys[0..n): ret[i] owned, NULL when not waited for. */
 canopy_err canopy_state_group_waits_get(canopy_state *st, const char *group_mv, const char *const *keys, size_t n,
                                         char **ret);

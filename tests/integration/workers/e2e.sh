@@ -249,6 +249,9 @@ large-group)
         start_producer A
         start_worker w1
         wait_for "big group with 300 members" '(.groups[] | select(.displayName == "big") | .members | length) == 300'
+        wait_drained w1
+        f0=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
+        [ "${f0:-0}" -ge 1 ] || fail "no full member computation counted"
         w0=$(writes)
         printf 'dn: cn=big,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=carol,ou=people,dc=a,dc=test\n' | ldapmod A
         wait_for "301 members" '(.groups[] | select(.displayName == "big") | .members | length) == 301'
@@ -258,11 +261,14 @@ large-group)
         wait_for "300 members" '(.groups[] | select(.displayName == "big") | .members | length) == 300'
         w2=$(writes)
         [ $((w2 - w1)) = 1 ] || fail "one member removed cost $((w2 - w1)) writes (want 1)"
+        # Computed from the change, not from the 300 members.
+        f1=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
+        [ "$f1" = "$f0" ] || fail "a one-member change computed every member ($f0 -> $f1 full computations)"
         ;;
 late-members)
         # A group exported before its members (and a nested group): each
         # RESOLVE looks only at the members exported since the last one
-        # (canopy_worker_group_member_computations_total{how="woken"}); a
+        # (canopy_worker_group_member_computations_total{how="incremental"}); a
         # member deleted, one dropped from the group while it still waited,
         # and one that never comes must all end right. Three export threads.
         start_producer A
@@ -287,7 +293,7 @@ late-members)
                   | (.groups[] | select(.displayName == \"$1\") | [.members[] | \$u[.] // \$g[.]] | sort) == ($2 | sort)"
         }
         members_are late '[range(1; 121) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
-        woken=$(metric w1 'canopy_worker_group_member_computations_total{how="woken"}')
+        woken=$(metric w1 'canopy_worker_group_member_computations_total{how="incremental"}')
         full=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
         log "member computations: $woken woken, $full full"
         [ "${woken:-0}" -ge 1 ] || fail "no RESOLVE looked at the woken members only"
@@ -305,8 +311,14 @@ late-members)
         printf 'dn: uid=l200,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: l200\ncn: L 200\nsn: L200\nmail: l200@corp.test\n' | ldapmod A
         members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub", "l200"]'
         members_are late-sub '["alice"]'
+        # By delta: one exported member out, another in, the nested group out.
+        printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\ndelete: member\nmember: uid=l010,ou=people,dc=a,dc=test\nmember: cn=late-sub,ou=groups,dc=a,dc=test\n-\nadd: member\nmember: uid=carol,ou=people,dc=a,dc=test\n' | ldapmod A
+        members_are late '[range(1; 121) | select(. != 3 and . != 10 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l200", "carol"]'
+        printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=l010,ou=people,dc=a,dc=test\n' | ldapmod A
+        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l200", "carol"]'
         sleep 2 # anything still queued is applied: ghost must not come back
-        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub", "l200"]'
+        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l200", "carol"]'
+        log "member computations at the end: $(metric w1 'canopy_worker_group_member_computations_total{how="incremental"}') incremental, $(metric w1 'canopy_worker_group_member_computations_total{how="full"}') full"
         check_no_duplicates
         [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
         ;;

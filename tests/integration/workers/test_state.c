@@ -530,30 +530,42 @@ static void test_group_waits(void **ctx) {
         (void)ctx;
         canopy_state *st = connect_state();
         const char *g = "99999999999999999999999999999999";
-        bool ok = true;
-        char **keys = NULL;
-        size_t n = 9;
+        canopy_group_delta gd = {0};
         /* Nothing recorded: compute everything. */
-        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
-        assert_false(ok);
-        assert_int_equal(n, 0);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, "fp1", &gd), CANOPY_OK);
+        assert_false(gd.ok);
         const char *wk[2] = {"d:a\x1fuid=x,dc=a", "mvjoined000000000000000000000001"};
         const char *wv[2] = {"a\x1fuid=x,dc=a", "a\x1fuid=y,dc=a"};
-        assert_int_equal(canopy_state_group_waits_set(st, g, false, wk, wv, 2), CANOPY_OK);
+        assert_int_equal(canopy_state_group_waits_set(st, g, false, "fp1", wk, wv, 2), CANOPY_OK);
         assert_int_equal(canopy_state_pending_add(st, wk[0], g), CANOPY_OK);
         char **groups = NULL;
+        size_t n = 0;
         assert_int_equal(canopy_state_pending_take(st, wk[0], &groups, &n), CANOPY_OK);
         assert_int_equal(n, 1);
         canopy_state_strv_free(groups);
-        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
-        assert_true(ok);
-        assert_int_equal(n, 1);
-        assert_string_equal(keys[0], wk[0]);
+        const char *added[2] = {"a:QUJD", "d:uid=new,dc=a"}, *removed[1] = {"a:QUJD"};
+        assert_int_equal(canopy_state_group_delta_note(st, g, "a", added, 2, NULL, 0), CANOPY_OK);
+        assert_int_equal(canopy_state_group_delta_note(st, g, "a", NULL, 0, removed, 1), CANOPY_OK);
+        /* Other records than the last full computation: compute all. */
+        assert_int_equal(canopy_state_group_waits_begin(st, g, "fp2", &gd), CANOPY_OK);
+        assert_false(gd.ok);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, "fp1", &gd), CANOPY_OK);
+        assert_true(gd.ok);
+        assert_int_equal(gd.nwoken, 1);
+        assert_string_equal(gd.woken[0], wk[0]);
+        assert_int_equal(gd.nrefs, 2); /* the later note wins for a reference */
+        for (size_t i = 0; i < gd.nrefs; i++) {
+                if (!strcmp(gd.refs[i], "a\x1f" "a:QUJD"))
+                        assert_false(gd.added[i]);
+                else {
+                        assert_string_equal(gd.refs[i], "a\x1f" "d:uid=new,dc=a");
+                        assert_true(gd.added[i]);
+                }
+        }
+        canopy_group_delta_clear(&gd);
         /* Busy until it ends: a second begin (after a crash) computes all. */
-        bool ok2 = true;
-        char **k2 = NULL;
-        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok2, &k2, &n), CANOPY_OK);
-        assert_false(ok2);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, "fp1", &gd), CANOPY_OK);
+        assert_false(gd.ok);
         char *vals[2] = {NULL, NULL};
         const char *ask[2] = {wk[0], "not-waited"};
         assert_int_equal(canopy_state_group_waits_get(st, g, ask, 2, vals), CANOPY_OK);
@@ -562,21 +574,22 @@ static void test_group_waits(void **ctx) {
         free(vals[0]);
         const char *del[1] = {wk[0]};
         assert_int_equal(canopy_state_group_waits_end(st, g, del, 1, NULL, NULL, 0), CANOPY_OK);
-        canopy_state_strv_free(keys);
-        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
-        assert_true(ok);
-        assert_int_equal(n, 0);
-        canopy_state_strv_free(keys);
+        /* Taken once: the next begin finds nothing new. */
+        assert_int_equal(canopy_state_group_waits_begin(st, g, "fp1", &gd), CANOPY_OK);
+        assert_true(gd.ok);
+        assert_int_equal(gd.nwoken, 0);
+        assert_int_equal(gd.nrefs, 0);
+        canopy_group_delta_clear(&gd);
         assert_int_equal(canopy_state_group_waits_end(st, g, NULL, 0, NULL, NULL, 0), CANOPY_OK);
         /* Held removals: never incremental. */
-        assert_int_equal(canopy_state_group_waits_set(st, g, true, wk, wv, 2), CANOPY_OK);
-        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
-        assert_false(ok);
+        assert_int_equal(canopy_state_group_waits_set(st, g, true, "fp1", wk, wv, 2), CANOPY_OK);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, "fp1", &gd), CANOPY_OK);
+        assert_false(gd.ok);
         /* Cleared: nothing left. */
-        assert_int_equal(canopy_state_group_waits_set(st, g, false, wk, wv, 2), CANOPY_OK);
+        assert_int_equal(canopy_state_group_waits_set(st, g, false, "fp1", wk, wv, 2), CANOPY_OK);
         assert_int_equal(canopy_state_group_waits_clear(st, g), CANOPY_OK);
-        assert_int_equal(canopy_state_group_waits_begin(st, g, &ok, &keys, &n), CANOPY_OK);
-        assert_false(ok);
+        assert_int_equal(canopy_state_group_waits_begin(st, g, "fp1", &gd), CANOPY_OK);
+        assert_false(gd.ok);
         /* Set membership, in one round trip. */
         const char *eids[2] = {"e-1", "e-2"};
         assert_int_equal(canopy_state_exp_members_apply(st, g, false, eids, 1, NULL, 0), CANOPY_OK);
