@@ -929,20 +929,12 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                                 refs[m++] = refs[j];
                 if (!err && m)
                         err = canopy_state_members_resolve(ec->st, conn, (char *const *)refs, m, res);
+                /* A removed member still waited for stays recorded: its
+                 * wake finds the reference gone (above) and forgets it. */
                 for (size_t j = 0; !err && j < m; j++) {
                         canopy_member_res *mr = &res[j];
-                        if (mr->state == CANOPY_MEMBER_UNKNOWN) {
-                                if (mr->wait_key) /* no longer waited for here */
-                                        err = strset_add(&dels, mr->wait_key);
-                                continue;
-                        }
-                        if (!strcmp(mr->mv_id, group_mv))
-                                continue;
-                        err = strset_add(&dels, mr->mv_id);
-                        if (!err && mr->state == CANOPY_MEMBER_EXPORTED)
+                        if (mr->state == CANOPY_MEMBER_EXPORTED && strcmp(mr->mv_id, group_mv))
                                 err = strset_add(&gone, mr->entra_id);
-                        else if (!err)
-                                err = canopy_state_pending_remove(ec->st, mr->mv_id, group_mv);
                 }
                 canopy_member_res_clear(res, m);
         }
