@@ -56,7 +56,8 @@ static const canopy_conf_def defs[] = {
      "pwdAccountLockedTime, extensionAttribute1, extensionAttribute2, extensionAttribute3, extensionAttribute4, "
      "extensionAttribute5, extensionAttribute6, extensionAttribute7, extensionAttribute8, extensionAttribute9, "
      "extensionAttribute10, extensionAttribute11, extensionAttribute12, extensionAttribute13, "
-     "extensionAttribute14, extensionAttribute15, adminDescription, isCriticalSystemObject",
+     "extensionAttribute14, extensionAttribute15, adminDescription, isCriticalSystemObject, groupType, "
+     "msExchRecipientTypeDetails",
      NOB, 0, NULL, NULL,
      "Attributes read and published (object class, anchor and bookkeeping attributes are added).",
      P(attributes)},

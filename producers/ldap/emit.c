@@ -234,6 +234,13 @@ static void lower(char *s) {
                 *s = (char)tolower((unsigned char)*s);
 }
 
+static bool in_attrs(const prod *p, const char *name) {
+        for (size_t i = 0; p->attrs && p->attrs[i]; i++)
+                if (!strcasecmp(p->attrs[i], name))
+                        return true;
+        return false;
+}
+
 /* Ranged retrieval: read the rest of attr starting at value `start`. */
 static canopy_err fetch_range(prod *p, const char *dn, const char *base, long start, vals *out) {
         canopy_log(CANOPY_LOG_DEBUG, MOD, NULL, "ranged retrieval of %s of %s from value %ld", base, dn, start);
@@ -283,7 +290,7 @@ static canopy_err fetch_range(prod *p, const char *dn, const char *base, long st
         return CANOPY_ERR_LIMIT;
 }
 
-static canopy_err collect(prod *p, LDAPMessage *e, const char *dn, entry_kind kind, tentry *t) {
+static canopy_err collect(prod *p, LDAPMessage *e, const char *dn, entry_kind kind, bool dirsync_read, tentry *t) {
         BerElement *ber = NULL;
         canopy_err err = CANOPY_OK;
         for (char *a = ldap_first_attribute(p->ld, e, &ber); a && !err; a = ldap_next_attribute(p->ld, e, ber)) {
@@ -299,7 +306,17 @@ static canopy_err collect(prod *p, LDAPMessage *e, const char *dn, entry_kind ki
                 }
                 struct berval **v = ldap_get_values_len(p->ld, e, a);
                 vals *dst;
-                bool incremental = kind == ENTRY_DIRSYNC_DELTA && ranged && lo == hi && (lo == 0 || lo == 1);
+                /* DirSync with incremental values names the values present
+                 * "attr;range=1-1" and those removed "attr;range=0-0": not
+                 * a ranged result to read on. In the initial read (a
+                 * complete image) the present ones are the whole set. */
+                bool marker = dirsync_read && ranged && lo == hi && (lo == 0 || lo == 1);
+                bool incremental = marker && kind == ENTRY_DIRSYNC_DELTA;
+                if (marker && !incremental && lo == 0) {
+                        ldap_value_free_len(v);
+                        ldap_memfree(a);
+                        continue;
+                }
                 if (incremental) {
                         dst = lo == 1 ? &ta->add : &ta->del;
                         ta->has_delta = true;
@@ -310,13 +327,27 @@ static canopy_err collect(prod *p, LDAPMessage *e, const char *dn, entry_kind ki
                 for (size_t i = 0; v && v[i] && !err; i++)
                         err = vals_push(dst, v[i]->bv_val, v[i]->bv_len);
                 ldap_value_free_len(v);
-                if (!err && ranged && !incremental && hi >= 0)
+                if (!err && ranged && !marker && hi >= 0)
                         err = fetch_range(p, dn, base, hi + 1, &ta->full);
                 ldap_memfree(a);
         }
         ber_free(ber, 0);
         if (err)
                 return err;
+        /* Samba's DirSync returns an object's RDN value as `name` and not as
+         * `cn` (a rename changes `name`): give the rules their [cn]. */
+        const tattr *nm = dirsync_read ? tentry_find(t, "name") : NULL;
+        if (nm && nm->has_full && !tentry_find(t, "cn") && in_attrs(p, "cn") && !strncasecmp(dn ? dn : "", "cn=", 3)) {
+                tattr *cn = tentry_get(t, "cn");
+                nm = tentry_find(t, "name"); /* tentry_get may have moved it */
+                if (!cn)
+                        return CANOPY_ERR_LIMIT;
+                cn->has_full = true;
+                for (size_t j = 0; j < nm->full.n && !err; j++)
+                        err = vals_push(&cn->full, nm->full.v[j].data, nm->full.v[j].len);
+                if (err)
+                        return err;
+        }
         for (size_t i = 0; i < t->n; i++) {
                 tattr *ta = &t->a[i];
                 ta->binary = binary_attr(ta->name);
@@ -611,8 +642,11 @@ static canopy_err refetch_full(prod *p, const uint8_t *guid, size_t len, const c
                 err = prod_ldap_err(p, rc, "re-reading an object");
         } else {
                 LDAPMessage *e = ldap_first_entry(p->ld, res);
+                bool was = p->dirsync_search; /* a plain search: no incremental-value markers */
+                p->dirsync_search = false;
                 if (e)
                         err = prod_entry(p, e, guid, len, ENTRY_FULL, false, position);
+                p->dirsync_search = was;
         }
         ldap_msgfree(res);
         return err;
@@ -647,7 +681,7 @@ canopy_err prod_entry(prod *p, LDAPMessage *e, const void *oid_in, size_t oidlen
         canopy_ckpt_object known = {0};
         canopy_change_event ev = {0};
         bool *as_delta = NULL;
-        canopy_err err = collect(p, e, dn, kind, &t);
+        canopy_err err = collect(p, e, dn, kind, p->dirsync_search, &t);
         if (err)
                 goto out;
 

@@ -525,8 +525,11 @@ canopy_err mode_dirsync(prod *p) {
                 char *msg = NULL;
                 LDAPMessage *last = NULL;
                 for (LDAPMessage *m = ldap_first_message(p->ld, res); m && !err; m = ldap_next_message(p->ld, m)) {
-                        if (ldap_msgtype(m) == LDAP_RES_SEARCH_ENTRY)
+                        if (ldap_msgtype(m) == LDAP_RES_SEARCH_ENTRY) {
+                                p->dirsync_search = true;
                                 err = prod_entry(p, m, NULL, 0, initial ? ENTRY_FULL : ENTRY_DIRSYNC_DELTA, false, NULL);
+                                p->dirsync_search = false;
+                        }
                         else if (ldap_msgtype(m) == LDAP_RES_SEARCH_RESULT)
                                 last = m;
                         if (!err)

@@ -45,6 +45,7 @@ typedef struct prod {
         LDAP *ld;
         size_t uri_idx;
         bool is_ad;
+        bool dirsync_search; /* the entries come from a DirSync search (incremental-value markers) */
         bool ever_connected; /* a connection succeeded once in this process */
         char *nc_root;       /* naming context that holds the bases (AD defaultNamingContext) */
         char **norm_bases;   /* normalised, lower-case base DNs */

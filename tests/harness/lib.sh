@@ -14,6 +14,7 @@
 #   harness_kafka [BROKERS] [TOPIC:P..] # CANOPY_TEST_KAFKA_BOOTSTRAP/_CONTROL/_PID
 #   harness_slapd NAME FILE.ldif        # CANOPY_TEST_LDAP_<NAME>_*
 #   harness_samba NAME FILE.ldif        # CANOPY_TEST_AD_<NAME>_*
+#   harness_ad_connector NAME [ACCOUNT] # a DirSync connector account: CANOPY_TEST_AD_<NAME>_CONNECTOR_*
 #   harness_emulator [EXTRA ARGS...]    # CANOPY_TEST_GRAPH_*
 #   harness_stop_<redis|kafka|emulator> [SIG], harness_stop_<slapd|samba> NAME [SIG]
 #   harness_restart_<...>               # same ports, same data (kafka: new cluster)
@@ -810,6 +811,39 @@ harness_samba() {
                 "${v}_REALM=$(printf '%s' "$name" | tr 'A-Z' 'a-z').canopy.test" \
                 "${v}_DOMAIN=$up" "${v}_PID=$(_h_pid "$key")"
         printf '%s\n' "$ip" >"$d/ip"
+}
+
+# harness_ad_connector NAME [ACCOUNT]: a connector account in the Samba AD
+# forest NAME (harness_samba), as an AD administrator would set it up for a
+# DirSync producer: a plain user (no administrative group) with Replicating
+# Directory Changes on the domain and read access to CN=Deleted Objects.
+# Exports CANOPY_TEST_AD_<NAME>_CONNECTOR_{DN,PWFILE,SID}.
+harness_ad_connector() {
+        local name=$1 acct=${2:-canopy-sync} up v host base admin apw pw sid d log
+        up=$(_h_upper "$name")
+        v=CANOPY_TEST_AD_${up}
+        host=${v}_HOST base=${v}_BASE admin=${v}_BINDDN apw=${v}_PWFILE
+        host=${!host} base=${!base} admin=${!admin} apw=${!apw}
+        [ -n "$host" ] || { _h_err "harness_ad_connector: no Samba forest $name (harness_samba first)"; return 1; }
+        d="$CANOPY_TEST_TMPDIR/samba-$name"
+        log="$d/connector-$acct.log"
+        pw="Sync-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')-Aa1"
+        ( umask 077; printf '%s' "$pw" >"$d/$acct.pw" )
+        # unicodePwd: the quoted password in UTF-16LE, over LDAPS only.
+        printf 'dn: CN=%s,CN=Users,%s\nchangetype: add\nobjectClass: user\nsAMAccountName: %s\nunicodePwd:: %s\nuserAccountControl: 512\n' \
+                "$acct" "$base" "$acct" "$(printf '"%s"' "$pw" | iconv -f utf-8 -t utf-16le | base64 -w0)" |
+                LDAPTLS_CACERT="$CANOPY_TEST_TMPDIR/tls/ca.pem" ldapmodify -x -H "ldaps://$host" -D "$admin" -y "$apw" \
+                >"$log" 2>&1 || { _h_fail "harness_ad_connector: cannot create $acct" "$log"; return 1; }
+        samba-tool dsacl set -H "ldap://$host" --simple-bind-dn="$admin" --password="$(cat "$apw")" --car=get-changes \
+                --action=allow --objectdn="$base" --trusteedn="CN=$acct,CN=Users,$base" >>"$log" 2>&1 ||
+                { _h_fail "harness_ad_connector: cannot grant Replicating Directory Changes" "$log"; return 1; }
+        sid=$(samba-tool user show "$acct" -H "ldap://$host" --simple-bind-dn="$admin" --password="$(cat "$apw")" \
+                --attributes=objectSid 2>>"$log" | awk '/^objectSid:/ {print $2}')
+        [ -n "$sid" ] || { _h_fail "harness_ad_connector: no objectSid for $acct" "$log"; return 1; }
+        /usr/bin/python3 "$HARNESS_SRC_DIR/tests/harness/ad_grant_deleted.py" "$d/private/sam.ldb" "$d/etc/smb.conf" \
+                "$base" "$sid" >>"$log" 2>&1 ||
+                { _h_fail "harness_ad_connector: cannot grant read on CN=Deleted Objects" "$log"; return 1; }
+        export "${v}_CONNECTOR_DN=CN=$acct,CN=Users,$base" "${v}_CONNECTOR_PWFILE=$d/$acct.pw" "${v}_CONNECTOR_SID=$sid"
 }
 
 harness_stop_samba() {

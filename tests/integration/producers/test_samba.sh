@@ -15,34 +15,27 @@ lm() { ldapmodify -x -H "$LURI" -D "$ADMIN" -y "$APW" "$@" >/dev/null || fail "l
 pwattr() { printf '"%s"' "$1" | iconv -f utf-8 -t utf-16le | base64 -w0; }
 
 # ---- connector accounts: one with Replicating Directory Changes, one without
-SPW="Sync-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')-Aa1"
-printf '%s' "$SPW" >"$T/sync.pw"
-for u in canopy-sync canopy-norights; do
+. "$HERE/../../harness/lib.sh"
+harness_ad_connector corp canopy-sync || fail "connector account"
+SPW=$(cat "$CANOPY_TEST_AD_CORP_CONNECTOR_PWFILE")
+cp "$CANOPY_TEST_AD_CORP_CONNECTOR_PWFILE" "$T/sync.pw"
+SID=$CANOPY_TEST_AD_CORP_CONNECTOR_SID
 lm <<LDIF
-dn: CN=$u,CN=Users,$BASE
+dn: CN=canopy-norights,CN=Users,$BASE
 changetype: add
 objectClass: user
-sAMAccountName: $u
+sAMAccountName: canopy-norights
 unicodePwd:: $(pwattr "$SPW")
 userAccountControl: 512
 LDIF
-done
-samba-tool dsacl set -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" --car=get-changes \
-        --action=allow --objectdn="$BASE" --trusteedn="CN=canopy-sync,CN=Users,$BASE" >"$T/dsacl.log" 2>&1 ||
-        { cat "$T/dsacl.log"; fail "granting get-changes"; }
-SID=$(samba-tool user show canopy-sync -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" \
-        --attributes=objectSid 2>/dev/null | awk '/^objectSid:/ {print $2}')
-[ -n "$SID" ] || fail "objectSid of canopy-sync"
 # Write on ms-DS-ConsistencyGuid (schemaIDGUID 23773dc2-...) below OU=Staff, for the anchor write-back
 samba-tool dsacl set -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" --objectdn="OU=Staff,$BASE" \
         --sddl="(OA;CI;WP;23773dc2-b63a-11d2-90e1-00c04fd91ab1;;$SID)" >>"$T/dsacl.log" 2>&1 ||
         { cat "$T/dsacl.log"; fail "granting write on ms-DS-ConsistencyGuid"; }
 SID2=$(samba-tool user show canopy-norights -H "ldap://$HOST" --simple-bind-dn="$ADMIN" --password="$(cat "$APW")" \
         --attributes=objectSid 2>/dev/null | awk '/^objectSid:/ {print $2}')
-for s in "$SID" "$SID2"; do
-        /usr/bin/python3 "$HERE/grant_deleted.py" "$T/samba-corp/private/sam.ldb" "$T/samba-corp/etc/smb.conf" "$BASE" "$s" \
-                >>"$T/dsacl.log" 2>&1 || { cat "$T/dsacl.log"; fail "granting read on CN=Deleted Objects"; }
-done
+/usr/bin/python3 "$HERE/../../harness/ad_grant_deleted.py" "$T/samba-corp/private/sam.ldb" "$T/samba-corp/etc/smb.conf" "$BASE" "$SID2" \
+        >>"$T/dsacl.log" 2>&1 || { cat "$T/dsacl.log"; fail "granting read on CN=Deleted Objects"; }
 ok "connector account created and granted Replicating Directory Changes"
 
 conf() { # conf FILE CONNECTOR MODE BIND PWFILE [extra yaml]

@@ -100,7 +100,7 @@ start_worker() {
         shift
         cat >"$T/worker.yaml" <<YAML
 rules:
-  file: "$here/rules.yaml"
+  file: "${RULES:-$here/rules.yaml}"
 kafka:
   brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
   topic_prefix: "e2e."
@@ -319,6 +319,105 @@ late-members)
         sleep 2 # anything still queued is applied: ghost must not come back
         members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l200", "carol"]'
         log "member computations at the end: $(metric w1 'canopy_worker_group_member_computations_total{how="incremental"}') incremental, $(metric w1 'canopy_worker_group_member_computations_total{how="full"}') full"
+        check_no_duplicates
+        [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
+        ;;
+ad)
+        # A Samba AD DC: a DirSync producer with a plain connector account
+        # (Replicating Directory Changes), the AD default rules, one OU in
+        # scope. Escaped and Unicode DNs, a disabled account, nested groups,
+        # a member outside the scope, member deltas, a move into scope, a
+        # rename and a delete through the tombstone.
+        . "$here/../../harness/lib.sh"
+        harness_ad_connector corp || fail "connector account"
+        AD=CANOPY_TEST_AD_CORP
+        v() { local n="${AD}_$1"; echo "${!n}"; }
+        BASE=$(v BASE)
+        admod() { LDAPTLS_CACERT=$(v CA) ldapmodify -x -H "$(v LDAPS_URI)" -D "$(v BINDDN)" -y "$(v PWFILE)" >/dev/null; }
+        cat >"$T/rules-ad.yaml" <<YAML
+version: 1
+connectors:
+  - id: corp
+    kind: ad
+    domain: corp.canopy.test
+    scope:
+      include_ous: ["OU=Staff,$BASE"]
+YAML
+        cat >"$T/producer-corp.yaml" <<YAML
+connector:
+  id: corp
+mode: dirsync
+ldap:
+  uris: ["$(v LDAPS_URI)"]
+  bind_dn: "$(v CONNECTOR_DN)"
+  password_file: "$(v CONNECTOR_PWFILE)"
+  tls: ldaps
+  ca_file: "$(v CA)"
+  base_dns: ["$BASE"]
+  poll_interval: 300ms
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+  topic_prefix: "e2e."
+  session_timeout: 6s
+redis:
+  host: "$CANOPY_TEST_REDIS_HOST"
+  port: $CANOPY_TEST_REDIS_PORT
+  prefix: "p:"
+lease:
+  ttl: 3s
+YAML
+        "$BIN/canopy-producer-ldap" -c "$T/producer-corp.yaml" >>"$T/producer-corp.log" 2>&1 &
+        pids+=($!)
+        RULES=$T/rules-ad.yaml start_worker w1
+        members_of() { # members_of GROUP: sorted mailNicknames (users) and names (groups)
+                state | jq -c --arg g "$1" '(.users | map({key: .id, value: .mailNickname}) | from_entries) as $u
+                  | (.groups | map({key: .id, value: .displayName}) | from_entries) as $gr
+                  | [.groups[] | select(.displayName == $g) | .members[] | $u[.] // $gr[.]] | sort'
+        }
+        wait_members() { # wait_members GROUP JSON
+                local i
+                for ((i = 0; i < CAP * 4; i++)); do
+                        [ "$(members_of "$1")" = "$2" ] && return 0
+                        sleep 0.25
+                done
+                fail "$1 has $(members_of "$1"), want $2"
+        }
+        wait_for "4 users and 2 groups from OU=Staff only" '(.users | length) == 4 and (.groups | length) == 2'
+        state | jq -e '
+          (.users | map({key: .mailNickname, value: .}) | from_entries) as $u
+          | $u.ada.userPrincipalName == "ada@corp.canopy.test" and $u.ada.jobTitle == "Analyst" and $u.ada.accountEnabled == true
+            and $u.grace.userPrincipalName == "grace@corp.canopy.test" and $u.grace.displayName == "Smith, Grace"
+            and $u.elise.displayName == "Élise Müller" and $u.elise.surname == "Müller"
+            and $u.dormant.accountEnabled == false
+            and ([.users[].onPremisesImmutableId | select(length == 24)] | length) == 4' >/dev/null ||
+                fail "AD default mappings: $(state | jq -c '[.users[] | {mailNickname, userPrincipalName, displayName, accountEnabled, onPremisesImmutableId}]')"
+        wait_members Engineers '["Leads","ada"]'
+        wait_members Leads '["grace"]'
+        state | jq -e '.groups[] | select(.displayName == "Engineers") | .description == "Everyone who builds" and .securityEnabled == true' >/dev/null ||
+                fail "group properties"
+        wait_drained w1
+        f0=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
+        [ "${f0:-0}" -ge 1 ] || fail "no full member computation counted"
+        # Member deltas (DirSync incremental values): from what changed.
+        printf 'dn: CN=Engineers,OU=Staff,%s\nchangetype: modify\nadd: member\nmember: CN=Élise Müller,OU=Staff,%s\n-\ndelete: member\nmember: CN=Ada Lovelace,OU=Staff,%s\n' "$BASE" "$BASE" "$BASE" | admod
+        wait_members Engineers '["Leads","elise"]'
+        f1=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
+        [ "$f1" = "$f0" ] || fail "a two-member delta computed every member ($f0 -> $f1)"
+        # The member outside the scope moves in: exported, and a member.
+        printf 'dn: CN=Far Away,OU=Outside,%s\nchangetype: modrdn\nnewrdn: CN=Far Away\ndeleteoldrdn: 1\nnewsuperior: OU=Staff,%s\n' "$BASE" "$BASE" | admod
+        wait_members Engineers '["Leads","elise","faraway"]'
+        # Disabled in AD: accountEnabled false.
+        printf 'dn: CN=Élise Müller,OU=Staff,%s\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 546\n' "$BASE" | admod
+        wait_for "elise disabled" '.users[] | select(.mailNickname == "elise") | .accountEnabled == false'
+        # Renamed: the same cloud object, still in Leads.
+        printf 'dn: CN=Smith\\, Grace,OU=Staff,%s\nchangetype: modrdn\nnewrdn: CN=Grace Smith\ndeleteoldrdn: 1\n' "$BASE" | admod
+        wait_for "grace renamed" '.users[] | select(.mailNickname == "grace") | .displayName == "Grace Smith"'
+        [ "$(nusers)" = 5 ] || fail "the rename created a user"
+        wait_members Leads '["grace"]'
+        # Deleted in AD (tombstone): deleted in Entra, gone from Leads.
+        printf 'dn: CN=Grace Smith,OU=Staff,%s\nchangetype: delete\n' "$BASE" | admod
+        wait_for "grace deleted" '(.users | length) == 4 and ([.deletedUsers[] | select(.mailNickname == "grace")] | length) == 1'
+        wait_members Leads '[]'
         check_no_duplicates
         [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
         ;;

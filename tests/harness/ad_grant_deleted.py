@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""grant_deleted.py SAM_LDB SMB_CONF BASE SID: give SID List Contents and Read
+"""ad_grant_deleted.py SAM_LDB SMB_CONF BASE SID: give SID List Contents and Read
 Property on CN=Deleted Objects (what AD administrators do with dsacls for a
 non-admin account that must see tombstones). samba-tool dsacl cannot read
 that container (it needs the Show Deleted control), so this edits the
