@@ -113,8 +113,36 @@ static canopy_err publish_mv(join_ctx *jc, const char *mv_id, const char *type, 
         return err;
 }
 
+/* The DN `norm` (normalised) now belongs to `anchor`: groups holding it
+ * as "d:<dn>" name the anchor instead (canopy_state_dnref_rebind), and
+ * those exported note the member as added for their next computation. */
+static canopy_err rebind_dn_refs(join_ctx *jc, const char *connector, const char *norm, const canopy_bytes *anchor) {
+        char *ref = NULL, *aref = NULL, **groups = NULL;
+        size_t n = 0, bl = 4 * ((anchor->len + 2) / 3) + 3;
+        if (asprintf(&ref, "d:%s", norm) < 0)
+                return CANOPY_ERR_NOMEM;
+        aref = malloc(bl);
+        canopy_err err = aref ? canopy_state_dnref_rebind(jc->st, connector, ref, anchor, &groups, &n)
+                              : CANOPY_ERR_NOMEM;
+        if (aref) {
+                aref[0] = 'a';
+                aref[1] = ':';
+                canopy_state_anchor_b64(anchor, aref + 2, bl - 2);
+        }
+        for (size_t i = 0; !err && i < n; i++) {
+                const char *add[1] = {aref};
+                err = canopy_state_group_delta_note(jc->st, groups[i], connector, add, 1, NULL, 0);
+                if (!err)
+                        err = publish_mv(jc, groups[i], "group", CANOPY_MV_RESOLVE, connector);
+        }
+        canopy_state_strv_free(groups);
+        free(aref);
+        free(ref);
+        return err;
+}
+
 /* Groups waiting for a DN that now exists: re-export them. */
-static canopy_err resolve_dn_waiters(join_ctx *jc, const char *connector, const char *dn) {
+static canopy_err resolve_dn_waiters(join_ctx *jc, const char *connector, const char *dn, const canopy_bytes *anchor) {
         char *norm = NULL, *key = NULL, **groups = NULL;
         size_t n = 0;
         canopy_err err = canopy_state_dn_norm(dn, &norm);
@@ -124,7 +152,9 @@ static canopy_err resolve_dn_waiters(join_ctx *jc, const char *connector, const 
                 free(norm);
                 return CANOPY_ERR_NOMEM;
         }
-        err = canopy_state_pending_take(jc->st, key, &groups, &n);
+        err = rebind_dn_refs(jc, connector, norm, anchor);
+        if (!err)
+                err = canopy_state_pending_take(jc->st, key, &groups, &n);
         for (size_t i = 0; !err && i < n; i++)
                 err = publish_mv(jc, groups[i], "group", CANOPY_MV_RESOLVE, connector);
         if (err && groups) /* put them back: the event will be retried */
@@ -309,6 +339,21 @@ static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, con
         if (!err)
                 err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, replace && !at->delta,
                                                     (const char *const *)add, nadd, (const char *const *)rm, nrm);
+        /* A member DN not seen yet: noted, so that it becomes an anchor
+         * when the DN appears; looked up again after the note, since it may
+         * have appeared meanwhile (and found no note). */
+        for (size_t i = 0; !err && i < nadd; i++) {
+                if (strncmp(add[i], "d:", 2))
+                        continue;
+                canopy_bytes anchor = {0};
+                err = canopy_state_dnref_add(jc->st, ev->connector, add[i], &ev->anchor);
+                canopy_err ge = err ? err : canopy_state_dn_get(jc->st, ev->connector, add[i] + 2, &anchor);
+                if (!err && ge == CANOPY_OK)
+                        err = rebind_dn_refs(jc, ev->connector, add[i] + 2, &anchor);
+                else if (ge != CANOPY_ERR_NOT_FOUND)
+                        err = ge;
+                free(anchor.data);
+        }
         /* The export stage computes an exported group's members from what
          * changed (canopy_state_group_delta_note); a whole new set makes it
          * compute every member. After the set: a computation between the
@@ -656,7 +701,7 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
                 if (!err) {
                         free(rec->dn);
                         rec->dn = strdup(ev->dn);
-                        err = resolve_dn_waiters(jc, ev->connector, ev->dn);
+                        err = resolve_dn_waiters(jc, ev->connector, ev->dn, &rec->anchor);
                 }
         }
         if (!err && !stale && ev->scan_id) {

@@ -81,6 +81,15 @@ static const char LUA_TAKE[] =
         "redis.call('DEL', KEYS[1])\n"
         "return m\n";
 
+/* A member named by a DN not seen yet is named by its anchor once the DN is
+ * known: KEYS[1] = group's member set, KEYS[2] = group's record; ARGV[1] =
+ * "d:<dn>", ARGV[2] = "a:<anchor>". The group's mv id ("" when none) when
+ * the reference was there, else nil. */
+static const char LUA_REBIND[] =
+        "if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return false end\n"
+        "redis.call('SADD', KEYS[1], ARGV[2])\n"
+        "return redis.call('HGET', KEYS[2], 'mv') or ''\n";
+
 /* A group holds removals back for a DN of connector KEYS[2]'s first full
  * import not seen yet: KEYS[1] = hold set, KEYS[2] = scanned flag, ARGV[1]
  * = group. 1 when the import is complete (nothing held, nothing noted). */
@@ -1333,6 +1342,73 @@ canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, c
         }
         free(key);
         free(idx);
+        return err;
+}
+
+/* ---- member DNs not seen yet --------------------------------------------- */
+
+canopy_err canopy_state_dnref_add(canopy_state *st, const char *connector, const char *dn_ref,
+                                  const canopy_bytes *group_anchor) {
+        char *b64 = b64_dup(group_anchor);
+        char *key = canopy_state_key(st, "dnref:{%s\x1f%s}", connector, dn_ref);
+        canopy_err err = b64 && key ? cmd3(st, "SADD", key, b64) : CANOPY_ERR_NOMEM;
+        free(key);
+        free(b64);
+        return err;
+}
+
+canopy_err canopy_state_dnref_rebind(canopy_state *st, const char *connector, const char *dn_ref,
+                                     const canopy_bytes *member_anchor, char ***ret, size_t *ret_n) {
+        *ret = NULL;
+        *ret_n = 0;
+        char *key = canopy_state_key(st, "dnref:{%s\x1f%s}", connector, dn_ref);
+        char *mb64 = b64_dup(member_anchor);
+        char *aref = NULL;
+        canopy_err err = key && mb64 && asprintf(&aref, "a:%s", mb64) >= 0 ? CANOPY_OK : CANOPY_ERR_NOMEM;
+        if (err)
+                aref = NULL;
+        redisReply *r = err ? NULL : eval1(st, LUA_TAKE, st->sha_take, key, 0, NULL, NULL);
+        if (!err)
+                err = reply_err(st, r);
+        size_t n = !err && r->type == REDIS_REPLY_ARRAY ? r->elements : 0, k = 0;
+        char **out = n ? calloc(n + 1, sizeof(*out)) : NULL;
+        if (n && !out)
+                err = CANOPY_ERR_NOMEM;
+        for (size_t i = 0; !err && i < n; i++) {
+                redisReply *g = r->element[i];
+                char *set = NULL, *rec = NULL;
+                if (g->type != REDIS_REPLY_STRING) {
+                        err = CANOPY_ERR_REDIS;
+                        break;
+                }
+                set = canopy_state_key(st, "cs:{%s|%.*s}:m", connector, (int)g->len, g->str);
+                rec = canopy_state_key(st, "cs:{%s|%.*s}", connector, (int)g->len, g->str);
+                if (!set || !rec)
+                        err = CANOPY_ERR_NOMEM;
+                const char *av[5] = {"2", set, rec, dn_ref, aref};
+                redisReply *x = err ? NULL : rconn_eval(st->rc, LUA_REBIND, st->sha_rebind, 5, av, NULL);
+                if (!err)
+                        err = reply_err(st, x);
+                if (!err && x->type == REDIS_REPLY_STRING && x->len &&
+                    !(out[k++] = strndup(x->str, x->len)))
+                        err = CANOPY_ERR_NOMEM;
+                if (x)
+                        freeReplyObject(x);
+                free(set);
+                free(rec);
+        }
+        if (r)
+                freeReplyObject(r);
+        if (err) {
+                canopy_state_strv_free(out);
+                out = NULL;
+                k = 0;
+        }
+        *ret = out;
+        *ret_n = k;
+        free(aref);
+        free(mb64);
+        free(key);
         return err;
 }
 

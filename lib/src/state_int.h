@@ -16,6 +16,7 @@ struct canopy_state {
         char sha_take[41];
         char sha_gbegin[41];
         char sha_hold[41];
+        char sha_rebind[41];
         char sha_scanned[41];
         char sha_bury[41];
         char sha_scan_piece[41];

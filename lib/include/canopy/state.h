@@ -287,6 +287,24 @@ canopy_err canopy_state_pending_take(canopy_state *st, const char *member_key, c
 /* Number of members that groups are waiting for. */
 canopy_err canopy_state_pending_count(canopy_state *st, int64_t *ret);
 
+/* ---- member DNs not seen yet ---------------------------------------------- */
+/* A group member whose DN the join stage has not seen is held as
+ * "d:<dn>" in the group's member set. Once an object takes that DN the
+ * reference must name its anchor: AD renames and moves a member without
+ * changing its groups (the link follows the object), so a DN reference
+ * kept would name nothing after the member's first rename. The join stage
+ * notes the group (dnref:{connector\x1f<d:dn>}) when it stores such a
+ * reference, and rebinds every noted group when the DN appears. */
+
+/* Group (connector, group_anchor) holds the reference dn_ref ("d:<dn>"). */
+canopy_err canopy_state_dnref_add(canopy_state *st, const char *connector, const char *dn_ref,
+                                  const canopy_bytes *group_anchor);
+/* The DN of dn_ref now belongs to member_anchor: in every group noted, the
+ * reference becomes "a:<anchor>". *ret (NULL-terminated, owned): the mv ids
+ * of the groups changed that have one. */
+canopy_err canopy_state_dnref_rebind(canopy_state *st, const char *connector, const char *dn_ref,
+                                     const canopy_bytes *member_anchor, char ***ret, size_t *ret_n);
+
 /* ---- first full import of a connector ---------------------------------- */
 /* A member DN the join stage has not seen may be a member still to come
  * while the connector's first full import runs, and a group holds its

@@ -600,6 +600,46 @@ static void test_group_waits(void **ctx) {
         canopy_state_free(st);
 }
 
+/* A member DN not seen yet becomes the member's anchor in every group that
+ * noted it, and the groups' mv ids come back. */
+static void test_dnref_rebind(void **ctx) {
+        (void)ctx;
+        canopy_state *st = connect_state();
+        canopy_cs_record g = {0};
+        g.connector = "dnr";
+        g.anchor = bytes("group-1");
+        g.object_class = "group";
+        g.mv_id = "11111111111111111111111111111111";
+        g.in_scope = true;
+        assert_int_equal(canopy_state_cs_put(st, &g), CANOPY_OK);
+        const char *refs[2] = {"d:cn=late,dc=x", "a:b3RoZXI="};
+        assert_int_equal(canopy_state_cs_members_apply(st, "dnr", &g.anchor, true, refs, 2, NULL, 0), CANOPY_OK);
+        assert_int_equal(canopy_state_dnref_add(st, "dnr", refs[0], &g.anchor), CANOPY_OK);
+        canopy_bytes member = bytes("member-1");
+        char **mv = NULL;
+        size_t n = 0;
+        assert_int_equal(canopy_state_dnref_rebind(st, "dnr", refs[0], &member, &mv, &n), CANOPY_OK);
+        assert_int_equal(n, 1);
+        assert_string_equal(mv[0], g.mv_id);
+        canopy_state_strv_free(mv);
+        char **got = NULL;
+        assert_int_equal(canopy_state_cs_members(st, "dnr", &g.anchor, &got, &n), CANOPY_OK);
+        assert_int_equal(n, 2);
+        bool by_anchor = false, by_dn = false;
+        for (size_t i = 0; i < n; i++) {
+                by_anchor = by_anchor || !strcmp(got[i], "a:bWVtYmVyLTE=");
+                by_dn = by_dn || !strncmp(got[i], "d:", 2);
+        }
+        canopy_state_strv_free(got);
+        assert_true(by_anchor);
+        assert_false(by_dn);
+        /* Taken: a second rebind finds nothing. */
+        assert_int_equal(canopy_state_dnref_rebind(st, "dnr", refs[0], &member, &mv, &n), CANOPY_OK);
+        assert_int_equal(n, 0);
+        canopy_state_strv_free(mv);
+        canopy_state_free(st);
+}
+
 /* The first full import of a connector: groups holding removals back for a
  * DN not seen are noted until it completes, then read (and released). */
 static void test_hold_for_scan(void **ctx) {
@@ -682,6 +722,7 @@ int main(void) {
                 cmocka_unit_test(test_join_race),        cmocka_unit_test(test_export_state),
                 cmocka_unit_test(test_pending_errors_staged), cmocka_unit_test(test_guard_counter),
                 cmocka_unit_test(test_group_waits),      cmocka_unit_test(test_hold_for_scan),
+                cmocka_unit_test(test_dnref_rebind),
                 cmocka_unit_test(test_persistence),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
