@@ -247,6 +247,19 @@ static redisReply *eval1(canopy_state *st, const char *script, char *sha, const 
         return r;
 }
 
+/* Run a script whose reply is an integer; *ret = reply == 1. */
+static canopy_err eval_flag(canopy_state *st, const char *script, char *sha, int argc, const char **av, bool *ret) {
+        redisReply *r = rconn_eval(st->rc, script, sha, argc, av, NULL);
+        canopy_err err = reply_err(st, r);
+        if (!err && r->type != REDIS_REPLY_INTEGER)
+                err = CANOPY_ERR_REDIS;
+        if (!err)
+                *ret = r->integer == 1;
+        if (r)
+                freeReplyObject(r);
+        return err;
+}
+
 void canopy_state_strv_free(char **v) {
         if (!v)
                 return;
@@ -1422,14 +1435,7 @@ canopy_err canopy_state_hold_for_scan(canopy_state *st, const char *connector, c
         canopy_err err = CANOPY_ERR_NOMEM;
         if (hold && flag) {
                 const char *av[4] = {"2", hold, flag, group_mv};
-                redisReply *r = rconn_eval(st->rc, LUA_HOLD, st->sha_hold, 4, av, NULL);
-                err = reply_err(st, r);
-                if (!err && r->type != REDIS_REPLY_INTEGER)
-                        err = CANOPY_ERR_REDIS;
-                if (!err)
-                        *ret_scanned = r->integer == 1;
-                if (r)
-                        freeReplyObject(r);
+                err = eval_flag(st, LUA_HOLD, st->sha_hold, 4, av, ret_scanned);
         }
         free(hold);
         free(flag);
@@ -1930,14 +1936,7 @@ canopy_err canopy_state_scan_piece(canopy_state *st, const char *connector, cons
         snprintf(ps, sizeof(ps), "%d", (int)piece);
         snprintf(ns, sizeof(ns), "%d", (int)(npieces > 0 ? npieces : 1));
         const char *av[] = {"2", set, done, ps, ns, SCAN_TTL_MS};
-        redisReply *r = rconn_eval(st->rc, LUA_SCAN_PIECE, st->sha_scan_piece, 6, av, NULL);
-        err = reply_err(st, r);
-        if (!err && r->type != REDIS_REPLY_INTEGER)
-                err = CANOPY_ERR_REDIS;
-        if (!err)
-                *ret_complete = r->integer == 1;
-        if (r)
-                freeReplyObject(r);
+        err = eval_flag(st, LUA_SCAN_PIECE, st->sha_scan_piece, 6, av, ret_complete);
         free(set);
         free(done);
         return err;

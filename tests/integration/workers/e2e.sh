@@ -60,23 +60,19 @@ ldapmod() { # ldapmod FOREST < LDIF
         ldapmodify -x -H "$(ldap_var "$1" URI)" -D "$(ldap_var "$1" BINDDN)" -y "$(ldap_var "$1" PWFILE)" >/dev/null
 }
 
-start_producer() { # start_producer FOREST (connector id = forest name, lower case)
-        local f=$1 id
-        id=$(echo "$1" | tr 'A-Z' 'a-z')
-        cat >"$T/producer-$id.yaml" <<YAML
+# run_producer ID MODE URI BIND_DN PWFILE BASE LDAP-EXTRA-YAML [EXTRA-YAML]
+run_producer() {
+        cat >"$T/producer-$1.yaml" <<YAML
 connector:
-  id: "$id"
-mode: syncrepl
+  id: "$1"
+mode: $2
 ldap:
-  uris: ["$(ldap_var "$f" URI)"]
-  bind_dn: "$(ldap_var "$f" BINDDN)"
-  password_file: "$(ldap_var "$f" PWFILE)"
-  tls: none
-  allow_insecure: true
-  base_dns: ["$(ldap_var "$f" BASE)"]
-objects:
-  user: [inetOrgPerson]
-  group: [groupOfNames]
+  uris: ["$3"]
+  bind_dn: "$4"
+  password_file: "$5"
+  base_dns: ["$6"]
+$7
+${8:-}
 kafka:
   brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
   topic_prefix: "e2e."
@@ -88,9 +84,18 @@ redis:
 lease:
   ttl: 3s
 YAML
-        "$BIN/canopy-producer-ldap" -c "$T/producer-$id.yaml" >>"$T/producer-$id.log" 2>&1 &
+        "$BIN/canopy-producer-ldap" -c "$T/producer-$1.yaml" >>"$T/producer-$1.log" 2>&1 &
         pids+=($!)
-        log "producer $id pid $!"
+        log "producer $1 pid $!"
+}
+
+start_producer() { # start_producer FOREST (connector id = forest name, lower case)
+        local f=$1
+        run_producer "$(echo "$1" | tr 'A-Z' 'a-z')" syncrepl "$(ldap_var "$f" URI)" "$(ldap_var "$f" BINDDN)" \
+                "$(ldap_var "$f" PWFILE)" "$(ldap_var "$f" BASE)" "  tls: none
+  allow_insecure: true" "objects:
+  user: [inetOrgPerson]
+  group: [groupOfNames]"
 }
 
 # start_worker NAME [--set k=v ...]: prints nothing; PID in WPID[NAME].
@@ -343,31 +348,9 @@ connectors:
     scope:
       include_ous: ["OU=Staff,$BASE"]
 YAML
-        cat >"$T/producer-corp.yaml" <<YAML
-connector:
-  id: corp
-mode: dirsync
-ldap:
-  uris: ["$(v LDAPS_URI)"]
-  bind_dn: "$(v CONNECTOR_DN)"
-  password_file: "$(v CONNECTOR_PWFILE)"
-  tls: ldaps
-  ca_file: "$(v CA)"
-  base_dns: ["$BASE"]
-  poll_interval: 300ms
-kafka:
-  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
-  topic_prefix: "e2e."
-  session_timeout: 6s
-redis:
-  host: "$CANOPY_TEST_REDIS_HOST"
-  port: $CANOPY_TEST_REDIS_PORT
-  prefix: "p:"
-lease:
-  ttl: 3s
-YAML
-        "$BIN/canopy-producer-ldap" -c "$T/producer-corp.yaml" >>"$T/producer-corp.log" 2>&1 &
-        pids+=($!)
+        run_producer corp dirsync "$(v LDAPS_URI)" "$(v CONNECTOR_DN)" "$(v CONNECTOR_PWFILE)" "$BASE" "  tls: ldaps
+  ca_file: \"$(v CA)\"
+  poll_interval: 300ms"
         RULES=$T/rules-ad.yaml start_worker w1
         members_of() { # members_of GROUP: sorted mailNicknames (users) and names (groups)
                 state | jq -c --arg g "$1" '(.users | map({key: .id, value: .mailNickname}) | from_entries) as $u
