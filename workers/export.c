@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "canopy/arena.h"
 #include "canopy/avro.h"
@@ -26,6 +27,13 @@ typedef struct export_ctx {
         canopy_graph *gc; /* NULL in staging mode */
         canopy_arena *a;
         const canopy_mv_event *ev;
+        /* The tenant's verified domains and its initial domain (GET
+         * /domains), read when first needed and every 15 minutes; NULL
+         * while unknown. */
+        char **domains;
+        size_t ndomains;
+        char *initial_domain;
+        int64_t domains_ms;
 } export_ctx;
 
 /* What one mv event led to, for the ExportRecord. */
@@ -239,6 +247,56 @@ out:
         free(holders);
         free(vp);
         return err;
+}
+
+static void domains_refresh(export_ctx *ec) {
+        int64_t now = worker_now_ms();
+        if (ec->domains_ms && now - ec->domains_ms < (ec->domains ? 15 * 60000 : 60000))
+                return;
+        ec->domains_ms = now;
+        char **v = NULL, *initial = NULL;
+        size_t n = 0;
+        canopy_graph_error ei;
+        memset(&ei, 0, sizeof(ei));
+        canopy_err err = canopy_graph_domains(ec->gc, &v, &n, &initial, &ei);
+        if (err) {
+                CANOPY_WARN(MOD,
+                            "cannot read the tenant's domains (%s%s%s): user principal names are sent as they are; "
+                            "grant the application Domain.Read.All so that a suffix that is not a verified domain "
+                            "is replaced by the initial .onmicrosoft.com domain",
+                            ei.code[0] ? ei.code : canopy_err_text(err), ei.message[0] ? ": " : "", ei.message);
+                canopy_graph_error_clear(&ei);
+                return;
+        }
+        canopy_graph_strv_free(ec->domains);
+        free(ec->initial_domain);
+        ec->domains = v;
+        ec->ndomains = n;
+        ec->initial_domain = initial;
+}
+
+/* As Entra Connect: a UPN suffix that is not a verified domain of the
+ * tenant (contoso.local, a domain not added yet) is replaced by the
+ * tenant's initial .onmicrosoft.com domain. */
+static canopy_err upn_verified(export_ctx *ec, json_t *props) {
+        const char *upn = json_string_value(json_object_get(props, "userPrincipalName"));
+        const char *at = upn ? strrchr(upn, '@') : NULL;
+        if (!at || !ec->gc)
+                return CANOPY_OK;
+        domains_refresh(ec);
+        if (!ec->domains || !ec->initial_domain)
+                return CANOPY_OK;
+        for (size_t i = 0; i < ec->ndomains; i++)
+                if (!strcasecmp(ec->domains[i], at + 1))
+                        return CANOPY_OK;
+        char *fixed = NULL;
+        if (asprintf(&fixed, "%.*s@%s", (int)(at - upn), upn, ec->initial_domain) < 0)
+                return CANOPY_ERR_NOMEM;
+        CANOPY_DEBUG(MOD, "%s: UPN suffix %s is not a verified domain: %s", ec->ev ? ec->ev->mv_id : "?", at + 1,
+                     fixed);
+        int rc = json_object_set_new(props, "userPrincipalName", json_string(fixed));
+        free(fixed);
+        return rc ? CANOPY_ERR_NOMEM : CANOPY_OK;
 }
 
 static char *dumps(const json_t *j) {
@@ -1030,6 +1088,8 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
         }
         if (mv) {
                 err = compute_desired(ec, mv, &d);
+                if (!err && !strcmp(type, "user"))
+                        err = upn_verified(ec, d.props);
                 if (err)
                         goto out;
         }
@@ -1520,7 +1580,7 @@ int worker_export_run(worker *w, int idx) {
         canopy_kafka_consumer *kc = NULL;
         int rc = 1;
         char eb[512];
-        export_ctx ec = {w, NULL, NULL, canopy_arena_new(0, 0), NULL};
+        export_ctx ec = {.w = w, .a = canopy_arena_new(0, 0)};
         canopy_err err = canopy_state_new(w->conf->redis_host, (int)w->conf->redis_port, w->conf->redis_password,
                                           w->conf->redis_prefix, (int)w->conf->redis_timeout_ms, &ec.st);
         if (err) {
@@ -1666,6 +1726,8 @@ out:
          * exits and Kafka hands the partitions over. */
         (void)kc;
         canopy_graph_free(ec.gc);
+        canopy_graph_strv_free(ec.domains);
+        free(ec.initial_domain);
         canopy_state_free(ec.st);
         canopy_arena_free(ec.a);
         CANOPY_INFO(MOD, "export stage stopped");

@@ -524,6 +524,54 @@ canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char
         return err;
 }
 
+void canopy_graph_strv_free(char **v) {
+        for (size_t i = 0; v && v[i]; i++)
+                free(v[i]);
+        free(v);
+}
+
+canopy_err canopy_graph_domains(canopy_graph *gc, char ***ret_verified, size_t *ret_n, char **ret_initial,
+                                canopy_graph_error *ei) {
+        if (!gc || !ret_verified || !ret_n || !ret_initial)
+                return CANOPY_ERR_INVALID_ARG;
+        *ret_verified = NULL;
+        *ret_n = 0;
+        *ret_initial = NULL;
+        canopy_graph_error_clear(ei);
+        canopy_graph_result res = {0};
+        canopy_err err = canopy_graph_request(gc, "GET", "/domains?$select=id,isVerified,isInitial", NULL, 0, &res, ei);
+        json_t *root = !err && res.body ? json_loadb(res.body, res.body_len, 0, NULL) : NULL;
+        json_t *arr = json_object_get(root, "value");
+        if (!err && !json_is_array(arr))
+                err = CANOPY_ERR_GRAPH_PROTOCOL;
+        size_t n = err ? 0 : json_array_size(arr), k = 0;
+        char **v = err ? NULL : calloc(n + 1, sizeof(*v));
+        if (!err && !v)
+                err = CANOPY_ERR_NOMEM;
+        for (size_t i = 0; !err && i < n; i++) {
+                json_t *d = json_array_get(arr, i);
+                const char *id = json_string_value(json_object_get(d, "id"));
+                if (!id || !json_is_true(json_object_get(d, "isVerified")))
+                        continue;
+                if (!(v[k++] = strdup(id)))
+                        err = CANOPY_ERR_NOMEM;
+                if (!err && json_is_true(json_object_get(d, "isInitial")) && !*ret_initial &&
+                    !(*ret_initial = strdup(id)))
+                        err = CANOPY_ERR_NOMEM;
+        }
+        json_decref(root);
+        canopy_graph_result_clear(&res);
+        if (err) {
+                canopy_graph_strv_free(v);
+                free(*ret_initial);
+                *ret_initial = NULL;
+                return err;
+        }
+        *ret_verified = v;
+        *ret_n = k;
+        return CANOPY_OK;
+}
+
 canopy_err canopy_graph_user_create(canopy_graph *gc, const char *body, const char *immutable_id,
                                     bool intent_recorded, char *ret_id, bool *ret_matched,
                                     canopy_graph_error *ei) {

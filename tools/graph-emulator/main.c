@@ -840,8 +840,13 @@ int main(int argc, char **argv) {
                     "canopy-graph-emulator: --tls-cert and --tls-key are required (or --insecure-http)\n");
                 return 2;
         }
+        /* Every tenant has an initial .onmicrosoft.com domain; the first
+         * --domain stays the default. */
         static char default_domain[] = "emulator.onmicrosoft.com";
-        if (!srv.ndomains)
+        bool initial = false;
+        for (size_t i = 0; i < srv.ndomains; i++)
+                initial = initial || strstr(srv.domains[i], ".onmicrosoft.com") != NULL;
+        if (!initial && srv.ndomains < EMU_DOMAINS_MAX)
                 srv.domains[srv.ndomains++] = default_domain;
         if (emu_auth_init(&srv)) {
                 fprintf(stderr, "canopy-graph-emulator: cannot generate the signing key\n");

@@ -293,6 +293,14 @@ canopy_err canopy_graph_delete(canopy_graph *gc, canopy_graph_kind kind, const c
 /* Restore a soft-deleted object: POST /directory/deletedItems/{id}/restore. */
 canopy_err canopy_graph_restore(canopy_graph *gc, const char *id, canopy_graph_error *ei);
 
+/* The tenant's domains (GET /domains): *ret_verified the verified domain
+ * names (NULL-terminated, owned, free with canopy_graph_strv_free),
+ * *ret_initial the initial (.onmicrosoft.com) domain or NULL (owned). Needs
+ * Domain.Read.All or Directory.Read.All. */
+canopy_err canopy_graph_domains(canopy_graph *gc, char ***ret_verified, size_t *ret_n, char **ret_initial,
+                                canopy_graph_error *ei);
+void canopy_graph_strv_free(char **v);
+
 /* GET one object. select: comma-separated $select or NULL. *ret_json owned
  * (free()). CANOPY_ERR_GRAPH_NOT_FOUND when absent. */
 canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char *id, const char *select,

@@ -196,6 +196,16 @@ static int scen_ops(void) {
 
         CHECK_OK(canopy_graph_authenticate(gc, &ei), &ei);
 
+        /* the tenant's verified domains and its initial one */
+        char **doms = NULL, *initial = NULL;
+        size_t ndoms = 0;
+        CHECK_OK(canopy_graph_domains(gc, &doms, &ndoms, &initial, &ei), &ei);
+        CHECK(ndoms >= 2 && doms && !strcmp(doms[0], "canopy.test"), "domains: %zu, first %s", ndoms,
+              ndoms ? doms[0] : "-");
+        CHECK(initial && !strcmp(initial, "emulator.onmicrosoft.com"), "initial domain %s", initial ? initial : "-");
+        canopy_graph_strv_free(doms);
+        free(initial);
+
         /* create, then a crash-safe create of the same object hard-matches */
         user_body(body, sizeof(body), "alice", "aW1tLWFsaWNl");
         CHECK_OK(canopy_graph_user_create(gc, body, "aW1tLWFsaWNl", false, id, &matched, &ei), &ei);
