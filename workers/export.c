@@ -914,15 +914,15 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                         if (vals[i] && !strncmp(vals[i], conn, strlen(conn)) && vals[i][strlen(conn)] == '\x1f')
                                 seen[i] = true;
                 n = refs_of_conn(conn, gd.refs, gd.added, true, gd.nrefs, NULL, refs, wkey, n);
-                /* Still a member? A reference the group dropped since is
-                 * forgotten. */
+                /* Still a member? A woken reference the group no longer
+                 * holds was dropped, or took another form (a DN that became
+                 * an anchor): anything but the common case computes all. */
                 if (n)
                         err = canopy_state_cs_members_has(ec->st, conn, anchor, refs, n, has);
                 size_t m = 0;
                 for (size_t j = 0; !err && j < n; j++) {
                         if (!has[j]) {
-                                if (wkey[j])
-                                        err = strset_add(&dels, wkey[j]);
+                                full = full || wkey[j];
                                 continue;
                         }
                         wkey[m] = wkey[j];
@@ -936,6 +936,7 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                         const char *key = wkey[j];
                         canopy_member_res *mr = &res[j];
                         if (mr->state == CANOPY_MEMBER_UNKNOWN) {
+                                full = full || !mr->wait_key;
                                 if (!mr->wait_key || (key && !strcmp(mr->wait_key, key)))
                                         continue; /* still waiting for the same */
                                 if (key)
@@ -988,7 +989,7 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                 if (!err && m)
                         err = canopy_state_members_resolve(ec->st, conn, (char *const *)refs, m, res);
                 /* A removed member still waited for stays recorded: its
-                 * wake finds the reference gone (above) and forgets it. */
+                 * wake finds the reference gone (above) and computes all. */
                 for (size_t j = 0; !err && j < m; j++) {
                         canopy_member_res *mr = &res[j];
                         if (mr->state == CANOPY_MEMBER_EXPORTED && strcmp(mr->mv_id, group_mv))
