@@ -59,6 +59,10 @@ bool prod_in_scope(prod *p, const char *dn) {
         bool in = false;
         for (size_t i = 0; p->norm_bases && p->norm_bases[i] && !in; i++)
                 in = canopy_ldap_dn_under(n, p->norm_bases[i]);
+        /* As Entra Connect leaves its own service account out: the
+         * connector account is not a user to sync. */
+        if (in && p->norm_self && !strcmp(n, p->norm_self))
+                in = false;
         free(n);
         return in;
 }
@@ -402,6 +406,11 @@ canopy_err prod_connect(prod *p) {
         }
         canopy_log(CANOPY_LOG_INFO, MOD, ctx_of(p), "connected to %s (%s, naming context %s)",
                    cf->ldap_uris[p->uri_idx], p->is_ad ? "Active Directory" : "LDAP", p->nc_root);
+        if (!p->norm_self) {
+                char *self = account_dn(p);
+                p->norm_self = self ? norm_dn(self) : NULL;
+                free(self);
+        }
         if (p->is_ad && cf->refuse_privileged) {
                 err = check_privileged(p);
                 if (err) {

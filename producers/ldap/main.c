@@ -482,6 +482,7 @@ out:
         for (size_t i = 0; p->norm_bases && p->norm_bases[i]; i++)
                 free(p->norm_bases[i]);
         free(p->norm_bases);
+        free(p->norm_self);
         for (size_t i = 0; p->attrs && p->attrs[i]; i++)
                 free(p->attrs[i]);
         free(p->attrs);

@@ -49,6 +49,7 @@ typedef struct prod {
         bool ever_connected; /* a connection succeeded once in this process */
         char *nc_root;       /* naming context that holds the bases (AD defaultNamingContext) */
         char **norm_bases;   /* normalised, lower-case base DNs */
+        char *norm_self;     /* the connector account's own DN, normalised: never published */
         char *class_filter;  /* (|(objectClass=...)...) possibly ANDed with ldap.filter */
         char *ds_filter;     /* (|class_filter(isDeleted=TRUE)): DirSync and usn also read tombstones */
         char **attrs;        /* attributes requested (config + bookkeeping), NULL-terminated */

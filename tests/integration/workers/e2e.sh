@@ -376,6 +376,12 @@ YAML
             and $u.larry.userPrincipalName == "larry@emulator.onmicrosoft.com"
             and ([.users[].onPremisesImmutableId | select(length == 24)] | length) == 5' >/dev/null ||
                 fail "AD default mappings: $(state | jq -c '[.users[] | {mailNickname, userPrincipalName, displayName, accountEnabled, onPremisesImmutableId}]')"
+        # The producer reads the whole domain but never publishes its own
+        # connector account (CN=canopy-sync,CN=Users).
+        n=$(kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t e2e.changes -e -q 2>/dev/null | grep -ac 'CN=canopy-sync,CN=Users' || true)
+        [ "$n" = 0 ] || fail "the connector account was published ($n events)"
+        n=$(kcat -b "$CANOPY_TEST_KAFKA_BOOTSTRAP" -C -t e2e.changes -e -q 2>/dev/null | grep -ac 'CN=Administrator,CN=Users' || true)
+        [ "$n" -ge 1 ] || fail "the check above cannot fail: CN=Users was not read"
         wait_members Engineers '["Leads","ada"]'
         wait_members Leads '["grace"]'
         state | jq -e '.groups[] | select(.displayName == "Engineers") | .description == "Everyone who builds" and .securityEnabled == true' >/dev/null ||
