@@ -383,7 +383,11 @@ alive_check() {
         for k in producer $(for ((w = 1; w <= NW; w++)); do echo "worker.$w"; done); do
                 pid=$(_h_pid "$k")
                 [ -n "$pid" ] || continue
-                kill -0 "$pid" 2>/dev/null || { bad "$k (pid $pid) exited (see $T/${k/./-}.log)"; return 1; }
+                kill -0 "$pid" 2>/dev/null || {
+                        bad "$k (pid $pid) exited (see $T/${k/./-}.log)"
+                        tail -n 15 "$T/${k/./-}.log" | sed 's/^/    /' >&2
+                        return 1
+                }
         done
 }
 
