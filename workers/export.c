@@ -829,6 +829,9 @@ out:
         return err;
 }
 
+/* Groups with fewer member references are always computed in full. */
+#define INCREMENTAL_MIN_REFS 256
+
 /* Fingerprint of the group's contributing records (connector and anchor
  * of each, FNV-1a 64): an incremental member computation is only allowed
  * with the records of the last full one. */
@@ -879,6 +882,20 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                 for (size_t q = r + 1; q < d->nrecs; q++)
                         if (!strcmp(d->recs[r]->connector, d->recs[q]->connector))
                                 return CANOPY_OK; /* two records of one connector: compute all */
+        /* Only for large groups, where a full computation costs: a rare
+         * missing member of a 40- to 60-member group was seen in CI with
+         * two workers and is not understood yet (bench/pipeline/FINDINGS.md),
+         * so small groups keep the full computation. */
+        int64_t refs_total = 0;
+        for (size_t r = 0; r < d->nrecs; r++) {
+                int64_t c = 0;
+                canopy_err ce = canopy_state_cs_members_count(ec->st, d->recs[r]->connector, &d->recs[r]->anchor, &c);
+                if (ce)
+                        return ce;
+                refs_total += c;
+        }
+        if (refs_total < INCREMENTAL_MIN_REFS)
+                return CANOPY_OK;
         char print[17];
         records_fingerprint(d, print);
         canopy_group_delta gd = {0};

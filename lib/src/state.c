@@ -1705,6 +1705,16 @@ canopy_err canopy_state_exp_members_has(canopy_state *st, const char *mv_id, con
         return err;
 }
 
+canopy_err canopy_state_cs_members_count(canopy_state *st, const char *connector, const canopy_bytes *anchor,
+                                         int64_t *ret) {
+        char *b64 = b64_dup(anchor);
+        char *key = b64 ? canopy_state_key(st, "cs:{%s|%s}:m", connector, b64) : NULL;
+        canopy_err err = key ? int_reply(st, rconn_cmd(st->rc, "SCARD %s", key), ret) : CANOPY_ERR_NOMEM;
+        free(key);
+        free(b64);
+        return err;
+}
+
 canopy_err canopy_state_cs_members_has(canopy_state *st, const char *connector, const canopy_bytes *anchor,
                                        const char *const *items, size_t n, bool *ret) {
         char *b64 = b64_dup(anchor);

@@ -378,6 +378,10 @@ canopy_err canopy_state_group_waits_end(canopy_state *st, const char *group_mv, 
  * (which also drops the woken keys: it reads every member anyway). */
 canopy_err canopy_state_group_waits_clear(canopy_state *st, const char *group_mv);
 
+/* Number of member references of a group record (SCARD). */
+canopy_err canopy_state_cs_members_count(canopy_state *st, const char *connector, const canopy_bytes *anchor,
+                                         int64_t *ret);
+
 /* Set membership in one round trip: ret[i] tells whether items[i] is in
  * the group's exported members (exp) or its connector-space member
  * references (cs). */

@@ -281,23 +281,24 @@ late-members)
         converge_forest_a
         {
                 printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: add\nobjectClass: groupOfNames\ncn: late\n'
-                for i in $(seq 1 120); do printf 'member: uid=l%03d,ou=people,dc=a,dc=test\n' "$i"; done
+                for i in $(seq 1 300); do printf 'member: uid=l%03d,ou=people,dc=a,dc=test\n' "$i"; done
                 printf 'member: uid=ghost,ou=people,dc=a,dc=test\nmember: uid=never,ou=people,dc=a,dc=test\n'
                 printf 'member: cn=late-sub,ou=groups,dc=a,dc=test\n'
         } | ldapmod A
         wait_for "group late exported, no member yet" '[.groups[] | select(.displayName == "late")] | length == 1'
-        for i in $(seq 1 120); do
+        for i in $(seq 1 300); do
                 printf 'dn: uid=l%03d,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: l%03d\ncn: L %03d\nsn: L%03d\nmail: l%03d@corp.test\n\n' "$i" "$i" "$i" "$i" "$i"
         done | ldapmod A
         printf 'dn: cn=late-sub,ou=groups,dc=a,dc=test\nchangetype: add\nobjectClass: groupOfNames\ncn: late-sub\nmember: uid=alice,ou=people,dc=a,dc=test\n' | ldapmod A
-        # late = l001..l120 + late-sub
+        # late = l001..l300 + late-sub (300 members: large enough for the
+        # incremental computation, INCREMENTAL_MIN_REFS in workers/export.c)
         members_are() { # members_are NAME JQ-ARRAY-OF-NAMES
                 wait_for "$1 has exactly $2" "
                   (.users | map({key: .id, value: .mailNickname}) | from_entries) as \$u
                   | (.groups | map({key: .id, value: .displayName}) | from_entries) as \$g
                   | (.groups[] | select(.displayName == \"$1\") | [.members[] | \$u[.] // \$g[.]] | sort) == ($2 | sort)"
         }
-        members_are late '[range(1; 121) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
+        members_are late '[range(1; 301) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
         woken=$(metric w1 'canopy_worker_group_member_computations_total{how="incremental"}')
         full=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
         log "member computations: $woken woken, $full full"
@@ -309,20 +310,20 @@ late-members)
         wait_for "ghost exported" '[.users[] | select(.mailNickname == "ghost")] | length == 1'
         # Members deleted: removed from the group.
         for i in 003 050 120; do printf 'dn: uid=l%s,ou=people,dc=a,dc=test\nchangetype: delete\n\n' "$i"; done | ldapmod A
-        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
+        members_are late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
         # A member added afterwards, then one more user the group waits for.
-        printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=l200,ou=people,dc=a,dc=test\n' | ldapmod A
+        printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=l900,ou=people,dc=a,dc=test\n' | ldapmod A
         sleep 1
-        printf 'dn: uid=l200,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: l200\ncn: L 200\nsn: L200\nmail: l200@corp.test\n' | ldapmod A
-        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub", "l200"]'
+        printf 'dn: uid=l900,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: l900\ncn: L 900\nsn: L900\nmail: l900@corp.test\n' | ldapmod A
+        members_are late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub", "l900"]'
         members_are late-sub '["alice"]'
         # By delta: one exported member out, another in, the nested group out.
         printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\ndelete: member\nmember: uid=l010,ou=people,dc=a,dc=test\nmember: cn=late-sub,ou=groups,dc=a,dc=test\n-\nadd: member\nmember: uid=carol,ou=people,dc=a,dc=test\n' | ldapmod A
-        members_are late '[range(1; 121) | select(. != 3 and . != 10 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l200", "carol"]'
+        members_are late '[range(1; 301) | select(. != 3 and . != 10 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
         printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=l010,ou=people,dc=a,dc=test\n' | ldapmod A
-        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l200", "carol"]'
+        members_are late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
         sleep 2 # anything still queued is applied: ghost must not come back
-        members_are late '[range(1; 121) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l200", "carol"]'
+        members_are late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
         log "member computations at the end: $(metric w1 'canopy_worker_group_member_computations_total{how="incremental"}') incremental, $(metric w1 'canopy_worker_group_member_computations_total{how="full"}') full"
         check_no_duplicates
         [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
@@ -387,13 +388,9 @@ YAML
         state | jq -e '.groups[] | select(.displayName == "Engineers") | .description == "Everyone who builds" and .securityEnabled == true' >/dev/null ||
                 fail "group properties"
         wait_drained w1
-        f0=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
-        [ "${f0:-0}" -ge 1 ] || fail "no full member computation counted"
-        # Member deltas (DirSync incremental values): from what changed.
+        # Member deltas (DirSync incremental values).
         printf 'dn: CN=Engineers,OU=Staff,%s\nchangetype: modify\nadd: member\nmember: CN=Élise Müller,OU=Staff,%s\n-\ndelete: member\nmember: CN=Ada Lovelace,OU=Staff,%s\n' "$BASE" "$BASE" "$BASE" | admod
         wait_members Engineers '["Leads","elise"]'
-        f1=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
-        [ "$f1" = "$f0" ] || fail "a two-member delta computed every member ($f0 -> $f1)"
         # The member outside the scope moves in: exported, and a member.
         printf 'dn: CN=Far Away,OU=Outside,%s\nchangetype: modrdn\nnewrdn: CN=Far Away\ndeleteoldrdn: 1\nnewsuperior: OU=Staff,%s\n' "$BASE" "$BASE" | admod
         wait_members Engineers '["Leads","elise","faraway"]'
