@@ -462,13 +462,14 @@ static canopy_err wait_unknown(export_ctx *ec, const char *connector, const char
  * resolved in pipelined batches (canopy_state_members_resolve); only the
  * members still waiting cost a round trip of their own. */
 static canopy_err desired_members(export_ctx *ec, const char *group_mv, const desired *d, strset *ret,
-                                  size_t *ret_waiting, waitlist *wl) {
+                                  size_t *ret_waiting, size_t *ret_refs, waitlist *wl) {
         canopy_err err = CANOPY_OK;
         for (size_t r = 0; !err && r < d->nrecs; r++) {
                 char **refs = NULL;
                 size_t n = 0;
                 const char *conn = d->recs[r]->connector;
                 err = canopy_state_cs_members(ec->st, conn, &d->recs[r]->anchor, &refs, &n);
+                *ret_refs += n;
                 canopy_member_res *res = n && !err ? calloc(n, sizeof(*res)) : NULL;
                 if (!err && n && !res)
                         err = CANOPY_ERR_NOMEM;
@@ -546,6 +547,7 @@ static canopy_err record_error(export_ctx *ec, const char *type, canopy_err gerr
                                outcome *o) {
         json_t *j = json_object();
         json_object_set_new(j, "code", json_string(canopy_err_name(gerr)));
+        json_object_set_new(j, "type", json_string(type));
         json_object_set_new(j, "message", json_string(ei->message));
         json_object_set_new(j, "ts", json_integer(worker_now_ms()));
         if (gerr == CANOPY_ERR_GRAPH_CONFLICT) {
@@ -829,8 +831,11 @@ out:
         return err;
 }
 
-/* Groups with fewer member references are always computed in full. */
+/* Groups with fewer member references are always computed in full (a
+ * build may lower it, -DINCREMENTAL_MIN_REFS=1, to exercise the path). */
+#ifndef INCREMENTAL_MIN_REFS
 #define INCREMENTAL_MIN_REFS 256
+#endif
 
 /* Fingerprint of the group's contributing records (connector and anchor
  * of each, FNV-1a 64): an incremental member computation is only allowed
@@ -882,20 +887,11 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                 for (size_t q = r + 1; q < d->nrecs; q++)
                         if (!strcmp(d->recs[r]->connector, d->recs[q]->connector))
                                 return CANOPY_OK; /* two records of one connector: compute all */
-        /* Only for large groups, where a full computation costs: a rare
-         * missing member of a 40- to 60-member group was seen in CI with
-         * two workers and is not understood yet (bench/pipeline/FINDINGS.md),
-         * so small groups keep the full computation. */
-        int64_t refs_total = 0;
-        for (size_t r = 0; r < d->nrecs; r++) {
-                int64_t c = 0;
-                canopy_err ce = canopy_state_cs_members_count(ec->st, d->recs[r]->connector, &d->recs[r]->anchor, &c);
-                if (ce)
-                        return ce;
-                refs_total += c;
-        }
-        if (refs_total < INCREMENTAL_MIN_REFS)
-                return CANOPY_OK;
+        /* Only groups of INCREMENTAL_MIN_REFS references or more have their
+         * waits recorded (the full computation below), so a smaller group
+         * finds no marker and is computed in full: a rare missing member of
+         * a 40- to 60-member group was seen in CI with two workers and is
+         * not understood yet (bench/pipeline/FINDINGS.md). */
         char print[17];
         records_fingerprint(d, print);
         canopy_group_delta gd = {0};
@@ -1307,13 +1303,13 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                  * incremental computations to come (members_delta). The
                  * woken keys and member changes noted so far are dropped
                  * first: the reads below see what they announced. */
-                size_t waiting = 0;
+                size_t waiting = 0, nrefs = 0;
                 waitlist wl = {.ok = true};
                 char print[17];
                 records_fingerprint(&d, print);
                 err = canopy_state_group_waits_clear(ec->st, mv_id);
                 if (!err)
-                        err = desired_members(ec, mv_id, &d, &want, &waiting, staging ? NULL : &wl);
+                        err = desired_members(ec, mv_id, &d, &want, &waiting, &nrefs, staging ? NULL : &wl);
                 if (!err)
                         atomic_fetch_add_explicit(&ec->w->m.members_full, 1, memory_order_relaxed);
                 if (!err) {
@@ -1332,7 +1328,7 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                 bool held = false;
                 for (size_t i = 0; waiting && i < have.n && !held; i++)
                         held = !strset_has(&want, have.v[i]);
-                if (!err && !staging && o->entra_id[0] && wl.ok)
+                if (!err && !staging && o->entra_id[0] && wl.ok && nrefs >= INCREMENTAL_MIN_REFS)
                         err = canopy_state_group_waits_set(ec->st, mv_id, held, print, (const char *const *)wl.keys,
                                                            (const char *const *)wl.vals, wl.n);
                 waitlist_free(&wl);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "canopy/log.h"
 #include "graph_int.h"
@@ -304,8 +305,9 @@ static bool is_collection(const char *prop) {
         return false;
 }
 
-canopy_err canopy_graph_find(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
-                             char *ret_id, char **ret_json, canopy_graph_error *ei) {
+/* canopy_graph_find with a $select (NULL: the default properties). */
+static canopy_err find_select(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
+                              const char *select, char *ret_id, char **ret_json, canopy_graph_error *ei) {
         if (!gc || !value || !ret_id || !prop_name_ok(prop))
                 return CANOPY_ERR_INVALID_ARG;
         canopy_graph_error_clear(ei);
@@ -318,6 +320,10 @@ canopy_err canopy_graph_find(canopy_graph *gc, canopy_graph_kind kind, const cha
                 snprintf(path, sizeof(path), "%s?$filter=%s/any(x:x%%20eq%%20%s)", kind_path(kind), prop, lit);
         else
                 snprintf(path, sizeof(path), "%s?$filter=%s%%20eq%%20%s", kind_path(kind), prop, lit);
+        if (select) {
+                size_t pl = strlen(path);
+                snprintf(path + pl, sizeof(path) - pl, "&$select=%s", select);
+        }
         canopy_graph_result res = {0};
         err = canopy_graph_request(gc, "GET", path, NULL, 0, &res, ei);
         if (err)
@@ -358,6 +364,38 @@ canopy_err canopy_graph_find(canopy_graph *gc, canopy_graph_kind kind, const cha
 out:
         canopy_graph_result_clear(&res);
         return err;
+}
+
+canopy_err canopy_graph_find(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
+                             char *ret_id, char **ret_json, canopy_graph_error *ei) {
+        return find_select(gc, kind, prop, value, NULL, ret_id, ret_json, ei);
+}
+
+/* After an ObjectConflict on a create: who holds the conflicting value?
+ * 1 when it is our own object (its match_prop is match_value: an earlier
+ * create of ours), id set; 0 when another object holds it (a real
+ * conflict); -1 when nothing is found (not visible yet, or a value the
+ * look-up cannot take). */
+static int conflict_holder(canopy_graph *gc, canopy_graph_kind kind, const canopy_graph_error *ei,
+                           const char *match_prop, const char *match_value, char *id) {
+        if (!ei || !ei->conflict_property[0] || !ei->conflict_value[0] || !prop_name_ok(ei->conflict_property))
+                return -1;
+        char sel[128], *json = NULL;
+        snprintf(sel, sizeof(sel), "id,%s", match_prop);
+        char oid[CANOPY_GRAPH_ID_MAX];
+        if (find_select(gc, kind, ei->conflict_property, ei->conflict_value, sel, oid, &json, NULL))
+                return -1;
+        json_t *o = json_loads(json, 0, NULL);
+        const char *v = json_string_value(json_object_get(o, match_prop));
+        /* immutable ids are Base64 (case matters); mail nicknames are not */
+        int ours = !v                                             ? -1
+                   : !strcmp(match_prop, "onPremisesImmutableId") ? !strcmp(v, match_value)
+                                                                  : !strcasecmp(v, match_value);
+        if (ours == 1)
+                graph_strlcpy(id, oid, CANOPY_GRAPH_ID_MAX);
+        json_decref(o);
+        free(json);
+        return ours;
 }
 
 /* For groups: a security group unless the body says otherwise. */
@@ -412,7 +450,15 @@ canopy_err canopy_graph_create(canopy_graph *gc, canopy_graph_kind kind, const c
                 canopy_graph_error saved;
                 if (ei)
                         saved = *ei;
-                for (int i = 1; i <= gc->conf.consistency_retries; i++) {
+                /* Another object holds the value: a real conflict, reported
+                 * at once (looking again would only stall the export). */
+                int holder = conflict_holder(gc, kind, ei, match_prop, match_value, id);
+                if (holder == 1) {
+                        free(gbody);
+                        canopy_graph_result_clear(&res);
+                        goto matched;
+                }
+                for (int i = 1; holder < 0 && i <= gc->conf.consistency_retries; i++) {
                         canopy_err ferr = canopy_graph_find(gc, kind, match_prop, match_value, id, NULL, NULL);
                         if (!ferr) {
                                 free(gbody);

@@ -1705,16 +1705,6 @@ canopy_err canopy_state_exp_members_has(canopy_state *st, const char *mv_id, con
         return err;
 }
 
-canopy_err canopy_state_cs_members_count(canopy_state *st, const char *connector, const canopy_bytes *anchor,
-                                         int64_t *ret) {
-        char *b64 = b64_dup(anchor);
-        char *key = b64 ? canopy_state_key(st, "cs:{%s|%s}:m", connector, b64) : NULL;
-        canopy_err err = key ? int_reply(st, rconn_cmd(st->rc, "SCARD %s", key), ret) : CANOPY_ERR_NOMEM;
-        free(key);
-        free(b64);
-        return err;
-}
-
 canopy_err canopy_state_cs_members_has(canopy_state *st, const char *connector, const canopy_bytes *anchor,
                                        const char *const *items, size_t n, bool *ret) {
         char *b64 = b64_dup(anchor);
@@ -1880,8 +1870,11 @@ canopy_err canopy_state_staged_get(canopy_state *st, const char *mv_id, char **r
         return hash_get(st, STAGED_KEY, mv_id, ret);
 }
 
-canopy_err canopy_state_staged_scan(canopy_state *st, uint64_t *cursor, char ***ret, size_t *ret_n) {
-        char *k = canopy_state_key(st, STAGED_KEY);
+/* One HSCAN page of a hash: field names into *ret, and values into *ret_vals
+ * when it is not NULL (both NULL-terminated, owned). */
+static canopy_err hash_scan(canopy_state *st, const char *hash, uint64_t *cursor, char ***ret, char ***ret_vals,
+                            size_t *ret_n) {
+        char *k = canopy_state_key(st, "%s", hash);
         redisReply *r = NULL;
         if (!k)
                 return CANOPY_ERR_NOMEM;
@@ -1891,20 +1884,40 @@ canopy_err canopy_state_staged_scan(canopy_state *st, uint64_t *cursor, char ***
                 return err;
         redisReply *arr = r->element[1];
         char **v = calloc(arr->elements / 2 + 1, sizeof(*v));
+        char **vals = ret_vals ? calloc(arr->elements / 2 + 1, sizeof(*vals)) : NULL;
         size_t n = 0;
-        if (!v)
+        if (!v || (ret_vals && !vals))
                 err = CANOPY_ERR_NOMEM;
         for (size_t i = 0; !err && i + 1 < arr->elements; i += 2) {
                 if (!(v[n] = reply_strdup(arr->element[i])))
                         continue;
+                if (vals && !(vals[n] = reply_strdup(arr->element[i + 1]))) {
+                        free(v[n]);
+                        v[n] = NULL;
+                        continue;
+                }
                 n++;
         }
         freeReplyObject(r);
-        if (err)
+        if (err) {
+                free(v);
+                free(vals);
                 return err;
+        }
         *ret = v;
+        if (ret_vals)
+                *ret_vals = vals;
         *ret_n = n;
         return CANOPY_OK;
+}
+
+canopy_err canopy_state_staged_scan(canopy_state *st, uint64_t *cursor, char ***ret, size_t *ret_n) {
+        return hash_scan(st, STAGED_KEY, cursor, ret, NULL, ret_n);
+}
+
+canopy_err canopy_state_error_scan(canopy_state *st, uint64_t *cursor, char ***ret_ids, char ***ret_json,
+                                   size_t *ret_n) {
+        return hash_scan(st, ERRORS_KEY, cursor, ret_ids, ret_json, ret_n);
 }
 
 canopy_err canopy_state_counter_incr(canopy_state *st, const char *name, int64_t by, int64_t *ret) {

@@ -378,9 +378,6 @@ canopy_err canopy_state_group_waits_end(canopy_state *st, const char *group_mv, 
  * (which also drops the woken keys: it reads every member anyway). */
 canopy_err canopy_state_group_waits_clear(canopy_state *st, const char *group_mv);
 
-/* Number of member references of a group record (SCARD). */
-canopy_err canopy_state_cs_members_count(canopy_state *st, const char *connector, const canopy_bytes *anchor,
-                                         int64_t *ret);
 
 /* Set membership in one round trip: ret[i] tells whether items[i] is in
  * the group's exported members (exp) or its connector-space member
@@ -416,6 +413,11 @@ canopy_err canopy_state_error_clear(canopy_state *st, const char *mv_id);
 /* The description of mv_id's error (owned), CANOPY_ERR_NOT_FOUND if none. */
 canopy_err canopy_state_error_get(canopy_state *st, const char *mv_id, char **ret);
 canopy_err canopy_state_error_count(canopy_state *st, int64_t *ret);
+/* One page of the errors set: mv ids and their JSON descriptions (both
+ * owned, NULL-terminated, canopy_state_strv_free). *cursor starts at 0 and
+ * is 0 again after the last page. */
+canopy_err canopy_state_error_scan(canopy_state *st, uint64_t *cursor, char ***ret_ids, char ***ret_json,
+                                   size_t *ret_n);
 
 /* ---- staging ------------------------------------------------------------ */
 

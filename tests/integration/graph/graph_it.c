@@ -263,6 +263,18 @@ static int scen_ops(void) {
         snprintf(want, sizeof(want), "alice%lu@canopy.test", run_id);
         CHECK(!strcmp(ei.conflict_value, want), "conflict value '%s'", ei.conflict_value);
         CHECK(ei.request_id[0] && ei.client_request_id[0], "request ids missing in error");
+        /* The same with a create intent recorded (a retry): the object
+         * holding the UPN is another one, so the conflict is reported at
+         * once, not after looking again for our own create (3 requests: the
+         * hard-match look-up, the POST, the look-up of the holder). */
+        canopy_graph_stats s0, s1;
+        canopy_graph_stats_get(gc, &s0);
+        err = canopy_graph_user_create(gc, dup, "ZHVw", true, id2, NULL, &ei);
+        canopy_graph_stats_get(gc, &s1);
+        CHECK(err == CANOPY_ERR_GRAPH_CONFLICT, "duplicate UPN with an intent: %s", canopy_err_name(err));
+        CHECK(!strcmp(ei.conflict_value, want), "conflict value with an intent '%s'", ei.conflict_value);
+        CHECK(s1.requests - s0.requests == 3, "a real conflict cost %llu requests (want 3: no looking again)",
+              (unsigned long long)(s1.requests - s0.requests));
 
         /* soft delete, get -> not found, restore, get -> there */
         CHECK_OK(canopy_graph_delete(gc, CANOPY_GRAPH_USER, id, &ei), &ei);

@@ -35,7 +35,10 @@ writes() { emu "/_emulator/stats" | jq '.writes'; }
 wait_for() {
         local what=$1 expr=$2 i
         for ((i = 0; i < CAP * 4; i++)); do
-                if state | jq -e "$expr" >/dev/null 2>&1; then return 0; fi
+                if state | jq -e "$expr" >/dev/null 2>&1; then
+                        log "$what: after $((i / 4)).$((i % 4 * 25))s"
+                        return 0
+                fi
                 sleep 0.25
         done
         state | jq -c '{users: [.users[] | {userPrincipalName, displayName, mail, jobTitle}], groups: [.groups[] | {displayName, members}]}' >&2 || true
@@ -48,7 +51,10 @@ wait_redis() {
         shift
         for ((i = 0; i < CAP * 4; i++)); do
                 out=$("$@" 2>/dev/null || true)
-                if [ -n "$out" ] && [ "$out" != 0 ]; then return 0; fi
+                if [ -n "$out" ] && [ "$out" != 0 ]; then
+                        log "$what: after $((i / 4)).$((i % 4 * 25))s"
+                        return 0
+                fi
                 sleep 0.25
         done
         fail "timed out waiting for: $what"
@@ -183,6 +189,26 @@ check_no_duplicates() {
         [ "$dup" = 0 ] || fail "duplicate groups: $dup"
 }
 
+# members_of GROUP: its members' sorted mailNicknames (users) and names (groups).
+members_of() {
+        state | jq -c --arg g "$1" '(.users | map({key: .id, value: .mailNickname}) | from_entries) as $u
+          | (.groups | map({key: .id, value: .displayName}) | from_entries) as $gr
+          | [.groups[] | select(.displayName == $g) | .members[] | $u[.] // $gr[.]] | sort'
+}
+
+# wait_members GROUP JQ: until GROUP's members are exactly the names the jq
+# expression JQ gives (any order); the failure names what is missing and extra.
+wait_members() {
+        local want got i
+        want=$(jq -nc "$2 | sort") || fail "wait_members: bad jq expression $2"
+        for ((i = 0; i < CAP * 4; i++)); do
+                got=$(members_of "$1")
+                [ "$got" = "$want" ] && { log "$1: $(jq -n --argjson w "$want" '$w | length') members as wanted"; return 0; }
+                sleep 0.25
+        done
+        fail "$1 has $(jq -n --argjson g "$got" '$g | length') members, missing $(jq -nc --argjson w "$want" --argjson g "$got" '$w - $g'), extra $(jq -nc --argjson w "$want" --argjson g "$got" '$g - $w')"
+}
+
 # The one-forest baseline: 3 users, engineering {alice, bob}, all-a {engineering, carol}.
 converge_forest_a() {
         wait_for "3 users and 2 groups" '(.users | length) == 3 and (.groups | length) == 2'
@@ -228,6 +254,35 @@ two-forests)
           | ([.groups[] | select(.members | index($a))] | length) == 2'
         check_no_duplicates
         [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors"
+        ;;
+cross-forest-group)
+        # staff exists in both forests and joins on cn: one cloud group whose
+        # members come from A (alice, bob) and B (dave, alice.anders, who is
+        # alice). A member named by both forests stays until neither names it.
+        start_producer A
+        start_producer B
+        start_worker w1
+        wait_for "4 users, 3 groups" '(.users | length) == 4 and (.groups | length) == 3'
+        printf 'dn: cn=staff,ou=groups,dc=a,dc=test\nchangetype: add\nobjectClass: groupOfNames\ncn: staff\nmember: uid=alice,ou=people,dc=a,dc=test\nmember: uid=bob,ou=people,dc=a,dc=test\n' | ldapmod A
+        printf 'dn: cn=staff,ou=groups,dc=b,dc=test\nchangetype: add\nobjectClass: groupOfNames\ncn: staff\nmember: uid=dave,ou=people,dc=b,dc=test\nmember: uid=alice.anders,ou=people,dc=b,dc=test\n' | ldapmod B
+        wait_members staff '["alice", "bob", "dave"]'
+        [ "$(state | jq '[.groups[] | select(.displayName == "staff")] | length')" = 1 ] || fail "staff is not one cloud group"
+        # Removed in B only: dave goes.
+        printf 'dn: cn=staff,ou=groups,dc=b,dc=test\nchangetype: modify\ndelete: member\nmember: uid=dave,ou=people,dc=b,dc=test\n' | ldapmod B
+        wait_members staff '["alice", "bob"]'
+        # alice removed in A, carol added in the same change: B still names
+        # alice (as alice.anders), so she stays.
+        printf 'dn: cn=staff,ou=groups,dc=a,dc=test\nchangetype: modify\ndelete: member\nmember: uid=alice,ou=people,dc=a,dc=test\n-\nadd: member\nmember: uid=carol,ou=people,dc=a,dc=test\n' | ldapmod A
+        wait_members staff '["alice", "bob", "carol"]'
+        # And dropped by B too: now she goes.
+        printf 'dn: cn=staff,ou=groups,dc=b,dc=test\nchangetype: modify\ndelete: member\nmember: uid=alice.anders,ou=people,dc=b,dc=test\n-\nadd: member\nmember: uid=dave,ou=people,dc=b,dc=test\n' | ldapmod B
+        wait_members staff '["bob", "carol", "dave"]'
+        # B's staff deleted: the group stays (A contributes), without B's members.
+        printf 'dn: cn=staff,ou=groups,dc=b,dc=test\nchangetype: delete\n' | ldapmod B
+        wait_members staff '["bob", "carol"]'
+        [ "$(state | jq '(.groups | length) + (.deletedGroups // [] | length)')" = 4 ] || fail "a staff group was deleted or duplicated: $(state | jq -c '[.groups[].displayName]')"
+        check_no_duplicates
+        [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
         ;;
 scope)
         start_producer A
@@ -292,13 +347,7 @@ late-members)
         printf 'dn: cn=late-sub,ou=groups,dc=a,dc=test\nchangetype: add\nobjectClass: groupOfNames\ncn: late-sub\nmember: uid=alice,ou=people,dc=a,dc=test\n' | ldapmod A
         # late = l001..l300 + late-sub (300 members: large enough for the
         # incremental computation, INCREMENTAL_MIN_REFS in workers/export.c)
-        members_are() { # members_are NAME JQ-ARRAY-OF-NAMES
-                wait_for "$1 has exactly $2" "
-                  (.users | map({key: .id, value: .mailNickname}) | from_entries) as \$u
-                  | (.groups | map({key: .id, value: .displayName}) | from_entries) as \$g
-                  | (.groups[] | select(.displayName == \"$1\") | [.members[] | \$u[.] // \$g[.]] | sort) == ($2 | sort)"
-        }
-        members_are late '[range(1; 301) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
+        wait_members late '[range(1; 301) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
         woken=$(metric w1 'canopy_worker_group_member_computations_total{how="incremental"}')
         full=$(metric w1 'canopy_worker_group_member_computations_total{how="full"}')
         log "member computations: $woken woken, $full full"
@@ -310,20 +359,20 @@ late-members)
         wait_for "ghost exported" '[.users[] | select(.mailNickname == "ghost")] | length == 1'
         # Members deleted: removed from the group.
         for i in 003 050 120; do printf 'dn: uid=l%s,ou=people,dc=a,dc=test\nchangetype: delete\n\n' "$i"; done | ldapmod A
-        members_are late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
+        wait_members late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub"]'
         # A member added afterwards, then one more user the group waits for.
         printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=l900,ou=people,dc=a,dc=test\n' | ldapmod A
         sleep 1
         printf 'dn: uid=l900,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: l900\ncn: L 900\nsn: L900\nmail: l900@corp.test\n' | ldapmod A
-        members_are late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub", "l900"]'
-        members_are late-sub '["alice"]'
+        wait_members late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["late-sub", "l900"]'
+        wait_members late-sub '["alice"]'
         # By delta: one exported member out, another in, the nested group out.
         printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\ndelete: member\nmember: uid=l010,ou=people,dc=a,dc=test\nmember: cn=late-sub,ou=groups,dc=a,dc=test\n-\nadd: member\nmember: uid=carol,ou=people,dc=a,dc=test\n' | ldapmod A
-        members_are late '[range(1; 301) | select(. != 3 and . != 10 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
+        wait_members late '[range(1; 301) | select(. != 3 and . != 10 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
         printf 'dn: cn=late,ou=groups,dc=a,dc=test\nchangetype: modify\nadd: member\nmember: uid=l010,ou=people,dc=a,dc=test\n' | ldapmod A
-        members_are late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
+        wait_members late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
         sleep 2 # anything still queued is applied: ghost must not come back
-        members_are late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
+        wait_members late '[range(1; 301) | select(. != 3 and . != 50 and . != 120) | "l\(. + 1000 | tostring | .[1:])"] + ["l900", "carol"]'
         log "member computations at the end: $(metric w1 'canopy_worker_group_member_computations_total{how="incremental"}') incremental, $(metric w1 'canopy_worker_group_member_computations_total{how="full"}') full"
         check_no_duplicates
         [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
@@ -354,19 +403,6 @@ YAML
   ca_file: \"$(v CA)\"
   poll_interval: 300ms"
         RULES=$T/rules-ad.yaml start_worker w1
-        members_of() { # members_of GROUP: sorted mailNicknames (users) and names (groups)
-                state | jq -c --arg g "$1" '(.users | map({key: .id, value: .mailNickname}) | from_entries) as $u
-                  | (.groups | map({key: .id, value: .displayName}) | from_entries) as $gr
-                  | [.groups[] | select(.displayName == $g) | .members[] | $u[.] // $gr[.]] | sort'
-        }
-        wait_members() { # wait_members GROUP JSON
-                local i
-                for ((i = 0; i < CAP * 4; i++)); do
-                        [ "$(members_of "$1")" = "$2" ] && return 0
-                        sleep 0.25
-                done
-                fail "$1 has $(members_of "$1"), want $2"
-        }
         wait_for "5 users and 2 groups from OU=Staff only" '(.users | length) == 5 and (.groups | length) == 2'
         state | jq -e '
           (.users | map({key: .mailNickname, value: .}) | from_entries) as $u
@@ -417,14 +453,50 @@ conflict)
         start_worker w1
         wait_redis "conflict recorded" rcli HLEN w:errors:{err}
         err=$(rcli HGETALL w:errors:{err} | sed -n 2p)
-        echo "$err" | jq -e '.code == "GRAPH_CONFLICT" and .property == "userPrincipalName" and (.value | startswith("dave@")) and (.other | length) > 0' >/dev/null ||
+        echo "$err" | jq -e '.code == "GRAPH_CONFLICT" and .type == "user" and .property == "userPrincipalName" and (.value | startswith("dave@")) and (.other | length) > 0' >/dev/null ||
                 fail "conflict entry: $err"
         # The pipeline goes on: everything else is exported.
         wait_for "others exported" '(.users | length) == 4 and (.groups | length) == 3'
-        # Fix the source: the object is retried on its next change.
-        printf 'dn: uid=dave,ou=people,dc=a,dc=test\nchangetype: modrdn\nnewrdn: uid=dave2\ndeleteoldrdn: 1\n' | ldapmod A
-        wait_for "conflict resolved" '(.users | length) == 5'
-        [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "error not cleared"
+        ctl() { "$BIN/canopyctl" errors -c "$T/worker.yaml" "$@"; }
+        # The operator sees it...
+        ctl list >"$T/errors.txt" || fail "canopyctl errors list failed"
+        grep -q 'GRAPH_CONFLICT.*userPrincipalName=dave@' "$T/errors.txt" || fail "errors list: $(cat "$T/errors.txt")"
+        grep -q '^1 object(s) in error' "$T/errors.txt" || fail "errors list count: $(cat "$T/errors.txt")"
+        mv_id=$(ctl list --json | jq -r .mv_id)
+        other=$(echo "$err" | jq -r .other)
+        [ -n "$mv_id" ] || fail "errors list --json gave no mv_id"
+        # ...a typo is refused, not taken for a retry...
+        if ctl retry no-such-object 2>"$T/ctl.err"; then fail "retry of an unknown id succeeded"; fi
+        grep -q 'no-such-object is not in the errors set' "$T/ctl.err" || fail "unknown id: $(cat "$T/ctl.err")"
+        # ...and fixes Entra, not the directory: the other object gets another
+        # UPN. Nothing changed in the source, so nothing is retried until asked.
+        tok=$(curl -sSf --cacert "$CANOPY_TEST_GRAPH_CA" "$CANOPY_TEST_GRAPH_URL/$CANOPY_TEST_GRAPH_TENANT/oauth2/v2.0/token" \
+                -d grant_type=client_credentials -d client_id="$CANOPY_TEST_GRAPH_CLIENT_ID" \
+                --data-urlencode client_secret@"$CANOPY_TEST_GRAPH_SECRET_FILE" \
+                -d scope=https://graph.microsoft.com/.default | jq -r .access_token)
+        upn=$(echo "$err" | jq -r .value)
+        curl -sSf --cacert "$CANOPY_TEST_GRAPH_CA" -X PATCH -H "Authorization: Bearer $tok" -H 'Content-Type: application/json' \
+                -d "{\"userPrincipalName\": \"moved.${upn}\"}" "$CANOPY_TEST_GRAPH_URL/v1.0/users/$other" >/dev/null ||
+                fail "PATCH of the other object in the emulator"
+        sleep 2
+        [ "$(rcli HLEN w:errors:{err})" = 1 ] || fail "the error went without a change or a request"
+        [ "$(nusers)" = 4 ] || fail "retried without a change or a request"
+        ctl retry "$mv_id" >"$T/ctl.out" || fail "canopyctl errors retry: $(cat "$T/ctl.out")"
+        grep -q 'retry requested for 1 object' "$T/ctl.out" || fail "retry: $(cat "$T/ctl.out")"
+        wait_for "retried on request: exported" "(.users | length) == 5 and ([.users[] | select(.userPrincipalName == \"$upn\")] | length) == 1"
+        wait_redis "error cleared by the retry" bash -c "[ \$(redis-cli -h $CANOPY_TEST_REDIS_HOST -p $CANOPY_TEST_REDIS_PORT HLEN w:errors:{err}) = 0 ] && echo 1"
+        ctl list | grep -q '^0 object(s) in error' || fail "errors list not empty after the retry"
+        ctl retry --all | grep -q 'nothing to retry' || fail "retry --all on an empty set"
+        # Retried on its next change: erin in A and in B (different mail),
+        # the same UPN; the source is fixed (A's erin renamed).
+        printf 'dn: uid=erin,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: erin\ncn: Erin A\nsn: A\nmail: erin.a@corp.test\n' | ldapmod A
+        printf 'dn: uid=erin,ou=people,dc=b,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: erin\ncn: Erin B\nsn: B\nmail: erin.b@corp.test\n' | ldapmod B
+        wait_for "one erin exported" '(.users | length) == 6'
+        wait_redis "second conflict recorded" rcli HLEN w:errors:{err}
+        printf 'dn: uid=erin,ou=people,dc=a,dc=test\nchangetype: modrdn\nnewrdn: uid=erin2\ndeleteoldrdn: 1\n' | ldapmod A
+        wait_for "conflict resolved on the next change" '(.users | length) == 7'
+        wait_redis "error cleared" bash -c "[ \$(redis-cli -h $CANOPY_TEST_REDIS_HOST -p $CANOPY_TEST_REDIS_PORT HLEN w:errors:{err}) = 0 ] && echo 1"
+        check_no_duplicates
         ;;
 staging)
         start_producer A

@@ -493,6 +493,33 @@ static void test_pending_errors_staged(void **ctx) {
         free(j);
         assert_int_equal(canopy_state_error_clear(st, "mv-x"), CANOPY_OK);
         assert_int_equal(canopy_state_error_get(st, "mv-x", &j), CANOPY_ERR_NOT_FOUND);
+        /* The scan gives every entry with its own description (canopyctl errors). */
+        for (int i = 0; i < 300; i++) {
+                char id[16], js[48];
+                snprintf(id, sizeof(id), "e%d", i);
+                snprintf(js, sizeof(js), "{\"code\":\"C%d\"}", i);
+                assert_int_equal(canopy_state_error_set(st, id, js), CANOPY_OK);
+        }
+        bool seen[300] = {false};
+        uint64_t ecur = 0;
+        do {
+                char **ids = NULL, **js = NULL;
+                assert_int_equal(canopy_state_error_scan(st, &ecur, &ids, &js, &n), CANOPY_OK);
+                for (size_t i = 0; i < n; i++) {
+                        int k = atoi(ids[i] + 1);
+                        char want[48];
+                        snprintf(want, sizeof(want), "{\"code\":\"C%d\"}", k);
+                        assert_true(ids[i][0] == 'e' && k >= 0 && k < 300);
+                        assert_string_equal(js[i], want);
+                        seen[k] = true;
+                }
+                assert_null(ids[n]);
+                assert_null(js[n]);
+                canopy_state_strv_free(ids);
+                canopy_state_strv_free(js);
+        } while (ecur);
+        for (int i = 0; i < 300; i++)
+                assert_true(seen[i]);
 
         for (int i = 0; i < 700; i++) {
                 char id[16];
