@@ -457,6 +457,16 @@ static canopy_err wait_unknown(export_ctx *ec, const char *connector, const char
         return err;
 }
 
+/* Debug trace of one member reference's resolution (CANOPY_LOG_DEBUG=export). */
+static void trace_member(const char *group_mv, const char *how, const char *ref, const canopy_member_res *m) {
+        if (!canopy_log_enabled(CANOPY_LOG_DEBUG, MOD))
+                return;
+        static const char *const st[] = {"unknown", "joined", "exported"};
+        CANOPY_DEBUG(MOD, "%s %s: %s -> %s mv=%s wait=%s%s", group_mv, how, ref,
+                     (unsigned)m->state < 3 ? st[m->state] : "?", m->mv_id ? m->mv_id : "-",
+                     m->wait_key ? m->wait_key : "-", m->dangling ? " dangling" : "");
+}
+
 /* Desired member Entra ids of a group from every contributing record;
  * members not yet exported become pending references. The references are
  * resolved in pipelined batches (canopy_state_members_resolve); only the
@@ -480,6 +490,7 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                 size_t unseen = 0;
                 for (size_t i = 0; !err && i < n; i++) {
                         canopy_member_res *m = &res[i];
+                        trace_member(group_mv, "full", refs[i], m);
                         if (m->state == CANOPY_MEMBER_UNKNOWN) {
                                 /* A DN not seen yet (the join stage may not
                                  * have read the member) is waited for like a
@@ -520,6 +531,8 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
                                 (*ret_waiting)++;
                                 waitlist_add(wl, m->mv_id, conn, refs[i]);
                         }
+                        CANOPY_DEBUG(MOD, "%s full: %s joined: %s", group_mv, m->mv_id,
+                                     !err && es && es->entra_id && !es->deleted ? "exported meanwhile" : "waits");
                         canopy_export_state_free(es);
                 }
                 if (!err && unseen) {
@@ -871,6 +884,68 @@ static size_t refs_of_conn(const char *conn, char *const *v, const bool *added, 
         return at;
 }
 
+/* Append "<connector>\x1f<ref>" to gd as a reference added. */
+static canopy_err delta_append(canopy_group_delta *gd, const char *conn, size_t conn_len, const char *ref) {
+        char **r = realloc(gd->refs, (gd->nrefs + 2) * sizeof(*r));
+        if (!r)
+                return CANOPY_ERR_NOMEM;
+        gd->refs = r;
+        bool *a = realloc(gd->added, (gd->nrefs + 1) * sizeof(*a));
+        if (!a)
+                return CANOPY_ERR_NOMEM;
+        gd->added = a;
+        char *v = NULL;
+        if (asprintf(&v, "%.*s\x1f%s", (int)conn_len, conn, ref) < 0)
+                return CANOPY_ERR_NOMEM;
+        gd->refs[gd->nrefs] = v;
+        gd->added[gd->nrefs++] = true;
+        gd->refs[gd->nrefs] = NULL;
+        return CANOPY_OK;
+}
+
+/* A woken key the group's waits do not record (its member was registered
+ * by a computation whose record was dropped or overwritten: a clear by
+ * another stage, two computations at once, a key that changed while it
+ * was registered): the member references it can stand for are looked at
+ * as if added, so that no wake is lost. "c:<conn>\x1f<anchor>" and
+ * "d:<conn>\x1f<dn>" name their reference; a metaverse id stands for the
+ * anchors of its records. References the group does not hold are dropped
+ * by the caller's membership test. */
+static canopy_err delta_from_key(export_ctx *ec, const char *key, canopy_group_delta *gd) {
+        if ((key[0] == 'c' || key[0] == 'd') && key[1] == ':') {
+                const char *sep = strchr(key + 2, '\x1f');
+                if (!sep)
+                        return CANOPY_OK;
+                char *ref = NULL;
+                if (asprintf(&ref, "%s:%s", key[0] == 'c' ? "a" : "d", sep + 1) < 0)
+                        return CANOPY_ERR_NOMEM;
+                canopy_err err = delta_append(gd, key + 2, (size_t)(sep - key - 2), ref);
+                free(ref);
+                return err;
+        }
+        canopy_mv_record *mv = NULL;
+        canopy_err err = canopy_state_mv_get(ec->st, key, &mv);
+        if (err == CANOPY_ERR_NOT_FOUND)
+                return CANOPY_OK;
+        for (size_t i = 0; !err && i < mv->ncontribs; i++) {
+                const canopy_mv_contrib *c = &mv->contribs[i];
+                size_t bl = 4 * ((c->anchor.len + 2) / 3) + 3;
+                char *ref = malloc(bl);
+                if (!ref) {
+                        err = CANOPY_ERR_NOMEM;
+                        break;
+                }
+                ref[0] = 'a';
+                ref[1] = ':';
+                err = canopy_state_anchor_b64(&c->anchor, ref + 2, bl - 2);
+                if (!err)
+                        err = delta_append(gd, c->connector, strlen(c->connector), ref);
+                free(ref);
+        }
+        canopy_mv_record_free(mv);
+        return err;
+}
+
 /* A group whose last full member computation recorded what it left
  * waiting (canopy_state_group_waits_set): only what changed since is looked
  * at, the members woken (exported since) and the member references the
@@ -889,9 +964,8 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                                 return CANOPY_OK; /* two records of one connector: compute all */
         /* Only groups of INCREMENTAL_MIN_REFS references or more have their
          * waits recorded (the full computation below), so a smaller group
-         * finds no marker and is computed in full: a rare missing member of
-         * a 40- to 60-member group was seen in CI with two workers and is
-         * not understood yet (bench/pipeline/FINDINGS.md). */
+         * finds the marker "busy" and is computed in full: a full
+         * computation is cheap there, and always right. */
         char print[17];
         records_fingerprint(d, print);
         canopy_group_delta gd = {0};
@@ -900,9 +974,22 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                 canopy_group_delta_clear(&gd);
                 return err;
         }
-        size_t nk = gd.nwoken, cap = nk + gd.nrefs + 1;
+        size_t nk = gd.nwoken;
         char **vals = calloc(nk + 1, sizeof(*vals));
         bool *seen = calloc(nk + 1, sizeof(*seen));
+        if (!vals || !seen)
+                err = CANOPY_ERR_NOMEM;
+        if (!err)
+                err = canopy_state_group_waits_get(ec->st, group_mv, (const char *const *)gd.woken, nk, vals);
+        for (size_t i = 0; !err && i < nk; i++) {
+                CANOPY_DEBUG(MOD, "%s delta: woken %s (waited for: %s)", group_mv, gd.woken[i],
+                             vals[i] ? vals[i] : "not recorded");
+                if (!vals[i]) {
+                        seen[i] = true;
+                        err = delta_from_key(ec, gd.woken[i], &gd);
+                }
+        }
+        size_t cap = nk + gd.nrefs + 1;
         const char **refs = calloc(cap, sizeof(*refs));
         const char **wkey = calloc(cap, sizeof(*wkey)); /* refs[j]'s wait key; NULL: a reference added */
         bool *has = calloc(cap, sizeof(*has));
@@ -910,10 +997,8 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
         waitlist add = {.ok = true};
         strset dels = {0}, cand = {0}, gone = {0}, want = {0}, have = {0};
         bool full = false;
-        if (!vals || !seen || !refs || !wkey || !has || !res)
+        if (!err && (!refs || !wkey || !has || !res))
                 err = CANOPY_ERR_NOMEM;
-        if (!err)
-                err = canopy_state_group_waits_get(ec->st, group_mv, (const char *const *)gd.woken, nk, vals);
         /* With two records another one may still name a removed member. */
         for (size_t i = 0; !err && i < gd.nrefs; i++)
                 if (!gd.added[i] && d->nrecs > 1)
@@ -948,6 +1033,7 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                 for (size_t j = 0; !err && j < m; j++) {
                         const char *key = wkey[j];
                         canopy_member_res *mr = &res[j];
+                        trace_member(group_mv, key ? key : "added", refs[j], mr);
                         if (mr->state == CANOPY_MEMBER_UNKNOWN) {
                                 full = full || !mr->wait_key;
                                 if (!mr->wait_key || (key && !strcmp(mr->wait_key, key)))
@@ -987,6 +1073,8 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
                                 err = CANOPY_OK;
                                 waitlist_add(&add, mr->mv_id, conn, refs[j]);
                         }
+                        CANOPY_DEBUG(MOD, "%s delta: %s joined: %s", group_mv, mr->mv_id,
+                                     !err && es && es->entra_id && !es->deleted ? "exported meanwhile" : "waits");
                         canopy_export_state_free(es);
                 }
                 canopy_member_res_clear(res, m);
@@ -1042,16 +1130,21 @@ static canopy_err members_delta(export_ctx *ec, const char *group_mv, const desi
         /* On an error or a full computation the marker stays "busy": the
          * next computation of the group does everything. */
         if (!err && !full) {
+                bool applied = false;
                 err = canopy_state_group_waits_end(ec->st, group_mv, (const char *const *)dels.v, dels.n,
                                                    (const char *const *)add.keys, (const char *const *)add.vals,
-                                                   add.n);
+                                                   add.n, &applied);
+                if (!err && !applied)
+                        CANOPY_DEBUG(MOD, "%s: waits cleared meanwhile: the next computation does everything",
+                                     group_mv);
                 if (!err) {
                         *ret_done = true;
                         atomic_fetch_add_explicit(&ec->w->m.members_woken, 1, memory_order_relaxed);
                 }
                 CANOPY_DEBUG(MOD, "%s: %zu woken, %zu changed reference(s): %zu added, %zu removed, %zu waiting anew",
                              group_mv, nk, gd.nrefs, want.n, have.n, add.n);
-        }
+        } else if (!err)
+                CANOPY_DEBUG(MOD, "%s delta: computing everything instead", group_mv);
         for (size_t i = 0; vals && i < nk; i++)
                 free(vals[i]);
         free(vals);
@@ -1307,7 +1400,7 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                 waitlist wl = {.ok = true};
                 char print[17];
                 records_fingerprint(&d, print);
-                err = canopy_state_group_waits_clear(ec->st, mv_id);
+                err = canopy_state_group_waits_reset(ec->st, mv_id);
                 if (!err)
                         err = desired_members(ec, mv_id, &d, &want, &waiting, &nrefs, staging ? NULL : &wl);
                 if (!err)
@@ -1321,6 +1414,8 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                         canopy_state_strv_free(h);
                         strset_sort(&have);
                 }
+                CANOPY_DEBUG(MOD, "%s full (reason %d): %zu references, %zu members wanted, %zu exported, %zu waiting, %zu waits",
+                             mv_id, (int)ec->ev->reason, nrefs, want.n, have.n, waiting, wl.n);
                 if (!err && (o->entra_id[0] || staging))
                         err = export_members(ec, o->entra_id, &want, &have, waiting, o, stage_detail);
                 /* Removals held back while members wait: RESOLVEs must
@@ -1330,7 +1425,7 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                         held = !strset_has(&want, have.v[i]);
                 if (!err && !staging && o->entra_id[0] && wl.ok && nrefs >= INCREMENTAL_MIN_REFS)
                         err = canopy_state_group_waits_set(ec->st, mv_id, held, print, (const char *const *)wl.keys,
-                                                           (const char *const *)wl.vals, wl.n);
+                                                           (const char *const *)wl.vals, wl.n, NULL);
                 waitlist_free(&wl);
                 if (err)
                         goto out;
@@ -1352,8 +1447,10 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                 char **groups = NULL;
                 size_t n = 0;
                 err = canopy_state_pending_take(ec->st, mv_id, &groups, &n);
-                for (size_t i = 0; !err && i < n; i++)
+                for (size_t i = 0; !err && i < n; i++) {
+                        CANOPY_DEBUG(MOD, "%s exported: wakes group %s", mv_id, groups[i]);
                         err = publish_mv(ec, groups[i], "group", CANOPY_MV_RESOLVE);
+                }
                 if (err && groups)
                         for (size_t i = 0; i < n; i++)
                                 canopy_state_pending_add(ec->st, mv_id, groups[i]);

@@ -130,6 +130,7 @@ static canopy_err rebind_dn_refs(join_ctx *jc, const char *connector, const char
                 canopy_state_anchor_b64(anchor, aref + 2, bl - 2);
         }
         for (size_t i = 0; !err && i < n; i++) {
+                CANOPY_DEBUG(MOD, "%s rebound to %s in group %s", ref, aref, groups[i]);
                 const char *add[1] = {aref};
                 err = canopy_state_group_delta_note(jc->st, groups[i], connector, add, 1, NULL, 0);
                 if (!err)
@@ -155,8 +156,10 @@ static canopy_err resolve_dn_waiters(join_ctx *jc, const char *connector, const 
         err = rebind_dn_refs(jc, connector, norm, anchor);
         if (!err)
                 err = canopy_state_pending_take(jc->st, key, &groups, &n);
-        for (size_t i = 0; !err && i < n; i++)
+        for (size_t i = 0; !err && i < n; i++) {
+                CANOPY_DEBUG(MOD, "DN %s seen: wakes group %s", norm, groups[i]);
                 err = publish_mv(jc, groups[i], "group", CANOPY_MV_RESOLVE, connector);
+        }
         if (err && groups) /* put them back: the event will be retried */
                 for (size_t i = 0; i < n; i++)
                         canopy_state_pending_add(jc->st, key, groups[i]);
@@ -179,8 +182,10 @@ static canopy_err resolve_anchor_waiters(join_ctx *jc, const canopy_cs_record *r
         if (r < 0)
                 return CANOPY_ERR_NOMEM;
         canopy_err err = canopy_state_pending_take(jc->st, key, &groups, &n);
-        for (size_t i = 0; !err && i < n; i++)
+        for (size_t i = 0; !err && i < n; i++) {
+                CANOPY_DEBUG(MOD, "%s joined: wakes group %s", key, groups[i]);
                 err = publish_mv(jc, groups[i], "group", CANOPY_MV_RESOLVE, rec->connector);
+        }
         if (err && groups)
                 for (size_t i = 0; i < n; i++)
                         canopy_state_pending_add(jc->st, key, groups[i]);

@@ -119,6 +119,55 @@ static const char LUA_GBEGIN[] =
         "redis.call('DEL', KEYS[2], KEYS[3])\n"
         "return {m, d}\n";
 
+/* A full member computation of a group begins: KEYS[1] = gw, KEYS[2] = gr,
+ * KEYS[3] = gd. Everything is dropped and the marker says "busy": the
+ * computation's own writes (LUA_GSET, LUA_GEND) apply only while it still
+ * says so, so that a clear made meanwhile by another stage (a member
+ * deleted, removals no longer held back, a complete member set) is not
+ * undone by a marker "1" over waits that are gone. */
+static const char LUA_GRESET[] =
+        "redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])\n"
+        "redis.call('HSET', KEYS[1], '\\31', 'busy')\n"
+        "return 1\n";
+
+/* HSET of ARGV[from..] as field/value pairs, in chunks (Lua's unpack()
+ * has a limit). Shared by LUA_GSET and LUA_GEND. */
+#define LUA_HSET_PAIRS                                                                      \
+        "local function hset_pairs(from)\n"                                                 \
+        "  local i = from\n"                                                                \
+        "  while i <= #ARGV do\n"                                                           \
+        "    local j = math.min(i + 1999, #ARGV)\n"                                         \
+        "    redis.call('HSET', KEYS[1], unpack(ARGV, i, j))\n"                             \
+        "    i = j + 1\n"                                                                   \
+        "  end\n"                                                                           \
+        "end\n"
+
+/* The full computation ends: KEYS[1] = gw; ARGV[1] = marker ("1" or
+ * "held"), ARGV[2] = fingerprint, ARGV[3..] = wait key, value pairs.
+ * 0 (nothing written) unless the marker still says "busy". */
+static const char LUA_GSET[] = LUA_HSET_PAIRS
+        "if redis.call('HGET', KEYS[1], '\\31') ~= 'busy' then return 0 end\n"
+        "redis.call('DEL', KEYS[1])\n"
+        "hset_pairs(3)\n"
+        "redis.call('HSET', KEYS[1], '\\30', ARGV[2], '\\31', ARGV[1])\n"
+        "return 1\n";
+
+/* An incremental computation ends: KEYS[1] = gw; ARGV[1] = n, ARGV[2 ..
+ * n+1] the keys no longer waited for, then wait key, value pairs. 0
+ * unless the marker still says "busy". */
+static const char LUA_GEND[] = LUA_HSET_PAIRS
+        "if redis.call('HGET', KEYS[1], '\\31') ~= 'busy' then return 0 end\n"
+        "local n = tonumber(ARGV[1])\n"
+        "local i = 2\n"
+        "while i <= n + 1 do\n"
+        "  local j = math.min(i + 1999, n + 1)\n"
+        "  redis.call('HDEL', KEYS[1], unpack(ARGV, i, j))\n"
+        "  i = j + 1\n"
+        "end\n"
+        "hset_pairs(n + 2)\n"
+        "redis.call('HSET', KEYS[1], '\\31', '1')\n"
+        "return 1\n";
+
 /* ---- basics ------------------------------------------------------------- */
 
 char *canopy_state_key(const canopy_state *st, const char *fmt, ...) {
@@ -1487,38 +1536,61 @@ canopy_err canopy_state_hold_release(canopy_state *st, const char *connector, co
 #define GW_MARK "\x1f"
 #define GW_PRINT "\x1e"
 
-/* HSET key f1 v1 f2 v2 ...; HDEL key f1 f2 ... (nothing when n is 0). */
-static canopy_err hash_fields(canopy_state *st, const char *cmd, const char *key, const char *const *f,
-                              const char *const *v, size_t n) {
-        if (!n)
-                return CANOPY_OK;
-        size_t per = v ? 2 : 1, argc = 2 + n * per;
+/* EVAL of a gw script: argv = {numkeys, key, args...} built here from
+ * head[0..nhead) then the pairs keys[i], vals[i] (vals NULL: keys only). */
+static canopy_err gw_eval(canopy_state *st, const char *script, char *sha, const char *gw, const char *const *head,
+                          size_t nhead, const char *const *keys, const char *const *vals, size_t n,
+                          const char *const *keys2, const char *const *vals2, size_t n2, bool *ret_applied) {
+        size_t argc = 2 + nhead + n * (vals ? 2 : 1) + n2 * 2;
         const char **av = malloc(sizeof(*av) * argc);
         if (!av)
                 return CANOPY_ERR_NOMEM;
-        av[0] = cmd;
-        av[1] = key;
+        size_t k = 0;
+        av[k++] = "1";
+        av[k++] = gw;
+        for (size_t i = 0; i < nhead; i++)
+                av[k++] = head[i];
         for (size_t i = 0; i < n; i++) {
-                av[2 + i * per] = f[i];
-                if (v)
-                        av[3 + i * per] = v[i];
+                av[k++] = keys[i];
+                if (vals)
+                        av[k++] = vals[i];
         }
-        canopy_err err = cmd_argv(st, (int)argc, av, NULL);
+        for (size_t i = 0; i < n2; i++) {
+                av[k++] = keys2[i];
+                av[k++] = vals2[i];
+        }
+        int64_t applied = 0;
+        canopy_err err = int_reply(st, rconn_eval(st->rc, script, sha, (int)argc, av, NULL), &applied);
         free(av);
+        if (!err && ret_applied)
+                *ret_applied = applied == 1;
+        return err;
+}
+
+canopy_err canopy_state_group_waits_reset(canopy_state *st, const char *group_mv) {
+        char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
+        char *gr = canopy_state_key(st, "gr:{%s}", group_mv);
+        char *gd = canopy_state_key(st, "gd:{%s}", group_mv);
+        canopy_err err = CANOPY_ERR_NOMEM;
+        if (gw && gr && gd) {
+                const char *av[4] = {"3", gw, gr, gd};
+                int64_t one = 0;
+                err = int_reply(st, rconn_eval(st->rc, LUA_GRESET, st->sha_greset, 4, av, NULL), &one);
+        }
+        free(gw);
+        free(gr);
+        free(gd);
         return err;
 }
 
 canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *fingerprint,
-                                        const char *const *keys, const char *const *vals, size_t n) {
+                                        const char *const *keys, const char *const *vals, size_t n,
+                                        bool *ret_applied) {
         char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
-        canopy_err err = gw ? cmd3(st, "DEL", gw, NULL) : CANOPY_ERR_NOMEM;
-        if (!err)
-                err = hash_fields(st, "HSET", gw, keys, vals, n);
-        if (!err)
-                err = cmd4(st, "HSET", gw, GW_PRINT, fingerprint);
-        /* The marker last: a crash before it leaves no marker (compute all). */
-        if (!err)
-                err = cmd4(st, "HSET", gw, GW_MARK, held ? "held" : "1");
+        const char *head[2] = {held ? "held" : "1", fingerprint};
+        canopy_err err = gw ? gw_eval(st, LUA_GSET, st->sha_gset, gw, head, 2, keys, vals, n, NULL, NULL, 0,
+                                      ret_applied)
+                            : CANOPY_ERR_NOMEM;
         free(gw);
         return err;
 }
@@ -1648,13 +1720,15 @@ canopy_err canopy_state_group_waits_get(canopy_state *st, const char *group_mv, 
 }
 
 canopy_err canopy_state_group_waits_end(canopy_state *st, const char *group_mv, const char *const *del, size_t ndel,
-                                        const char *const *add, const char *const *vals, size_t nadd) {
+                                        const char *const *add, const char *const *vals, size_t nadd,
+                                        bool *ret_applied) {
         char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
-        canopy_err err = gw ? hash_fields(st, "HDEL", gw, del, NULL, ndel) : CANOPY_ERR_NOMEM;
-        if (!err)
-                err = hash_fields(st, "HSET", gw, add, vals, nadd);
-        if (!err)
-                err = cmd4(st, "HSET", gw, GW_MARK, "1");
+        char nbuf[24];
+        snprintf(nbuf, sizeof(nbuf), "%zu", ndel);
+        const char *head[1] = {nbuf};
+        canopy_err err = gw ? gw_eval(st, LUA_GEND, st->sha_gend, gw, head, 1, del, NULL, ndel, add, vals, nadd,
+                                      ret_applied)
+                            : CANOPY_ERR_NOMEM;
         free(gw);
         return err;
 }

@@ -15,6 +15,9 @@ struct canopy_state {
         char sha_members[41];
         char sha_take[41];
         char sha_gbegin[41];
+        char sha_greset[41];
+        char sha_gset[41];
+        char sha_gend[41];
         char sha_hold[41];
         char sha_rebind[41];
         char sha_scanned[41];

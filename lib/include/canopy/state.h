@@ -339,11 +339,17 @@ canopy_err canopy_state_hold_release(canopy_state *st, const char *connector, co
  * cut short) no: the next RESOLVE computes everything again, which is
  * always right. */
 
+/* A full computation begins: forget the waits, the woken keys and the
+ * member changes, and mark the group "busy". */
+canopy_err canopy_state_group_waits_reset(canopy_state *st, const char *group_mv);
 /* Replace the group's waits after a full computation. keys/vals borrowed.
  * fingerprint names the group's contributing records: an incremental
- * computation is only allowed with the same ones. */
+ * computation is only allowed with the same ones. Atomic, and only while
+ * the marker still says "busy" (*ret_applied false, may be NULL, when a
+ * clear came meanwhile: the next computation does everything). */
 canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *fingerprint,
-                                        const char *const *keys, const char *const *vals, size_t n);
+                                        const char *const *keys, const char *const *vals, size_t n,
+                                        bool *ret_applied);
 
 /* What happened to a group's members since its last member computation. */
 typedef struct canopy_group_delta {
@@ -370,12 +376,16 @@ canopy_err canopy_state_group_delta_note(canopy_state *st, const char *group_mv,
 /* The recorded values of keys[0..n): ret[i] owned, NULL when not waited for. */
 canopy_err canopy_state_group_waits_get(canopy_state *st, const char *group_mv, const char *const *keys, size_t n,
                                         char **ret);
-/* End an incremental RESOLVE: drop del[], record add[] -> vals[], marker "1". */
+/* End an incremental RESOLVE: drop del[], record add[] -> vals[], marker
+ * "1"; atomic, and only while the marker still says "busy" (as
+ * canopy_state_group_waits_set). */
 canopy_err canopy_state_group_waits_end(canopy_state *st, const char *group_mv, const char *const *del, size_t ndel,
-                                        const char *const *add, const char *const *vals, size_t nadd);
+                                        const char *const *add, const char *const *vals, size_t nadd,
+                                        bool *ret_applied);
 /* Forget the group's waits (its next RESOLVE computes everything): after a
- * member is deleted, when the group is deleted, before a full computation
- * (which also drops the woken keys: it reads every member anyway). */
+ * member is deleted, when the group is deleted, when removals are no longer
+ * held back, when a complete member set arrives. A computation running
+ * meanwhile then records nothing (its marker is gone). */
 canopy_err canopy_state_group_waits_clear(canopy_state *st, const char *group_mv);
 
 
