@@ -549,6 +549,45 @@ static canopy_err desired_members(export_ctx *ec, const char *group_mv, const de
         return err;
 }
 
+/* onPremisesImmutableId is the anchor of the object as it was created or
+ * hard-matched, for good (Entra Connect: the sourceAnchor cannot change
+ * after export; federated sign-in and later hard matches follow it). When
+ * another forest's record of higher precedence joins later, its flow would
+ * give another value: the exported one stays. An object not exported yet
+ * (or after a rebuild of Redis) whose records are several first looks for a
+ * cloud object created with the anchor of any of them. */
+static canopy_err keep_immutable_id(export_ctx *ec, desired *d, const canopy_export_state *es, bool staging) {
+        const char *now = json_string_value(json_object_get(d->props, "onPremisesImmutableId"));
+        char found[256] = "";
+        if (es && es->entra_id && !es->deleted) {
+                if (es->immutable_id && es->immutable_id[0] && strcmp(es->immutable_id, d->immutable_id))
+                        snprintf(found, sizeof(found), "%s", es->immutable_id);
+        } else if (!staging && ec->gc && d->nrecs > 1) {
+                for (size_t r = 0; r < d->nrecs && !found[0]; r++) {
+                        char b64[256], id[CANOPY_GRAPH_ID_MAX];
+                        if (canopy_state_anchor_b64(&d->recs[r]->anchor, b64, sizeof(b64)) ||
+                            !strcmp(b64, d->immutable_id))
+                                continue;
+                        canopy_graph_error ei;
+                        canopy_err fe = canopy_graph_find(ec->gc, CANOPY_GRAPH_USER, "onPremisesImmutableId", b64, id,
+                                                          NULL, &ei);
+                        count_graph(ec, GK_LOOKUP, fe == CANOPY_ERR_GRAPH_NOT_FOUND ? CANOPY_OK : fe);
+                        if (!fe)
+                                snprintf(found, sizeof(found), "%s", b64);
+                        else if (fe != CANOPY_ERR_GRAPH_NOT_FOUND)
+                                return fe;
+                }
+        }
+        if (!found[0])
+                return CANOPY_OK;
+        CANOPY_DEBUG(MOD, "%s: onPremisesImmutableId stays %s (the rules now give %s)", ec->ev->mv_id, found,
+                     now ? now : d->immutable_id);
+        snprintf(d->immutable_id, sizeof(d->immutable_id), "%s", found);
+        if (now)
+                json_object_set_new(d->props, "onPremisesImmutableId", json_string(found));
+        return CANOPY_OK;
+}
+
 /* ---- Graph helpers ------------------------------------------------------- */
 
 static canopy_graph_kind kind_of(const char *type) {
@@ -1207,6 +1246,11 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                 goto out;
         }
         canopy_graph_kind kind = kind_of(type);
+        if (kind == CANOPY_GRAPH_USER) {
+                err = keep_immutable_id(ec, &d, es, staging);
+                if (err)
+                        goto out;
+        }
         props_s = dumps(d.props);
         if (!props_s) {
                 err = CANOPY_ERR_NOMEM;

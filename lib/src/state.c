@@ -1567,20 +1567,28 @@ static canopy_err gw_eval(canopy_state *st, const char *script, char *sha, const
         return err;
 }
 
-canopy_err canopy_state_group_waits_reset(canopy_state *st, const char *group_mv) {
+/* Drop gw:, gr: and gd: of a group; with busy, leave the marker "busy". */
+static canopy_err group_waits_drop(canopy_state *st, const char *group_mv, bool busy) {
         char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
         char *gr = canopy_state_key(st, "gr:{%s}", group_mv);
         char *gd = canopy_state_key(st, "gd:{%s}", group_mv);
         canopy_err err = CANOPY_ERR_NOMEM;
-        if (gw && gr && gd) {
+        if (gw && gr && gd && busy) {
                 const char *av[4] = {"3", gw, gr, gd};
                 int64_t one = 0;
                 err = int_reply(st, rconn_eval(st->rc, LUA_GRESET, st->sha_greset, 4, av, NULL), &one);
+        } else if (gw && gr && gd) {
+                const char *av[4] = {"DEL", gw, gr, gd};
+                err = cmd_argv(st, 4, av, NULL);
         }
         free(gw);
         free(gr);
         free(gd);
         return err;
+}
+
+canopy_err canopy_state_group_waits_reset(canopy_state *st, const char *group_mv) {
+        return group_waits_drop(st, group_mv, true);
 }
 
 canopy_err canopy_state_group_waits_set(canopy_state *st, const char *group_mv, bool held, const char *fingerprint,
@@ -1734,18 +1742,7 @@ canopy_err canopy_state_group_waits_end(canopy_state *st, const char *group_mv, 
 }
 
 canopy_err canopy_state_group_waits_clear(canopy_state *st, const char *group_mv) {
-        char *gw = canopy_state_key(st, "gw:{%s}", group_mv);
-        char *gr = canopy_state_key(st, "gr:{%s}", group_mv);
-        char *gd = canopy_state_key(st, "gd:{%s}", group_mv);
-        canopy_err err = CANOPY_ERR_NOMEM;
-        if (gw && gr && gd) {
-                const char *av[4] = {"DEL", gw, gr, gd};
-                err = cmd_argv(st, 4, av, NULL);
-        }
-        free(gw);
-        free(gr);
-        free(gd);
-        return err;
+        return group_waits_drop(st, group_mv, false);
 }
 
 /* SMISMEMBER key items... -> ret[]. */

@@ -883,6 +883,27 @@ static char *short_json(json_t *j) {
         return s;
 }
 
+/* A person of several records keeps the immutable id it was exported with
+ * (the anchor of whichever record was exported first, which the LDIF does
+ * not tell): any of its records' anchors is right. */
+static void keep_exported_anchor(mvobj *o, json_t *got) {
+        const char *g = json_string_value(json_object_get(got, "onPremisesImmutableId"));
+        if (strcmp(o->type, "user") || o->ncontribs < 2 || !g ||
+            !json_is_string(json_object_get(o->props, "onPremisesImmutableId")))
+                return;
+        for (size_t c = 0; c < o->ncontribs; c++) {
+                const entry *e = &entries[o->contribs[c]];
+                if (!e->has_anchor || e->anchor.len > 512)
+                        continue;
+                char b64[700];
+                b64encode(e->anchor.data, e->anchor.len, b64);
+                if (!strcmp(b64, g)) {
+                        json_object_set_new(o->props, "onPremisesImmutableId", json_string(g));
+                        return;
+                }
+        }
+}
+
 static void compare_props(report *r, const char *type, const char *label, json_t *want, json_t *got, const char *prefix) {
         const char *k;
         json_t *v;
@@ -1026,6 +1047,7 @@ static void compare(report *r, json_t *state, size_t *ret_users, size_t *ret_gro
                 if (!smap_get(&exp_key, buf, &em) || em != m)
                         continue; /* the other expected object of a source conflict */
                 actual *x = &acts[ai];
+                keep_exported_anchor(o, x->obj);
                 compare_props(r, o->type, o->label, o->props, x->obj, "");
                 if (strcmp(o->type, "group"))
                         continue;

@@ -52,6 +52,9 @@ check immutable-shared 1 '^IMMUTABLEID +users ann@x.test and carl@x.test share' 
         "$(mut '.users[2].onPremisesImmutableId = .users[0].onPremisesImmutableId')"
 check immutable-wrong 1 'onPremisesImmutableId: want "EREREREREREREREREREREQ==", got "AAAA"' \
         "$(mut '.users[0].onPremisesImmutableId = "AAAA"')"
+# ann is in both forests: the anchor of either record is right (the one
+# exported first stays), any other is not.
+check immutable-other-record 0 '^CONVERGED$' "$(mut '.users[0].onPremisesImmutableId = "mZmZmZmZmZmZmZmZmZmZmQ=="')"
 check summary 1 '^missing 1, extra 1, duplicates 0, wrong properties 1, wrong memberships 1' \
         "$(mut 'del(.users[1]) | .users += [{"id":"x","userPrincipalName":"x@x.test","onPremisesImmutableId":"eA=="}] | .users[0].mail = "a@b"')"
 check max-lines 1 '^MISSING +\.\.\. \(more not shown\)' "$(mut '.users = [] | .groups[].members = []')" --max-lines 1

@@ -129,14 +129,23 @@ static canopy_err read_all(canopy_state *st, char ***ids, char ***jsons, size_t 
         return err;
 }
 
+/* read_all, the error printed: 0 on success. */
+static int load(canopy_state *st, char ***ids, char ***jsons, size_t *n) {
+        canopy_err err = read_all(st, ids, jsons, n);
+        if (err) {
+                fprintf(stderr, "canopyctl errors: reading the errors set from Redis: %s\n", canopy_err_text(err));
+                canopy_state_strv_free(*ids);
+                canopy_state_strv_free(*jsons);
+                *ids = *jsons = NULL;
+        }
+        return err != CANOPY_OK;
+}
+
 static int do_list(canopy_state *st, bool as_json) {
         char **ids = NULL, **jsons = NULL;
         size_t n = 0;
-        canopy_err err = read_all(st, &ids, &jsons, &n);
-        if (err) {
-                fprintf(stderr, "canopyctl errors: reading the errors set from Redis: %s\n", canopy_err_text(err));
+        if (load(st, &ids, &jsons, &n))
                 return 1;
-        }
         if (!as_json)
                 printf("%-34s %-6s %-18s %-40s %-38s %-5s %s\n", "MV ID", "TYPE", "CODE", "CONFLICT", "OTHER", "AGE",
                        "MESSAGE");
@@ -192,11 +201,8 @@ static char *type_of(canopy_state *st, const char *id, const char *json) {
 static int do_retry(const canopy_worker_conf *conf, canopy_state *st, char **want, size_t nwant, bool all) {
         char **ids = NULL, **jsons = NULL;
         size_t n = 0;
-        canopy_err err = read_all(st, &ids, &jsons, &n);
-        if (err) {
-                fprintf(stderr, "canopyctl errors: reading the errors set from Redis: %s\n", canopy_err_text(err));
+        if (load(st, &ids, &jsons, &n))
                 return 1;
-        }
         int rc = 0;
         /* Every id asked for must be in the set: a typo is not a retry. */
         bool *pick = calloc(n + 1, sizeof(*pick));

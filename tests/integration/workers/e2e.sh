@@ -284,6 +284,42 @@ cross-forest-group)
         check_no_duplicates
         [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
         ;;
+anchor-stays)
+        # alice exists in both forests (joined on mail); A has precedence. B
+        # is read first, so alice is created with B's anchor. When A's record
+        # joins, the rules give A's anchor, but the cloud object keeps the
+        # one it was created with (Entra Connect: the sourceAnchor cannot
+        # change after export). After a rebuild of Redis, the hard match
+        # finds it by B's anchor: nothing is written.
+        start_producer B
+        start_worker w1
+        wait_for "B exported" '(.users | length) == 2 and ([.users[] | select(.mail == "alice@corp.test")] | length) == 1'
+        imm_b=$(state | jq -r '.users[] | select(.mail == "alice@corp.test") | .onPremisesImmutableId')
+        id_b=$(state | jq -r '.users[] | select(.mail == "alice@corp.test") | .id')
+        [ -n "$imm_b" ] && [ "$imm_b" != null ] || fail "alice has no onPremisesImmutableId"
+        start_producer A
+        wait_for "A joined" '(.users | length) == 4 and (.users[] | select(.mail == "alice@corp.test") | .jobTitle == "Engineer")'
+        wait_drained w1
+        got=$(state | jq -c '[.users[] | select(.mail == "alice@corp.test") | {id, onPremisesImmutableId}]')
+        [ "$got" = "[{\"id\":\"$id_b\",\"onPremisesImmutableId\":\"$imm_b\"}]" ] ||
+                fail "alice's anchor changed: $got (created as $id_b with $imm_b)"
+        check_no_duplicates
+        sleep 1
+        w0=$(writes)
+        stop_worker w1
+        rcli --scan --pattern 'w:*' | while read -r k; do rcli DEL "$k" >/dev/null; done
+        JOIN_GROUP=e2e-join-2 EXPORT_GROUP=e2e-export-2 start_worker w2
+        wait_drained w2
+        sleep 2
+        got=$(state | jq -c '[.users[] | select(.mail == "alice@corp.test") | {id, onPremisesImmutableId}]')
+        [ "$got" = "[{\"id\":\"$id_b\",\"onPremisesImmutableId\":\"$imm_b\"}]" ] ||
+                fail "after the rebuild: $got (created as $id_b with $imm_b)"
+        check_no_duplicates
+        [ "$(nusers)" = 4 ] || fail "the rebuild created users: $(nusers)"
+        w1=$(writes)
+        [ "$w1" = "$w0" ] || fail "the rebuild wrote $((w1 - w0)) times to Graph: $(emu /_emulator/stats | jq -c .)"
+        [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
+        ;;
 scope)
         start_producer A
         start_worker w1
