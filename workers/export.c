@@ -1766,11 +1766,14 @@ int worker_export_run(worker *w, int idx) {
                     (int)w->conf->export_threads, w->conf->staging ? ", staging mode" : "");
         int64_t since_commit = 0;
         uint64_t lost_seen = 0;
+        int64_t lag_next = 0;
         deferq dq = {0};
         while (!*w->stop) {
                 canopy_kafka_msg *m = deferq_pop(&dq);
                 err = m ? CANOPY_OK : canopy_kafka_consume(kc, (int)w->conf->poll_ms, &m);
                 worker_lost_check(w, kc, "export", &lost_seen, &w->m.export_lost);
+                if (idx < WORKER_MAX_EXPORT_THREADS)
+                        worker_lag_sample(kc, &w->m.export_lag[idx], &lag_next);
                 if (err == CANOPY_ERR_TIMEOUT || (!err && !m)) {
                         if (since_commit) {
                                 if (!worker_flush(w))

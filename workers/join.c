@@ -829,10 +829,12 @@ int worker_join_run(worker *w) {
         CANOPY_INFO(MOD, "join stage started (group %s)", w->conf->join_group);
         int64_t since_commit = 0;
         uint64_t lost_seen = 0;
+        int64_t lag_next = 0;
         while (!*w->stop) {
                 canopy_kafka_msg *m = NULL;
                 err = canopy_kafka_consume(kc, (int)w->conf->poll_ms, &m);
                 worker_lost_check(w, kc, "join", &lost_seen, &w->m.join_lost);
+                worker_lag_sample(kc, &w->m.join_lag, &lag_next);
                 if (err == CANOPY_ERR_TIMEOUT || (!err && !m)) {
                         if (since_commit) {
                                 if (!worker_flush(w))

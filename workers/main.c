@@ -51,6 +51,15 @@ canopy_err worker_resolve_claim(worker *w, canopy_state *st, const char *mv_id, 
         return err;
 }
 
+void worker_lag_sample(canopy_kafka_consumer *kc, atomic_int_fast64_t *slot, int64_t *next_ms) {
+        int64_t now = worker_now_ms(), lag = 0;
+        if (now < *next_ms)
+                return;
+        *next_ms = now + 1000;
+        if (canopy_kafka_consumer_lag(kc, &lag) == CANOPY_OK)
+                atomic_store_explicit(slot, lag, memory_order_relaxed);
+}
+
 void worker_lost_check(worker *w, canopy_kafka_consumer *kc, const char *stage, uint64_t *seen,
                        atomic_uint_fast64_t *lost) {
         uint64_t now = canopy_kafka_consumer_lost(kc);
@@ -210,6 +219,9 @@ int main(int argc, char **argv) {
 
         worker w;
         memset(&w, 0, sizeof(w));
+        atomic_store(&w.m.join_lag, -1);
+        for (int i = 0; i < WORKER_MAX_EXPORT_THREADS; i++)
+                atomic_store(&w.m.export_lag[i], -1);
         w.conf = &conf;
         w.rules = rules;
         w.stop = &stop_flag;

@@ -19,7 +19,7 @@ typedef struct mstate {
         canopy_http *srv;
         pthread_mutex_t lock;
         worker_metrics last; /* values already added to the registry */
-        canopy_metric *events, *dead, *mv_pub, *coalesced, *noop, *graph, *conflicts, *staged, *pending, *errors, *lost, *scans, *members;
+        canopy_metric *events, *dead, *mv_pub, *coalesced, *noop, *graph, *conflicts, *staged, *pending, *errors, *lost, *scans, *members, *lag;
 } mstate;
 
 static uint64_t delta(atomic_uint_fast64_t *cur, atomic_uint_fast64_t *last) {
@@ -51,6 +51,17 @@ static void sync_metrics(mstate *ms) {
                 canopy_metrics_add(ms->graph, CANOPY_LABELS(worker_graph_kind_names[k], "error"),
                                    (double)delta(&m->graph[k][1], &l->graph[k][1]));
         }
+        /* Lag per stage, once known (the export stage's threads summed). */
+        int64_t jl = atomic_load(&m->join_lag), el = -1;
+        for (int i = 0; i < WORKER_MAX_EXPORT_THREADS; i++) {
+                int64_t v = atomic_load(&m->export_lag[i]);
+                if (v >= 0)
+                        el = (el < 0 ? 0 : el) + v;
+        }
+        if (jl >= 0)
+                canopy_metrics_set(ms->lag, CANOPY_LABELS("join"), (double)jl);
+        if (el >= 0)
+                canopy_metrics_set(ms->lag, CANOPY_LABELS("export"), (double)el);
         canopy_metrics_set(ms->pending, NULL, (double)atomic_load(&m->pending_refs));
         canopy_metrics_set(ms->errors, NULL, (double)atomic_load(&m->errors));
         pthread_mutex_unlock(&ms->lock);
@@ -100,6 +111,10 @@ void *worker_metrics_start(worker *w, const char *listen) {
                                              "Group member computations: every member (full) or only the members "
                                              "changed since the last one (incremental).",
                                              "how");
+        ms->lag = canopy_metrics_gauge(reg, "canopy_worker_consumer_lag",
+                                       "Messages not yet read on the partitions this process is assigned, per stage "
+                                       "(high watermark minus position, sampled every second).",
+                                       "stage");
         ms->pending = canopy_metrics_gauge(reg, "canopy_worker_pending_references",
                                            "Members that groups wait for (not yet exported).", NULL);
         ms->errors = canopy_metrics_gauge(reg, "canopy_worker_errors", "Objects in the errors set.", NULL);

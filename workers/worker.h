@@ -13,6 +13,9 @@
 #include "canopy/rules.h"
 #include "canopy/state.h"
 
+/* export.threads bound (lib/src/conf_worker.c). */
+#define WORKER_MAX_EXPORT_THREADS 64
+
 /* Counters exported on /metrics; updated with relaxed atomics. */
 typedef struct worker_metrics {
         atomic_uint_fast64_t join_events;     /* change events applied */
@@ -31,8 +34,8 @@ typedef struct worker_metrics {
         atomic_uint_fast64_t scans_requested; /* full scans requested after a loss */
         atomic_uint_fast64_t members_full;    /* group member computations: every member */
         atomic_uint_fast64_t members_woken;   /* ... the woken members only */
-        atomic_int_fast64_t join_lag;         /* last seen lag (high watermark - offset), -1 unknown */
-        atomic_int_fast64_t export_lag;
+        atomic_int_fast64_t join_lag;         /* last seen lag (high watermark - position), -1 unknown */
+        atomic_int_fast64_t export_lag[WORKER_MAX_EXPORT_THREADS]; /* per export thread, likewise */
         atomic_int_fast64_t pending_refs;     /* sampled from Redis */
         atomic_int_fast64_t errors;           /* sampled from Redis */
 } worker_metrics;
@@ -76,6 +79,8 @@ canopy_err worker_resolve_claim(worker *w, canopy_state *st, const char *mv_id, 
  * control topic (the join stage announces every object in scope again, so
  * lost mv events are made good too). *seen: losses already handled.
  * lost: the stage's counter. */
+/* Every second: sample a consumer's lag into *slot (canopy_kafka_consumer_lag). */
+void worker_lag_sample(canopy_kafka_consumer *kc, atomic_int_fast64_t *slot, int64_t *next_ms);
 void worker_lost_check(worker *w, canopy_kafka_consumer *kc, const char *stage, uint64_t *seen,
                        atomic_uint_fast64_t *lost);
 

@@ -860,6 +860,29 @@ canopy_err canopy_kafka_assignment(canopy_kafka_consumer *kc, canopy_kafka_parti
         return CANOPY_OK;
 }
 
+canopy_err canopy_kafka_consumer_lag(canopy_kafka_consumer *kc, int64_t *ret) {
+        rd_kafka_topic_partition_list_t *l = NULL;
+        if (!kc || !ret)
+                return CANOPY_ERR_INVALID_ARG;
+        if (rd_kafka_assignment(kc->rk, &l))
+                return CANOPY_ERR_KAFKA;
+        int64_t lag = 0;
+        if (l->cnt && rd_kafka_position(kc->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR)
+                for (int i = 0; i < l->cnt; i++) {
+                        int64_t lo = -1, hi = -1, pos = l->elems[i].offset;
+                        /* no position yet (nothing read from it): unknown, not counted */
+                        if (pos < 0 || rd_kafka_get_watermark_offsets(kc->rk, l->elems[i].topic,
+                                                                      l->elems[i].partition, &lo, &hi) ||
+                            hi < 0)
+                                continue;
+                        if (hi > pos)
+                                lag += hi - pos;
+                }
+        rd_kafka_topic_partition_list_destroy(l);
+        *ret = lag;
+        return CANOPY_OK;
+}
+
 /* ---- dead letters ------------------------------------------------------- */
 
 struct dl_wait {

@@ -294,6 +294,12 @@ canopy_err canopy_kafka_resume(canopy_kafka_consumer *kc, const char *topic, int
 /* Current assignment (owned array of nparts entries; topic strings inside
  * borrowed from the consumer, valid until the next consume). free(*ret). */
 canopy_err canopy_kafka_assignment(canopy_kafka_consumer *kc, canopy_kafka_partition **ret, size_t *ret_n);
+/* Messages not yet read on the partitions assigned now: the sum of high
+ * watermark minus position (the offset after the last message returned by
+ * canopy_kafka_consume), from librdkafka's cached watermarks (no broker
+ * round trip; they follow the fetches). A partition nothing was read from
+ * yet is not counted. */
+canopy_err canopy_kafka_consumer_lag(canopy_kafka_consumer *kc, int64_t *ret);
 
 /* Poison-message path: publish a DeadLetter for m (topic, partition, offset,
  * key, payload, reason, error code and class of err) to the dlq topic with

@@ -175,7 +175,7 @@ static int t_produce_consume(void) {
         struct tracker t;
         tracker_init(&t, N + M);
         canopy_kafka_consumer *kc = consumer(&c, group, CANOPY_TOPIC_CHANGES, NULL, NULL);
-        int64_t guard = mono_ms() + HANG_GUARD_MS;
+        int64_t guard = mono_ms() + HANG_GUARD_MS, lag = -1, max_lag = 0;
         while (t.distinct < N) {
                 CHECK(mono_ms() < guard, "hang guard: %ld of %ld consumed", t.distinct, N);
                 canopy_kafka_msg *m;
@@ -189,7 +189,26 @@ static int t_produce_consume(void) {
                 canopy_kafka_msg_free(m);
                 if (t.distinct % 500 == 0)
                         CHECK(canopy_kafka_commit(kc, false) == 0, "async commit");
+                if (t.distinct % 100 == 0) {
+                        CHECK(canopy_kafka_consumer_lag(kc, &lag) == 0, "lag");
+                        CHECK(lag >= 0 && lag <= N - t.distinct, "lag %lld with %ld of %ld read", (long long)lag,
+                              t.distinct, N);
+                        if (lag > max_lag)
+                                max_lag = lag;
+                }
         }
+        /* Everything read: no lag left (the watermarks follow the fetches). */
+        for (int64_t until = mono_ms() + 10000;; ) {
+                CHECK(canopy_kafka_consumer_lag(kc, &lag) == 0, "lag");
+                if (lag == 0 || mono_ms() > until)
+                        break;
+                canopy_kafka_msg *m = NULL;
+                if (canopy_kafka_consume(kc, 100, &m) == 0)
+                        canopy_kafka_msg_free(m);
+        }
+        CHECK(lag == 0, "lag %lld after every message was read", (long long)lag);
+        CHECK(max_lag > 0, "no lag ever seen while %ld messages were read", N);
+        printf("produce-consume: consumer lag seen up to %lld, 0 at the end\n", (long long)max_lag);
         CHECK(canopy_kafka_commit(kc, true) == 0, "sync commit");
         /* committed offsets cover every message */
         canopy_kafka_partition *parts;

@@ -225,6 +225,15 @@ one-forest)
         start_worker w1
         converge_forest_a
         check_no_duplicates
+        # Drained: both stages report no lag (sampled every second).
+        wait_drained w1
+        for ((i = 0; i < 40; i++)); do
+                jl=$(metric w1 'canopy_worker_consumer_lag{stage="join"}')
+                el=$(metric w1 'canopy_worker_consumer_lag{stage="export"}')
+                [ "$jl" = 0 ] && [ "$el" = 0 ] && break
+                sleep 0.25
+        done
+        [ "$jl" = 0 ] && [ "$el" = 0 ] || fail "consumer lag after draining: join '$jl', export '$el'"
         w0=$(writes)
         # One attribute change -> one PATCH with that property only.
         printf 'dn: uid=alice,ou=people,dc=a,dc=test\nchangetype: modify\nreplace: title\ntitle: Principal Engineer\n' | ldapmod A
