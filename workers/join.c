@@ -404,6 +404,24 @@ static canopy_err apply_value_delta(canopy_cs_record *rec, const canopy_attr *at
 }
 
 /* Find or create the mv object of rec (atomic through the join index). */
+/* Does metaverse object `id` hold a record of rec's connector other than
+ * rec? A metaverse object has at most one record per connector (as Entra
+ * Connect): two objects of one directory sharing a join value (the same
+ * mail on two people) are two people, not one. */
+static canopy_err holds_other_of_connector(join_ctx *jc, const char *id, const canopy_cs_record *rec, bool *ret) {
+        *ret = false;
+        canopy_mv_record *mv = NULL;
+        canopy_err err = canopy_state_mv_get(jc->st, id, &mv);
+        if (err == CANOPY_ERR_NOT_FOUND)
+                return CANOPY_OK;
+        for (size_t i = 0; !err && i < mv->ncontribs && !*ret; i++)
+                *ret = !strcmp(mv->contribs[i].connector, rec->connector) &&
+                       (mv->contribs[i].anchor.len != rec->anchor.len ||
+                        memcmp(mv->contribs[i].anchor.data, rec->anchor.data, rec->anchor.len));
+        canopy_mv_record_free(mv);
+        return err;
+}
+
 static canopy_err join_or_project(join_ctx *jc, canopy_cs_record *rec, const char *type,
                                   const canopy_obj_view *view, canopy_mv_reason *ret_reason) {
         const canopy_join_rule *rules = NULL;
@@ -446,6 +464,16 @@ static canopy_err join_or_project(join_ctx *jc, canopy_cs_record *rec, const cha
                                 canopy_err le = canopy_state_join_lookup(jc->st, keys[nkeys - 1], found);
                                 if (le && le != CANOPY_ERR_NOT_FOUND)
                                         err = le;
+                                bool taken = false;
+                                if (!le)
+                                        err = holds_other_of_connector(jc, found, rec, &taken);
+                                if (!err && taken) {
+                                        CANOPY_INFO(MOD, "%s: not joined on %s: its metaverse object already holds "
+                                                         "another object of connector %s (two objects share the "
+                                                         "value)",
+                                                    rec->dn ? rec->dn : "?", rules[i].mv, rec->connector);
+                                        found[0] = '\0';
+                                }
                         }
                 }
         }
@@ -465,7 +493,10 @@ static canopy_err join_or_project(join_ctx *jc, canopy_cs_record *rec, const cha
                 if (err)
                         break;
                 if (strcmp(holder, id)) {
-                        if (projecting) {
+                        bool taken = false;
+                        if (projecting)
+                                err = holds_other_of_connector(jc, holder, rec, &taken);
+                        if (!err && projecting && !taken) {
                                 snprintf(id, sizeof(id), "%s", holder);
                                 projecting = false;
                         }

@@ -755,11 +755,13 @@ canopy_err canopy_graph_members_add(canopy_graph *gc, const char *group_id, cons
                 if (!cerr || (exists && hi - lo == 1)) {
                         for (size_t i = lo; i < hi; i++)
                                 errs[i] = CANOPY_OK;
-                } else if (hi - lo > 1 && reqs[c].ei.http_status == 400) {
+                } else if (hi - lo > 1 && (reqs[c].ei.http_status == 400 ||
+                                           (reqs[c].ei.http_status == 404 && !strstr(reqs[c].ei.message, group_id)))) {
                         /* the chunk failed as a whole because of some of its
-                         * members (already there, missing, not allowed):
-                         * find out which, one by one. A 404 is the group
-                         * itself missing: no point asking per member. */
+                         * members (already there, missing, not allowed; a
+                         * missing member may be a 404 naming it): find out
+                         * which, one by one. A 404 naming the group is the
+                         * group itself missing: no point asking per member. */
                         err = add_one_by_one(gc, gpath, member_ids + lo, hi - lo, errs + lo, eis + lo);
                         if (err)
                                 goto out;

@@ -367,7 +367,12 @@ void graph_conflict_fill(canopy_graph_error *ei, const char *req_body) {
                 return;
         json_t *root = json_loads(req_body, 0, NULL);
         json_t *v = root ? json_object_get(root, ei->conflict_property) : NULL;
-        if (json_is_string(v)) {
+        json_t *mail = root ? json_object_get(root, "mail") : NULL;
+        if (!v && !strcmp(ei->conflict_property, "proxyAddresses") && json_is_string(mail)) {
+                /* Graph derives the primary address from mail: that is
+                 * the one that collided */
+                snprintf(ei->conflict_value, sizeof(ei->conflict_value), "SMTP:%s", json_string_value(mail));
+        } else if (json_is_string(v)) {
                 graph_strlcpy(ei->conflict_value, json_string_value(v), sizeof(ei->conflict_value));
         } else if (json_is_array(v)) {
                 /* proxyAddresses: report every address we sent (Graph does not

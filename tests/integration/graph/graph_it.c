@@ -341,16 +341,24 @@ static int scen_ops(void) {
         CHECK(err != CANOPY_OK && errs[0] == CANOPY_OK && errs[1] != CANOPY_OK && errs[2] == CANOPY_OK,
               "mixed add: %s / %s %s %s", canopy_err_name(err), canopy_err_name(errs[0]), canopy_err_name(errs[1]),
               canopy_err_name(errs[2]));
+        /* the same with the missing member first in its chunk (a 404 that
+         * names the member, not the group): the other one still goes in */
+        const char *mixed2[2] = {"00000000-0000-4000-8000-0000000000cc", id2};
+        err = canopy_graph_members_add(gc, gid, mixed2, 2, errs, &ei);
+        CHECK(err != CANOPY_OK && errs[0] != CANOPY_OK && errs[1] == CANOPY_OK, "missing member first: %s / %s %s",
+              canopy_err_name(err), canopy_err_name(errs[0]), canopy_err_name(errs[1]));
         /* a group that does not exist: every member fails NOT_FOUND */
         err = canopy_graph_members_add(gc, "00000000-0000-4000-8000-0000000000bb", mptr, 25, errs, &ei);
         CHECK(err == CANOPY_ERR_GRAPH_NOT_FOUND && errs[0] == err && errs[24] == err, "add to missing group: %s",
               canopy_err_name(err));
-        /* remove 10, plus one that is not a member (404 = success) */
-        const char *rm[11];
+        /* remove 10, plus id2 (a member since mixed2) and one that is not a
+         * member (404 = success) */
+        const char *rm[12];
         for (int i = 0; i < 10; i++)
                 rm[i] = mids[i];
         rm[10] = id2;
-        CHECK_OK(canopy_graph_members_remove(gc, gid, rm, 11, errs, &ei), &ei);
+        rm[11] = "00000000-0000-4000-8000-0000000000dd";
+        CHECK_OK(canopy_graph_members_remove(gc, gid, rm, 12, errs, &ei), &ei);
         CHECK_OK(canopy_graph_members_list(gc, gid, 0, &ids, &nids, &ei), &ei);
         CHECK(nids == NM - 10 + 1, "members after remove %zu, want %d", nids, NM - 9);
         canopy_graph_ids_free(ids, nids);

@@ -263,6 +263,20 @@ two-forests)
           | ([.groups[] | select(.members | index($a))] | length) == 2'
         check_no_duplicates
         [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors"
+        # A second object of forest A with alice's mail is another person: it
+        # does not join alice's metaverse object (one record per connector),
+        # alice's cloud object keeps her own attributes, and the newcomer is
+        # a conflict on the address (as in Entra), reported at once.
+        printf 'dn: uid=alice2,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: alice2\ncn: Alice Two\nsn: Two\ntitle: Impostor\nmail: alice@corp.test\n' | ldapmod A
+        wait_redis "alice2: a conflict" rcli HLEN w:errors:{err}
+        err=$(rcli HGETALL w:errors:{err} | sed -n 2p)
+        echo "$err" | jq -e '.code == "GRAPH_CONFLICT" and .property == "proxyAddresses" and (.value | ascii_downcase) == "smtp:alice@corp.test"' >/dev/null ||
+                fail "alice2's conflict entry: $err"
+        wait_drained w1
+        wait_for "alice keeps her title" '[.users[] | select(.userPrincipalName | startswith("alice@")) | .jobTitle] == ["Engineer"]'
+        for k in $(rcli --scan --pattern 'w:mv:{*}:c'); do
+                [ "$(rcli SMEMBERS "$k" | grep -c '@a$')" -le 1 ] || fail "$k holds two records of connector a: $(rcli SMEMBERS "$k" | tr '\n' ' ')"
+        done
         ;;
 cross-forest-group)
         # staff exists in both forests and joins on cn: one cloud group whose
