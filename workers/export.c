@@ -1797,9 +1797,10 @@ int worker_export_run(worker *w, int idx) {
                 err = canopy_avro_decode_mv(m->value, m->len, &ev, eb, sizeof(eb));
                 if (err) {
                         canopy_log(CANOPY_LOG_WARN, MOD, &lc, "undecodable mv event: %s", eb);
-                        if (!canopy_kafka_dead_letter(kc, m, err, eb))
-                                atomic_fetch_add_explicit(&w->m.export_dead, 1, memory_order_relaxed);
+                        bool dl = worker_dead_letter(w, kc, m, err, eb, &w->m.export_dead);
                         canopy_kafka_msg_free(m);
+                        if (!dl)
+                                break;
                         continue;
                 }
                 ec.ev = &ev;
@@ -1849,8 +1850,8 @@ int worker_export_run(worker *w, int idx) {
                         atomic_fetch_add_explicit(&w->m.export_events, 1, memory_order_relaxed);
                 else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT) {
                         canopy_log(CANOPY_LOG_WARN, MOD, &lc, "mv %s: dead letter: %s", ev.mv_id, canopy_err_text(err));
-                        if (!canopy_kafka_dead_letter(kc, m, err, NULL))
-                                atomic_fetch_add_explicit(&w->m.export_dead, 1, memory_order_relaxed);
+                        /* false only when stopping: the check below leaves then */
+                        worker_dead_letter(w, kc, m, err, NULL, &w->m.export_dead);
                 } else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_FATAL) {
                         canopy_log(CANOPY_LOG_ERROR, MOD, &lc, "mv %s: fatal: %s", ev.mv_id, canopy_err_text(err));
                         canopy_mv_event_free(&ev);

@@ -888,9 +888,10 @@ int worker_join_run(worker *w) {
                 err = canopy_avro_decode_change(m->value, m->len, &ev, eb, sizeof(eb));
                 if (err) {
                         canopy_log(CANOPY_LOG_WARN, MOD, &lc, "undecodable change event: %s", eb);
-                        if (!canopy_kafka_dead_letter(kc, m, err, eb))
-                                atomic_fetch_add_explicit(&w->m.join_dead, 1, memory_order_relaxed);
+                        bool dl = worker_dead_letter(w, kc, m, err, eb, &w->m.join_dead);
                         canopy_kafka_msg_free(m);
+                        if (!dl)
+                                break;
                         continue;
                 }
                 lc.connector = ev.connector;
@@ -916,8 +917,8 @@ int worker_join_run(worker *w) {
                 } else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_PERMANENT) {
                         run_note(&jc, ev.connector, ev.object_class, ev.scan_id, CANOPY_RUN_ERRORS, 1);
                         canopy_log(CANOPY_LOG_WARN, MOD, &lc, "dead letter: %s", canopy_err_text(err));
-                        if (!canopy_kafka_dead_letter(kc, m, err, NULL))
-                                atomic_fetch_add_explicit(&w->m.join_dead, 1, memory_order_relaxed);
+                        /* false only when stopping: the check below leaves then */
+                        worker_dead_letter(w, kc, m, err, NULL, &w->m.join_dead);
                 } else if (canopy_err_class_of(err) == CANOPY_ERRCLASS_FATAL) {
                         canopy_log(CANOPY_LOG_ERROR, MOD, &lc, "fatal: %s", canopy_err_text(err));
                         canopy_change_event_free(&ev);

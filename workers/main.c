@@ -60,6 +60,24 @@ void worker_lag_sample(canopy_kafka_consumer *kc, atomic_int_fast64_t *slot, int
                 atomic_store_explicit(slot, lag, memory_order_relaxed);
 }
 
+bool worker_dead_letter(worker *w, canopy_kafka_consumer *kc, const canopy_kafka_msg *m, canopy_err err,
+                        const char *reason, atomic_uint_fast64_t *dead) {
+        for (int attempt = 0;; attempt++) {
+                canopy_err de = canopy_kafka_dead_letter(kc, m, err, reason);
+                if (!de) {
+                        atomic_fetch_add_explicit(dead, 1, memory_order_relaxed);
+                        return true;
+                }
+                canopy_log_ctx lc = {NULL, NULL, m->topic, m->partition, m->offset};
+                canopy_log(CANOPY_LOG_ERROR, "kafka", &lc,
+                           "dead letter not delivered (%s): retrying; the partition waits, nothing after it is "
+                           "committed",
+                           canopy_err_text(de));
+                if (!worker_backoff(w, attempt))
+                        return false;
+        }
+}
+
 void worker_lost_check(worker *w, canopy_kafka_consumer *kc, const char *stage, uint64_t *seen,
                        atomic_uint_fast64_t *lost) {
         uint64_t now = canopy_kafka_consumer_lost(kc);

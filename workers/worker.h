@@ -79,6 +79,11 @@ canopy_err worker_resolve_claim(worker *w, canopy_state *st, const char *mv_id, 
  * control topic (the join stage announces every object in scope again, so
  * lost mv events are made good too). *seen: losses already handled.
  * lost: the stage's counter. */
+/* Dead-letter m, retried with backoff until Kafka acknowledges it (a message
+ * given up would let the commit of later ones skip it: lost). false only
+ * when the worker is stopping: the caller then stops reading. */
+bool worker_dead_letter(worker *w, canopy_kafka_consumer *kc, const canopy_kafka_msg *m, canopy_err err,
+                        const char *reason, atomic_uint_fast64_t *dead);
 /* Every second: sample a consumer's lag into *slot (canopy_kafka_consumer_lag). */
 void worker_lag_sample(canopy_kafka_consumer *kc, atomic_int_fast64_t *slot, int64_t *next_ms);
 void worker_lost_check(worker *w, canopy_kafka_consumer *kc, const char *stage, uint64_t *seen,
