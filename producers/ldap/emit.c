@@ -487,14 +487,57 @@ static canopy_err fill_attr(canopy_attr *ea, tattr *ta, bool as_delta, size_t ca
         return err;
 }
 
+/* Bytes of attribute values one event carries at most: Kafka's default
+ * message.max.bytes is 1,000,000 (client and broker), and an event over it
+ * is refused whole. Big multi-valued attributes (a group of 5,000 members
+ * with 250-byte DNs is 1.25 MB) go in pieces of fewer values. */
+#define EVENT_VALUE_BYTES (512u * 1024u)
+
+static size_t vals_max_len(const vals *v) {
+        size_t m = 0;
+        for (size_t i = 0; i < v->n; i++)
+                if (v->v[i].len > m)
+                        m = v->v[i].len;
+        return m;
+}
+
+/* Values per event for each attribute of t: CANOPY_ATTR_MAX_VALUES, fewer
+ * when their bytes would pass EVENT_VALUE_BYTES (shared by the big
+ * attributes of the first event; each continuation piece holds one). */
+static void value_caps(const tentry *t, size_t *caps) {
+        size_t nbig = 0;
+        for (size_t i = 0; i < t->n; i++) {
+                const tattr *ta = &t->a[i];
+                size_t n = ta->full.n + ta->add.n + ta->del.n;
+                size_t per = 16 + vals_max_len(&ta->full);
+                size_t pa = 16 + vals_max_len(&ta->add), pd = 16 + vals_max_len(&ta->del);
+                if (pa > per)
+                        per = pa;
+                if (pd > per)
+                        per = pd;
+                caps[i] = per; /* bytes per value, for now */
+                if (n * per > EVENT_VALUE_BYTES / 16)
+                        nbig++;
+        }
+        size_t budget = EVENT_VALUE_BYTES / (nbig ? nbig : 1);
+        for (size_t i = 0; i < t->n; i++) {
+                size_t c = budget / caps[i];
+                caps[i] = c < 1 ? 1 : c > CANOPY_ATTR_MAX_VALUES ? CANOPY_ATTR_MAX_VALUES : c;
+        }
+}
+
 /* Build and publish the event(s) of one object change. as_delta[i]: attr i
  * travels as a delta. */
 static canopy_err publish(prod *p, canopy_change_event *head, tentry *t, const bool *as_delta) {
-        const size_t MAXV = CANOPY_ATTR_MAX_VALUES;
         piece *pieces = NULL;
         size_t npieces = 0, pcap = 0;
         canopy_err err = CANOPY_OK;
+        size_t *caps = calloc(t->n ? t->n : 1, sizeof(*caps));
+        if (!caps)
+                return CANOPY_ERR_NOMEM;
+        value_caps(t, caps);
         for (size_t i = 0; i < t->n && !err; i++) {
+                const size_t MAXV = caps[i];
                 tattr *ta = &t->a[i];
                 canopy_attr *ea = canopy_change_event_add_attr(head, ta->name, ta->binary);
                 if (!ea) {
@@ -538,6 +581,7 @@ static canopy_err publish(prod *p, canopy_change_event *head, tentry *t, const b
                                 pieces[npieces++] = (piece){i, rest[r].which, s, cnt};
                         }
         }
+        free(caps);
         head->chunk = 0;
         head->nchunks = (int32_t)(1 + npieces);
         if (!err)
