@@ -63,4 +63,41 @@ members() { # GROUP DISPLAYNAME -> sorted member names (users by mailNickname, g
 [ "$(members 'Team, Alpha')" = "alice,plus,sean" ] || fail "Team, Alpha members: $(members 'Team, Alpha')"
 [ "$(members 'Everyone')" = "Team, Alpha,ahmad,yamada,zoe" ] || fail "Everyone members: $(members 'Everyone')"
 grep -q "exported to Entra" "$out/demo.log" || fail "no summary table"
+
+# 3. --help names the @BASE@ token of AD LDIFs (it was eaten by the build).
+"$bin/canopy-demo" --help | grep -qF '(@BASE@ in the' || fail "--help lost @BASE@"
+
+# 4. Converged with an object Graph refused: a second person of the same
+# forest with Alice's mail conflicts on userPrincipalName. --until-converged
+# fails and says where to look.
+{ cat "$here/small.ldif"; printf '\ndn: uid=alice2,ou=People,dc=small,dc=canopy,dc=test\nobjectClass: inetOrgPerson\nuid: alice2\ncn: Alice Other\nsn: Other\nmail: alice@canopy.test\n'; } > "$out/conflict.ldif"
+"$bin/canopy-demo" --forest small="$out/conflict.ldif" --until-converged --timeout 240 > "$out/demo.log" 2>&1
+rc=$?
+[ $rc = 1 ] || fail "converged with a conflict: exit $rc, want 1"
+grep -q "object(s) in the errors set: .*canopyctl errors -c .*worker.yaml list" "$out/demo.log" || fail "no errors-set message"
+grep -q "converged with errors" "$out/demo.log" || fail "no 'converged with errors'"
+grep -q "GRAPH_CONFLICT .*proxyAddresses=SMTP:alice@canopy.test" "$out/demo.log" || fail "the errors list was not printed"
+leftovers "$(awk '/^workdir: /{print $2}' "$out/demo.log")"
+
+# 5. --keep-running: the stack stays up with its coordinates printed (and in
+# stack.env), and SIGTERM stops all of it.
+"$bin/canopy-demo" --forest small="$here/small.ldif" --keep-running --no-live --timeout 240 > "$out/demo.log" 2>&1 &
+demo=$!
+for ((i = 0; i < 2400; i++)); do
+        grep -q '^ready$' "$out/demo.log" && break
+        kill -0 $demo 2>/dev/null || fail "--keep-running exited before 'ready'"
+        sleep 0.1
+done
+grep -q '^ready$' "$out/demo.log" || { kill $demo; fail "--keep-running never said ready"; }
+w=$(awk '/^workdir: /{print $2}' "$out/demo.log")
+for k in "Graph emulator" "LDAP small" "Redis" "Kafka bootstrap" "Guard admin API"; do
+        grep -q "^  $k " "$out/demo.log" || { kill $demo; fail "--keep-running does not print '$k'"; }
+done
+( . "$w/stack.env" && curl -sf --cacert "$CANOPY_TEST_GRAPH_CA" "$CANOPY_TEST_GRAPH_URL/_emulator/state" | jq -e '.users | length == 6' >/dev/null &&
+  redis-cli -h 127.0.0.1 -p "$CANOPY_TEST_REDIS_PORT" ping | grep -q PONG ) || { kill $demo; fail "stack.env does not reach the running stack"; }
+kill -TERM $demo
+wait $demo
+rc=$?
+[ $rc = 143 ] || fail "--keep-running after SIGTERM: exit $rc, want 143"
+leftovers "$w"
 echo "PASS: canopy-demo"
