@@ -809,6 +809,9 @@ static canopy_err apply_change(join_ctx *jc, const canopy_change_event *ev) {
 
 static void on_rebalance(canopy_kafka_consumer *kc, canopy_kafka_rebalance what, const canopy_kafka_partition *parts,
                          size_t nparts, void *opaque) {
+        (void)kc;
+        (void)parts;
+        (void)nparts;
         worker *w = opaque;
         /* Before revoked partitions are committed, every mv event of the
          * messages marked done must be acknowledged. */

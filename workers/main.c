@@ -117,6 +117,9 @@ void worker_lost_check(worker *w, canopy_kafka_consumer *kc, const char *stage, 
 
 static void on_delivery(void *msg_opaque, canopy_err err, const char *errstr, int32_t partition, int64_t offset,
                         void *app_opaque) {
+        (void)msg_opaque;
+        (void)partition;
+        (void)offset;
         worker *w = app_opaque;
         if (err) {
                 CANOPY_ERROR("kafka", "event not delivered: %s", errstr ? errstr : canopy_err_text(err));

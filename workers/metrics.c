@@ -68,6 +68,7 @@ static void sync_metrics(mstate *ms) {
 }
 
 static void on_metrics(void *opaque, const canopy_http_req *req, canopy_http_resp *resp) {
+        (void)req;
         mstate *ms = opaque;
         sync_metrics(ms);
         char *buf = NULL;

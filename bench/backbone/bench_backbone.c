@@ -198,7 +198,7 @@ static double run_cmd(const char *cmd) {
         return rc == 0 ? t : -1;
 }
 
-static void bench_kafka(const char *bs, long n, size_t size, json_t *extra) {
+static void bench_kafka(const char *bs, long n, json_t *extra) {
         char prefix[64], topic[128], kt[128], err[512], cmd[1024], path[256];
         snprintf(prefix, sizeof(prefix), "bench%d.", (int)getpid());
         canopy_kafka_conf c;
@@ -323,7 +323,7 @@ int main(int argc, char **argv) {
         const char *bs = getenv("CANOPY_TEST_KAFKA_BOOTSTRAP");
         int have_kcat = system("command -v kcat >/dev/null 2>&1") == 0;
         if (bs && have_kcat)
-                bench_kafka(bs, msgs, size, extra);
+                bench_kafka(bs, msgs, extra);
         else
                 printf("(Kafka rows skipped: %s)\n", bs ? "kcat not found" : "CANOPY_TEST_KAFKA_BOOTSTRAP not set");
 

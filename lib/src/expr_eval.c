@@ -1317,6 +1317,7 @@ static canopy_err f_removedups(eval_ctx *c, const node *n, canopy_value *ret)
 
 static canopy_err f_guid(eval_ctx *c, const node *n, canopy_value *ret)
 {
+        (void)n;
         unsigned char b[16];
         size_t got = 0;
         while (got < sizeof(b)) {
@@ -1887,6 +1888,7 @@ static canopy_err f_cdate(eval_ctx *c, const node *n, canopy_value *ret)
 
 static canopy_err f_now(eval_ctx *c, const node *n, canopy_value *ret)
 {
+        (void)n;
         dt t = {0, 0};
         if (c->ectx->now_ms) {
                 t.secs = c->ectx->now_ms / 1000;

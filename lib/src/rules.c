@@ -1501,7 +1501,7 @@ static bool starts_ci(const canopy_bytes *b, const char *p)
 
 /* Entra Connect's default exclusions for AD (ENTRA-DEFAULTS.md). Returns a
  * reason, or NULL when the object is not a system object. */
-static const char *system_excluded(const conn *c, int t, const canopy_obj_view *obj)
+static const char *system_excluded(int t, const canopy_obj_view *obj)
 {
         const canopy_bytes *v;
         size_t n;
@@ -1626,7 +1626,7 @@ canopy_err canopy_rules_scope(const canopy_rules *r, const canopy_obj_view *obj,
                 }
         }
         if (c->sys_excl && c->pub.kind == CANOPY_CONN_AD) {
-                const char *why = system_excluded(c, t, obj);
+                const char *why = system_excluded(t, obj);
                 if (why) {
                         snprintf(ret->reason, sizeof(ret->reason), "excluded by default: %s", why);
                         return CANOPY_OK;

@@ -108,6 +108,8 @@ static void ctl(const char *addr, const char *cmd)
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
+        (void)rk;
+        (void)opaque;
         if (m->err) {
                 failed++;
                 fprintf(stderr, "delivery failed: %s\n", rd_kafka_err2str(m->err));
@@ -118,6 +120,8 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
+        (void)reason;
+        (void)opaque;
         char buf[256];
 
         errors_seen++;
@@ -133,6 +137,7 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
  * from librdkafka's threads. */
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
+        (void)rk;
         if (strstr(buf, "encountered error"))
                 __atomic_fetch_add(&msgset_errors, 1, __ATOMIC_RELAXED);
         else if (level <= 4)

@@ -124,10 +124,17 @@ inner >"$work/inner.sh"
 ldif=$here/example.ldif
 adldif=$here/ad.ldif
 all=(--redis --kafka --topic harness:5 --slapd "ex=$ldif")
+# Samba AD needs root (it runs as a DC); without it the other servers are
+# still tested, and the output says what was left out.
+samba=(--samba "ad1=$adldif")
+if [ "$(id -u)" != 0 ]; then
+        samba=()
+        echo "note: not root: the Samba AD DC is left out of this test"
+fi
 
 case $mode in
 servers)
-        "$run_with" --bin "$bin" "${all[@]}" --samba "ad1=$adldif" -- bash "$work/inner.sh" "$state"
+        "$run_with" --bin "$bin" "${all[@]}" ${samba[@]+"${samba[@]}"} -- bash "$work/inner.sh" "$state"
         rc=$?
         [ $rc -eq 0 ] || fail "run-with exited $rc"
         check_gone 1
@@ -140,7 +147,7 @@ fail)
         ;;
 sigterm|sigkill)
         extra=()
-        [ "$mode" = sigkill ] && extra=(--samba "ad1=$adldif")
+        [ "$mode" = sigkill ] && extra=(${samba[@]+"${samba[@]}"})
         "$run_with" --bin "$bin" "${all[@]}" ${extra[@]+"${extra[@]}"} -- bash "$work/inner.sh" "$state" wait &
         rw=$!
         for ((i = 0; i < 1200; i++)); do

@@ -33,6 +33,7 @@ static canopy_bytes bytes(const char *s) {
 }
 
 static void test_cs_roundtrip(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         canopy_cs_record rec = {0};
         uint8_t anchor_raw[16] = {0, 1, 2, 0xff, 0xfe, '{', '}', 0, 9, 8, 7, 6, 5, 4, 3, 2};
@@ -126,6 +127,7 @@ static int has(char **v, const char *s) {
 }
 
 static void test_members(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         canopy_bytes g = bytes("group-1");
         enum { N = 6000 };
@@ -160,6 +162,7 @@ static void test_members(void **ctx) {
 }
 
 static void test_dn_index(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         canopy_bytes a1 = bytes("anchor-1"), a2 = bytes("anchor-2"), got = {0};
         char *norm = NULL;
@@ -205,6 +208,7 @@ static void test_dn_index(void **ctx) {
 /* END_OF_SCAN pieces: due once every piece is in, once (redeliveries of a
  * piece count once; after the sweep is done nothing is due again). */
 static void test_scan_pieces(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         bool due = true;
         assert_int_equal(canopy_state_scan_piece(st, "c", "c-1-ab", 0, 3, &due), CANOPY_OK);
@@ -230,6 +234,7 @@ static void test_scan_pieces(void **ctx) {
 /* Batched member resolution: every kind of reference, across a chunk
  * boundary (1,200 references: three pipelined chunks). */
 static void test_members_resolve(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         enum { N = 1200 };
         char **refs = calloc(N + 6, sizeof(*refs));
@@ -303,6 +308,7 @@ static void test_members_resolve(void **ctx) {
 }
 
 static void test_metaverse(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         canopy_bytes a = bytes("A1"), b = bytes("B1");
         char id[33], id2[33];
@@ -348,6 +354,7 @@ static void test_metaverse(void **ctx) {
 /* Many processes race to claim the same join keys with different
  * candidates: every key ends with one holder, and every racer learns it. */
 static void test_join_race(void **ctx) {
+        (void)ctx;
         enum { PROCS = 4, KEYS = 200 };
         int fds[PROCS][2];
         pid_t pids[PROCS];
@@ -400,6 +407,7 @@ static void test_join_race(void **ctx) {
 }
 
 static void test_export_state(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         const char *id = "ffffffffffffffffffffffffffffffff";
         canopy_export_state *es = NULL;
@@ -446,6 +454,7 @@ static void test_export_state(void **ctx) {
 #define WAIT_KEY "d:north\x1f" "cn=a\\, b,dc=x"
 
 static void test_pending_errors_staged(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         int64_t c = -1;
         assert_int_equal(canopy_state_pending_count(st, &c), CANOPY_OK);
@@ -554,6 +563,7 @@ static int redis_cli(const char *args) {
  * (canopy_state_pending_take), and the marker that allows an incremental
  * RESOLVE only when the last computation held nothing back. */
 static void test_group_waits(void **ctx) {
+        (void)ctx;
         (void)ctx;
         canopy_state *st = connect_state();
         const char *g = "99999999999999999999999999999999";
@@ -702,6 +712,7 @@ static void test_group_waits(void **ctx) {
  * noted it, and the groups' mv ids come back. */
 static void test_dnref_rebind(void **ctx) {
         (void)ctx;
+        (void)ctx;
         canopy_state *st = connect_state();
         canopy_cs_record g = {0};
         g.connector = "dnr";
@@ -742,6 +753,7 @@ static void test_dnref_rebind(void **ctx) {
  * DN not seen are noted until it completes, then read (and released). */
 static void test_hold_for_scan(void **ctx) {
         (void)ctx;
+        (void)ctx;
         canopy_state *st = connect_state();
         bool scanned = true;
         assert_int_equal(canopy_state_hold_for_scan(st, "holdc", "g1", &scanned), CANOPY_OK);
@@ -773,6 +785,7 @@ static void test_hold_for_scan(void **ctx) {
 
 static void test_persistence(void **ctx) {
         (void)ctx;
+        (void)ctx;
         canopy_state *st = connect_state();
         bool durable = true;
         char what[64] = "";
@@ -794,6 +807,7 @@ static void test_persistence(void **ctx) {
 }
 
 static void test_guard_counter(void **ctx) {
+        (void)ctx;
         canopy_state *st = connect_state();
         canopy_guard_verdict v = CANOPY_GUARD_HOLD;
         int64_t n = -1;
