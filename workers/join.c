@@ -267,6 +267,39 @@ static canopy_err member_ref(join_ctx *jc, const char *connector, const canopy_b
         return err;
 }
 
+/* "a:<anchor>" of the object that held the member DN dnv before it was
+ * renamed away or deleted, or *ret NULL. */
+static canopy_err former_ref(join_ctx *jc, const char *connector, const canopy_bytes *dnv, char **ret) {
+        *ret = NULL;
+        char *dn = strndup((const char *)dnv->data, dnv->len);
+        canopy_bytes anchor = {0};
+        if (!dn)
+                return CANOPY_ERR_NOMEM;
+        canopy_err err = canopy_state_dn_former(jc->st, connector, dn, &anchor);
+        free(dn);
+        if (err == CANOPY_ERR_NOT_FOUND)
+                return CANOPY_OK;
+        if (err)
+                return err;
+        size_t bl = 4 * ((anchor.len + 2) / 3) + 3;
+        char *r = malloc(bl);
+        if (r) {
+                r[0] = 'a';
+                r[1] = ':';
+                canopy_state_anchor_b64(&anchor, r + 2, bl - 2);
+        }
+        free(anchor.data);
+        *ret = r;
+        return r ? CANOPY_OK : CANOPY_ERR_NOMEM;
+}
+
+static bool in_refs(char **v, size_t n, const char *ref) {
+        for (size_t i = 0; i < n; i++)
+                if (v[i] && !strcmp(v[i], ref))
+                        return true;
+        return false;
+}
+
 static void refs_free(char **v, size_t n) {
         for (size_t i = 0; i < n; i++)
                 free(v[i]);
@@ -327,8 +360,22 @@ static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, con
                         both[nb++] = rm[k];
                         bool by_anchor = !strncmp(rm[k], "a:", 2);
                         rm[k++] = NULL;
-                        if (!by_anchor)
+                        if (!by_anchor) {
+                                /* A DN no object holds now: the producer
+                                 * kept the value from before the member was
+                                 * renamed or moved (AD shows members by
+                                 * their current DN, so a stored set goes
+                                 * stale), and the set holds the member by
+                                 * anchor. Remove the object that held it,
+                                 * unless the same event adds it back. */
+                                char *fr = NULL;
+                                err = former_ref(jc, ev->connector, v, &fr);
+                                if (!err && fr && !in_refs(add, nadd, fr))
+                                        both[nb++] = fr;
+                                else
+                                        free(fr);
                                 continue;
+                        }
                         char *dn = strndup((const char *)v->data, v->len), *norm = NULL;
                         if (dn && !canopy_state_dn_norm(dn, &norm) && asprintf(&both[nb], "d:%s", norm) >= 0)
                                 nb++;
@@ -339,7 +386,8 @@ static canopy_err apply_members(join_ctx *jc, const canopy_change_event *ev, con
                         refs_free(rm, nrm);
                         rm = both;
                         nrm = nb;
-                }
+                } else if (both)
+                        refs_free(both, nb);
         }
         if (!err)
                 err = canopy_state_cs_members_apply(jc->st, ev->connector, &ev->anchor, replace && !at->delta,

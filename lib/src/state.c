@@ -28,10 +28,12 @@ static const char LUA_RELEASE[] =
         "return 0\n";
 
 /* Bury a DN: KEYS[1] DN key, ARGV[1] the anchor expected there. The key
- * keeps a tombstone "-" so that a member reference to the DN reads as
- * dangling (the object moved away or was deleted), not as not yet seen. */
+ * keeps a tombstone "-<anchor>" so that a member reference to the DN reads
+ * as dangling (the object moved away or was deleted), not as not yet seen,
+ * and a removal naming the old DN still finds the object
+ * (canopy_state_dn_former). Base64 never starts with '-'. */
 static const char LUA_BURY[] =
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], '-') end\n"
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], '-' .. ARGV[1]) end\n"
         "return 0\n";
 
 /* A piece of an END_OF_SCAN: KEYS[1] pieces set, KEYS[2] done flag;
@@ -829,7 +831,7 @@ canopy_err canopy_state_cs_members(canopy_state *st, const char *connector, cons
 }
 
 static canopy_err dn_lookup(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret,
-                            bool *ret_gone);
+                            bool *ret_gone, bool former);
 
 canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, const char *ref, char out[33],
                                        char **ret_wait_key, bool *ret_dangling) {
@@ -840,7 +842,7 @@ canopy_err canopy_state_member_resolve(canopy_state *st, const char *connector, 
         if (!strncmp(ref, "a:", 2))
                 err = b64_decode(ref + 2, strlen(ref + 2), &anchor);
         else if (!strncmp(ref, "d:", 2)) {
-                err = dn_lookup(st, connector, ref + 2, &anchor, ret_dangling);
+                err = dn_lookup(st, connector, ref + 2, &anchor, ret_dangling, false);
                 if (err == CANOPY_ERR_NOT_FOUND && asprintf(ret_wait_key, "d:%s\x1f%s", connector, ref + 2) < 0) {
                         *ret_wait_key = NULL;
                         err = CANOPY_ERR_NOMEM;
@@ -949,7 +951,7 @@ canopy_err canopy_state_dn_set(canopy_state *st, const char *connector, const ch
 /* Anchor at (connector, DN); *ret_gone tells a buried DN (tombstone) from
  * one never seen, both CANOPY_ERR_NOT_FOUND. */
 static canopy_err dn_lookup(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret,
-                            bool *ret_gone) {
+                            bool *ret_gone, bool former) {
         char *key = dn_key(st, connector, dn);
         if (ret_gone)
                 *ret_gone = false;
@@ -961,11 +963,15 @@ static canopy_err dn_lookup(canopy_state *st, const char *connector, const char 
         if (!err) {
                 if (r->type != REDIS_REPLY_STRING)
                         err = CANOPY_ERR_NOT_FOUND;
-                else if (r->len == 1 && r->str[0] == '-') {
+                else if (r->len >= 1 && r->str[0] == '-') {
                         err = CANOPY_ERR_NOT_FOUND;
                         if (ret_gone)
                                 *ret_gone = true;
-                } else
+                        if (former && r->len > 1)
+                                err = b64_decode(r->str + 1, r->len - 1, ret);
+                } else if (former)
+                        err = CANOPY_ERR_NOT_FOUND;
+                else
                         err = b64_decode(r->str, r->len, ret);
         }
         if (r)
@@ -974,7 +980,11 @@ static canopy_err dn_lookup(canopy_state *st, const char *connector, const char 
 }
 
 canopy_err canopy_state_dn_get(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret) {
-        return dn_lookup(st, connector, dn, ret, NULL);
+        return dn_lookup(st, connector, dn, ret, NULL, false);
+}
+
+canopy_err canopy_state_dn_former(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret) {
+        return dn_lookup(st, connector, dn, ret, NULL, true);
 }
 
 static canopy_err compare_delete(canopy_state *st, const char *key, const char *value) {
@@ -2187,7 +2197,7 @@ static canopy_err resolve_chunk(canopy_state *st, const char *connector, char *c
                 for (size_t j = 0; j < k; j++) {
                         size_t i = idx[j];
                         redisReply *r = rep[j];
-                        if (r->type == REDIS_REPLY_STRING && !(r->len == 1 && r->str[0] == '-')) {
+                        if (r->type == REDIS_REPLY_STRING && !(r->len >= 1 && r->str[0] == '-')) {
                                 if (b64_decode(r->str, r->len, &anchors[i]) == CANOPY_OK)
                                         have[i] = true;
                         } else {

@@ -67,21 +67,29 @@ bool prod_in_scope(prod *p, const char *dn) {
         return in;
 }
 
-char *prod_root_attr(prod *p, const char *attr) {
+char *prod_read_attr(prod *p, const char *dn, const char *attr, size_t *ret_len) {
         char *attrs[] = {(char *)attr, NULL};
         LDAPMessage *res = NULL;
         struct timeval tv = {(time_t)(p->cf->timeout_ms / 1000), 0};
-        int rc = ldap_search_ext_s(p->ld, "", LDAP_SCOPE_BASE, "(objectClass=*)", attrs, 0, NULL, NULL, &tv, 1, &res);
+        int rc = ldap_search_ext_s(p->ld, dn, LDAP_SCOPE_BASE, "(objectClass=*)", attrs, 0, NULL, NULL, &tv, 1, &res);
         char *out = NULL;
         if (rc == LDAP_SUCCESS) {
                 LDAPMessage *e = ldap_first_entry(p->ld, res);
                 struct berval **v = e ? ldap_get_values_len(p->ld, e, attr) : NULL;
-                if (v && v[0])
-                        out = strndup(v[0]->bv_val, v[0]->bv_len);
+                if (v && v[0] && (out = malloc(v[0]->bv_len + 1))) {
+                        memcpy(out, v[0]->bv_val, v[0]->bv_len);
+                        out[v[0]->bv_len] = 0;
+                        if (ret_len)
+                                *ret_len = v[0]->bv_len;
+                }
                 ldap_value_free_len(v);
         }
         ldap_msgfree(res);
         return out;
+}
+
+char *prod_root_attr(prod *p, const char *attr) {
+        return prod_read_attr(p, "", attr, NULL);
 }
 
 static bool root_has(prod *p, const char *attr, const char *value) {

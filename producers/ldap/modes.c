@@ -612,18 +612,59 @@ static canopy_err usn_entry(prod *p, LDAPMessage *e, void *arg) {
         return prod_entry(p, e, NULL, 0, ENTRY_FULL, false, NULL);
 }
 
+/* The domain controller's invocationId (its NTDS Settings object, named by
+ * the root DSE's dsServiceName) as 32 hex digits, or "" when it cannot be
+ * read. USNs are numbered per DC: a USN saved on one DC means nothing on
+ * another, nor on the same DC restored from a backup (which gets a new
+ * invocationId), so the saved position carries the invocationId with it. */
+static void usn_invocation(prod *p, char out[33]) {
+        out[0] = 0;
+        char *ds = prod_root_attr(p, "dsServiceName");
+        if (!ds)
+                return;
+        size_t n = 0;
+        char *v = prod_read_attr(p, ds, "invocationId", &n);
+        if (v && n == 16)
+                for (size_t i = 0; i < 16; i++)
+                        snprintf(out + 2 * i, 3, "%02x", (unsigned char)v[i]);
+        free(v);
+        free(ds);
+}
+
 canopy_err mode_usn(prod *p) {
         canopy_bytes saved = {0};
         canopy_err err = canopy_checkpoint_get_position(p->cp, "usn", &saved);
         if (err && err != CANOPY_ERR_NOT_FOUND)
                 return err;
+        /* The position is "<invocationId hex>:<USN>" ("<USN>" alone before
+         * the invocationId was saved, or when the DC does not show it). */
         long long last = 0;
+        char saved_inv[33] = "", inv[33];
         if (saved.len) {
-                char b[32];
-                snprintf(b, sizeof(b), "%.*s", (int)(saved.len < 31 ? saved.len : 31), (const char *)saved.data);
-                last = strtoll(b, NULL, 10);
+                char b[80];
+                snprintf(b, sizeof(b), "%.*s", (int)(saved.len < 79 ? saved.len : 79), (const char *)saved.data);
+                char *colon = strchr(b, ':');
+                if (colon && colon - b == 32) {
+                        memcpy(saved_inv, b, 32);
+                        saved_inv[32] = 0;
+                        last = strtoll(colon + 1, NULL, 10);
+                } else
+                        last = strtoll(b, NULL, 10);
         }
         free(saved.data);
+        usn_invocation(p, inv);
+        if (!inv[0])
+                canopy_log(CANOPY_LOG_WARN, MOD, NULL,
+                           "usn: the domain controller's invocationId cannot be read (dsServiceName / NTDS Settings); "
+                           "a switch to another domain controller will not be noticed. Point ldap.uris at one DC.");
+        if (last && inv[0] && strcmp(saved_inv, inv)) {
+                canopy_log(CANOPY_LOG_WARN, MOD, NULL,
+                           "usn: the saved USN %lld was read from %s%s, this domain controller is %s (another DC, "
+                           "or this one restored from a backup): its USNs do not compare, so a full pass follows",
+                           last, saved_inv[0] ? "invocationId " : "", saved_inv[0] ? saved_inv : "an unrecorded DC",
+                           inv);
+                last = 0;
+        }
         err = CANOPY_OK;
         LDAPControl show = {0};
         show.ldctl_oid = LDAP_CONTROL_X_SHOW_DELETED;
@@ -636,6 +677,13 @@ canopy_err mode_usn(prod *p) {
                 }
                 long long high = strtoll(h, NULL, 10);
                 free(h);
+                if (high < last) {
+                        canopy_log(CANOPY_LOG_WARN, MOD, NULL,
+                                   "usn: highestCommittedUSN %lld is below the saved USN %lld (the domain controller "
+                                   "was rolled back?): a full pass follows",
+                                   high, last);
+                        last = 0;
+                }
                 canopy_metrics_set(p->m_lag, NULL, (double)(high - last));
                 if (high > last) {
                         bool initial = last == 0;
@@ -652,8 +700,9 @@ canopy_err mode_usn(prod *p) {
                         if (!err && initial)
                                 err = prod_scan_end(p);
                         if (!err) {
-                                char pos[32];
-                                int n = snprintf(pos, sizeof(pos), "%lld", high);
+                                char pos[80];
+                                int n = inv[0] ? snprintf(pos, sizeof(pos), "%s:%lld", inv, high)
+                                               : snprintf(pos, sizeof(pos), "%lld", high);
                                 err = prod_checkpoint(p, "usn", pos, (size_t)n);
                         }
                         if (!err) {

@@ -90,6 +90,10 @@ canopy_err prod_connect(prod *p);      /* connect, TLS, bind, rootDSE, security 
 void prod_disconnect(prod *p);
 canopy_err prod_ldap_err(prod *p, int rc, const char *what); /* map + log an LDAP error once */
 bool prod_in_scope(prod *p, const char *dn);
+/* The first value of ATTR of the entry DN ("" for the root DSE), NUL-terminated
+ * (binary values too: *ret_len, when not NULL, gets the length); NULL when
+ * it cannot be read. */
+char *prod_read_attr(prod *p, const char *dn, const char *attr, size_t *ret_len);
 char *prod_root_attr(prod *p, const char *attr); /* one rootDSE value (owned) or NULL */
 
 /* ---- emit.c ---- */

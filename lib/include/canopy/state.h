@@ -181,6 +181,10 @@ canopy_err canopy_state_dn_get(canopy_state *st, const char *connector, const ch
  * canopy_state_member_resolve() reports references to it as dangling. */
 canopy_err canopy_state_dn_del(canopy_state *st, const char *connector, const char *dn,
                                const canopy_bytes *anchor);
+/* The anchor of the object that last held (connector, DN), when the DN was
+ * buried by canopy_state_dn_del (renamed away or deleted);
+ * CANOPY_ERR_NOT_FOUND when the DN is held now or was never seen. */
+canopy_err canopy_state_dn_former(canopy_state *st, const char *connector, const char *dn, canopy_bytes *ret);
 
 /* ---- END_OF_SCAN pieces ------------------------------------------------- */
 

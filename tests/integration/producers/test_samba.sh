@@ -3,8 +3,8 @@
 # account refused, DirSync without the replication right refused with a hint,
 # dirsync mode (add, modify, rename, move between OUs, member add/remove as
 # incremental values, delete through the tombstone, ms-DS-ConsistencyGuid as
-# anchor, write-back of the anchor) and usn mode (add, modify, delete via
-# Show Deleted).
+# anchor, write-back of the anchor) and usn mode (add, modify, rename, move, member add/remove,
+# delete via Show Deleted, a switch to another DC).
 . "$(dirname "$0")/common.sh"
 TAIL_BIN=$1
 A=CANOPY_TEST_AD_CORP
@@ -197,4 +197,66 @@ ok "ranged retrieval (member;range=1-*) was used for the group"
 wait_for "usn delete found through Show Deleted" '[e for e in ev(op="DELETE", anchor="112233445566778899aabbccddeeff00") if e["connector"] == "corp-usn"]' $n
 wait_for "side by side: the dirsync connector saw the same delete under its own connector id" \
   '[e for e in ev(op="DELETE", anchor="112233445566778899aabbccddeeff00") if e["connector"] == "corp"]' $n
+USN_PID=$LAST_PID
+
+# ---- usn mode: rename, move between OUs, member remove
+n=$(nevents)
+lm <<LDIF
+dn: CN=Smith\, Grace,OU=Staff,$BASE
+changetype: modrdn
+newrdn: CN=Smith\, Grace H
+deleteoldrdn: 1
+LDIF
+wait_for "usn rename: RENAME with prev_dn" "[e for e in ev(op='RENAME', dn_has='Grace H') if e['connector'] == 'corp-usn' and 'Grace,OU=Staff' in e['prev_dn']]" $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Smith\, Grace H,OU=Staff,$BASE
+changetype: modrdn
+newrdn: CN=Smith\, Grace H
+deleteoldrdn: 1
+newsuperior: OU=Moved,$BASE
+LDIF
+wait_for "usn move between OUs: RENAME into OU=Moved" "[e for e in ev(op='RENAME', dn_has='Grace H') if e['connector'] == 'corp-usn' and 'OU=Moved' in e['dn'] and 'OU=Staff' in e['prev_dn']]" $n
+n=$(nevents)
+lm <<LDIF
+dn: CN=Engineers,OU=Staff,$BASE
+changetype: modify
+delete: member
+member: CN=Smith\, Grace H,OU=Moved,$BASE
+LDIF
+wait_for "usn member remove: the group's members lose Grace" "[e for e in ev(op='MODIFY', cls='group') if e['connector'] == 'corp-usn' and not [v for v in vals(e,'member') + added(e,'member') if 'Grace' in v] and [v for v in removed(e,'member') if 'Grace' in v]]" $n
+
+# ---- usn mode after a switch to another domain controller: USNs are per DC,
+# so the saved position carries the DC's invocationId. Stop the connector,
+# make its position look as if read from another DC far ahead (a replica DC
+# with higher USNs), change and delete objects meanwhile: on restart the
+# producer must notice and do a full pass (a USN-only check would wait for
+# USNs this DC never reaches, and miss both changes).
+kill -TERM "$USN_PID"; wait "$USN_PID" 2>/dev/null
+key="canopy:{conn:corp-usn}:pos:usn"
+rc() { redis-cli -h "$CANOPY_TEST_REDIS_HOST" -p "$CANOPY_TEST_REDIS_PORT" "$@"; }
+pos=$(rc GET "$key")
+[[ $pos =~ ^[0-9a-f]{32}:[0-9]+$ ]] || fail "usn position '$pos' does not carry the DC's invocationId"
+ok "usn position saved with the DC's invocationId (${pos%%:*})"
+rc SET "$key" "0123456789abcdef0123456789abcdef:$(( ${pos#*:} + 1000000 ))" >/dev/null
+n=$(nevents)
+lm <<LDIF
+dn: CN=External Contact,OU=Staff,$BASE
+changetype: modify
+replace: description
+description: changed while on another DC
+LDIF
+lm <<LDIF
+dn: CN=Smith\, Grace H,OU=Moved,$BASE
+changetype: delete
+LDIF
+start_producer usn "$T/usn.yaml"
+USN_PID=$LAST_PID
+wait_log usn "usn: the saved USN .* was read from invocationId 0123456789abcdef0123456789abcdef"
+wait_for "after the DC switch: a full pass, ended by END_OF_SCAN" 'len(scans("corp-usn")) == 1' $n
+assert "after the DC switch: the change made meanwhile is read" "[e for e in ev(dn_has='External Contact') if e['connector'] == 'corp-usn' and vals(e,'description') == ['changed while on another DC']]" $n
+assert "after the DC switch: the delete made meanwhile is read" "[e for e in ev(op='DELETE') if e['connector'] == 'corp-usn' and 'Grace' in (e['dn'] or '')]" $n
+pos=$(rc GET "$key")
+[ "${pos%%:*}" != 0123456789abcdef0123456789abcdef ] || fail "position still names the other DC: $pos"
+ok "position now names this DC again"
 echo "all samba checks passed"

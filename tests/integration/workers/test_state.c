@@ -180,8 +180,18 @@ static void test_dn_index(void **ctx) {
         assert_int_equal(canopy_state_dn_get(st, "c", "uid=bob,ou=people,dc=example", &got), CANOPY_OK);
         assert_memory_equal(got.data, a2.data, a2.len);
         free(got.data);
+        /* Held: no former holder. */
+        assert_int_equal(canopy_state_dn_former(st, "c", "uid=bob,ou=people,dc=example", &got), CANOPY_ERR_NOT_FOUND);
         assert_int_equal(canopy_state_dn_del(st, "c", "uid=bob,ou=people,dc=example", &a2), CANOPY_OK);
         assert_int_equal(canopy_state_dn_get(st, "c", "uid=bob,ou=people,dc=example", &got), CANOPY_ERR_NOT_FOUND);
+        /* Buried: the tombstone still names who held it (a removal that
+         * names the old DN finds the member), never seen: nothing. */
+        assert_int_equal(canopy_state_dn_former(st, "c", "UID=Bob,ou=people,dc=example", &got), CANOPY_OK);
+        assert_int_equal(got.len, a2.len);
+        assert_memory_equal(got.data, a2.data, a2.len);
+        free(got.data);
+        got.data = NULL;
+        assert_int_equal(canopy_state_dn_former(st, "c", "uid=nobody,ou=people,dc=example", &got), CANOPY_ERR_NOT_FOUND);
 
         /* A member reference to the buried DN is dangling; one to a DN never
          * seen is not (its member may still come). */
@@ -202,6 +212,7 @@ static void test_dn_index(void **ctx) {
         assert_int_equal(canopy_state_dn_get(st, "c", "uid=bob,ou=people,dc=example", &got), CANOPY_OK);
         assert_memory_equal(got.data, a1.data, a1.len);
         free(got.data);
+        assert_int_equal(canopy_state_dn_former(st, "c", "uid=bob,ou=people,dc=example", &got), CANOPY_ERR_NOT_FOUND);
         canopy_state_free(st);
 }
 
