@@ -180,7 +180,69 @@ static void desired_clear(desired *d) {
         memset(d, 0, sizeof(*d));
 }
 
-static canopy_err compute_desired(export_ctx *ec, const canopy_mv_record *mv, desired *d) {
+static canopy_graph_kind kind_of(const char *type);
+
+/* SelectUniqueValue: a candidate is unique when no object of Entra holds
+ * it, or when the object holding it is this one (its cloud id, or for a
+ * user its onPremisesImmutableId from one of its records: a hard match
+ * after a rebuild). As Entra Connect cloud sync, uniqueness is that of the
+ * target directory. A Graph failure stops the computation (retried), it is
+ * not taken for "in use". */
+typedef struct unique_ctx {
+        export_ctx *ec;
+        canopy_graph_kind kind;
+        const canopy_export_state *es; /* NULL: never exported */
+        const desired *d;              /* its records (anchors) */
+        canopy_err err;
+} unique_ctx;
+
+static bool value_unique(void *ctx, const char *property, const char *value) {
+        unique_ctx *u = ctx;
+        if (u->err || !u->ec->gc || !property || !value)
+                return true;
+        /* The value this object was last exported with is its own. */
+        if (u->es && u->es->entra_id && !u->es->deleted && u->es->props_json) {
+                json_t *last = json_loads(u->es->props_json, 0, NULL);
+                const char *was = json_string_value(json_object_get(last, property));
+                bool own = was && !strcasecmp(was, value);
+                json_decref(last);
+                if (own)
+                        return true;
+        }
+        char id[CANOPY_GRAPH_ID_MAX] = "", *json = NULL;
+        canopy_graph_error ei;
+        memset(&ei, 0, sizeof(ei));
+        canopy_err err = canopy_graph_find_select(u->ec->gc, u->kind, property, value,
+                                                  u->kind == CANOPY_GRAPH_USER ? "id,onPremisesImmutableId" : "id", id,
+                                                  &json, &ei);
+        count_graph(u->ec, GK_LOOKUP, err == CANOPY_ERR_GRAPH_NOT_FOUND || err == CANOPY_ERR_GRAPH_CONFLICT
+                                              ? CANOPY_OK
+                                              : err);
+        canopy_graph_error_clear(&ei);
+        if (err == CANOPY_ERR_GRAPH_NOT_FOUND)
+                return true;
+        if (err == CANOPY_ERR_GRAPH_CONFLICT) /* held by two objects: not ours to take */
+                return false;
+        if (err) {
+                u->err = err;
+                return true;
+        }
+        bool self = u->es && u->es->entra_id && !strcmp(u->es->entra_id, id);
+        json_t *o = self ? NULL : json_loads(json, 0, NULL);
+        const char *imm = json_string_value(json_object_get(o, "onPremisesImmutableId"));
+        for (size_t i = 0; imm && !self && i < u->d->nrecs; i++) {
+                char b64[256];
+                canopy_state_anchor_b64(&u->d->recs[i]->anchor, b64, sizeof(b64));
+                self = !strcmp(b64, imm);
+        }
+        json_decref(o);
+        free(json);
+        CANOPY_DEBUG(MOD, "SelectUniqueValue: %s %s is %s", property, value, self ? "this object's" : "in use");
+        return self;
+}
+
+static canopy_err compute_desired(export_ctx *ec, const canopy_mv_record *mv, const canopy_export_state *es,
+                                  desired *d) {
         canopy_err err = CANOPY_OK;
         d->recs = calloc(mv->ncontribs + 1, sizeof(*d->recs));
         canopy_obj_view *views = calloc(mv->ncontribs + 1, sizeof(*views));
@@ -221,7 +283,17 @@ static canopy_err compute_desired(export_ctx *ec, const canopy_mv_record *mv, de
                 goto out;
         canopy_rules_desired des = {0};
         char msg[256] = "";
-        err = canopy_rules_compute(ec->w->rules, mv->object_type, vp, d->nrecs, NULL, ec->a, &des, msg, sizeof(msg));
+        unique_ctx uc = {ec, kind_of(mv->object_type ? mv->object_type : "user"), es, d, CANOPY_OK};
+        canopy_eval_ctx ectx = {0};
+        ectx.is_unique = value_unique;
+        ectx.unique_ctx = &uc;
+        err = canopy_rules_compute(ec->w->rules, mv->object_type, vp, d->nrecs, &ectx, ec->a, &des, msg, sizeof(msg));
+        if (!err && uc.err) {
+                CANOPY_WARN(MOD, "%s: SelectUniqueValue could not ask Graph (%s): retried", mv->mv_id,
+                            canopy_err_text(uc.err));
+                err = uc.err;
+                goto out;
+        }
         if (err) {
                 CANOPY_WARN(MOD, "rules for %s: %s", mv->mv_id, msg);
                 goto out;
@@ -1233,7 +1305,7 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                 goto out;
         }
         if (mv) {
-                err = compute_desired(ec, mv, &d);
+                err = compute_desired(ec, mv, es, &d);
                 if (!err && !strcmp(type, "user"))
                         err = upn_verified(ec, d.props);
                 if (err)

@@ -306,8 +306,8 @@ static bool is_collection(const char *prop) {
 }
 
 /* canopy_graph_find with a $select (NULL: the default properties). */
-static canopy_err find_select(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
-                              const char *select, char *ret_id, char **ret_json, canopy_graph_error *ei) {
+canopy_err canopy_graph_find_select(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
+                                    const char *select, char *ret_id, char **ret_json, canopy_graph_error *ei) {
         if (!gc || !value || !ret_id || !prop_name_ok(prop))
                 return CANOPY_ERR_INVALID_ARG;
         canopy_graph_error_clear(ei);
@@ -368,7 +368,7 @@ out:
 
 canopy_err canopy_graph_find(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
                              char *ret_id, char **ret_json, canopy_graph_error *ei) {
-        return find_select(gc, kind, prop, value, NULL, ret_id, ret_json, ei);
+        return canopy_graph_find_select(gc, kind, prop, value, NULL, ret_id, ret_json, ei);
 }
 
 /* After an ObjectConflict on a create: who holds the conflicting value?
@@ -383,7 +383,7 @@ static int conflict_holder(canopy_graph *gc, canopy_graph_kind kind, const canop
         char sel[128], *json = NULL;
         snprintf(sel, sizeof(sel), "id,%s", match_prop);
         char oid[CANOPY_GRAPH_ID_MAX];
-        if (find_select(gc, kind, ei->conflict_property, ei->conflict_value, sel, oid, &json, NULL))
+        if (canopy_graph_find_select(gc, kind, ei->conflict_property, ei->conflict_value, sel, oid, &json, NULL))
                 return -1;
         json_t *o = json_loads(json, 0, NULL);
         const char *v = json_string_value(json_object_get(o, match_prop));

@@ -314,6 +314,9 @@ canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char
  * than one matches (ei->conflict_property/value set). */
 canopy_err canopy_graph_find(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
                              char *ret_id, char **ret_json, canopy_graph_error *ei);
+/* canopy_graph_find with $select=select (NULL: the default properties). */
+canopy_err canopy_graph_find_select(canopy_graph *gc, canopy_graph_kind kind, const char *prop, const char *value,
+                                    const char *select, char *ret_id, char **ret_json, canopy_graph_error *ei);
 
 /* Convenience wrappers for users (kind USER, match by onPremisesImmutableId). */
 canopy_err canopy_graph_user_create(canopy_graph *gc, const char *body, const char *immutable_id,

@@ -28,6 +28,16 @@ trap cleanup EXIT
 rcli() { redis-cli -h "$CANOPY_TEST_REDIS_HOST" -p "$CANOPY_TEST_REDIS_PORT" "$@"; }
 emu() { curl -sf --cacert "$CANOPY_TEST_GRAPH_CA" "$CANOPY_TEST_GRAPH_URL$1"; }
 state() { emu "/_emulator/state"; }
+# graph METHOD PATH [JSON]: a Graph call to the emulator as the application.
+graph() {
+        local tok
+        tok=$(curl -sSf --cacert "$CANOPY_TEST_GRAPH_CA" "$CANOPY_TEST_GRAPH_URL/$CANOPY_TEST_GRAPH_TENANT/oauth2/v2.0/token" \
+                -d grant_type=client_credentials -d client_id="$CANOPY_TEST_GRAPH_CLIENT_ID" \
+                --data-urlencode client_secret@"$CANOPY_TEST_GRAPH_SECRET_FILE" \
+                -d scope=https://graph.microsoft.com/.default | jq -r .access_token) || return 1
+        curl -sSf --cacert "$CANOPY_TEST_GRAPH_CA" -X "$1" -H "Authorization: Bearer $tok" -H 'Content-Type: application/json' \
+                ${3:+-d "$3"} "$CANOPY_TEST_GRAPH_URL/v1.0$2"
+}
 writes() { emu "/_emulator/stats" | jq '.writes'; }
 
 # wait_for DESCRIPTION JQ-EXPR: poll the emulator state until the jq
@@ -312,6 +322,46 @@ cross-forest-group)
         check_no_duplicates
         [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
         ;;
+unique-upn)
+        # userPrincipalName by SelectUniqueValue: sn@, then given.sn@, then
+        # uid@. Unique in Entra: a cloud-only user already holds chen@, so
+        # carol gets Carol.Chen@; dan and dan2 (sn Anders, as alice) get the
+        # next free candidates; a change to alice keeps her own anders@.
+        cat >"$T/rules-unique.yaml" <<'YAML'
+version: 1
+connectors:
+  - id: a
+    kind: openldap
+    domain: corp.test
+    scope:
+      exclude_ous: ["ou=disabled,dc=a,dc=test"]
+    flows:
+      user:
+        - target: userPrincipalName
+          expression: |
+            SelectUniqueValue(
+              Join("@", ToLower([sn]), "corp.test"),
+              Join("@", Join(".", [givenName], [sn]), "corp.test"),
+              Join("@", [uid], "corp.test"))
+YAML
+        graph POST /users '{"accountEnabled": true, "displayName": "Cloud Chen", "mailNickname": "cloudchen", "userPrincipalName": "chen@corp.test", "passwordProfile": {"password": "Cl0ud-only!x"}}' >/dev/null ||
+                fail "cannot create the cloud-only user"
+        start_producer A
+        RULES=$T/rules-unique.yaml start_worker w1
+        wait_for "4 users" '(.users | length) == 4'
+        got=$(state | jq -c '[.users[].userPrincipalName] | sort')
+        [ "$got" = '["Carol.Chen@corp.test","anders@corp.test","brown@corp.test","chen@corp.test"]' ] || fail "UPNs: $got"
+        printf 'dn: uid=dan,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: dan\ncn: Dan Anders\nsn: Anders\ngivenName: Dan\nmail: dan@corp.test\n' | ldapmod A
+        wait_for "dan gets the second candidate" '[.users[] | select(.mailNickname == "dan") | .userPrincipalName] == ["Dan.Anders@corp.test"]'
+        printf 'dn: uid=dan2,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: dan2\ncn: Dan Anders\nsn: Anders\ngivenName: Dan\nmail: dan2@corp.test\n' | ldapmod A
+        wait_for "dan2 gets the third candidate" '[.users[] | select(.mailNickname == "dan2") | .userPrincipalName] == ["dan2@corp.test"]'
+        printf 'dn: uid=alice,ou=people,dc=a,dc=test\nchangetype: modify\nreplace: title\ntitle: Lead\n' | ldapmod A
+        wait_for "alice changed" '.users[] | select(.mailNickname == "alice") | .jobTitle == "Lead"'
+        [ "$(state | jq -r '.users[] | select(.mailNickname == "alice") | .userPrincipalName')" = anders@corp.test ] ||
+                fail "alice lost her own UPN: $(state | jq -c '[.users[] | {mailNickname, userPrincipalName}]')"
+        [ "$(rcli HLEN w:errors:{err})" = 0 ] || fail "unexpected errors: $(rcli HGETALL w:errors:{err})"
+        check_no_duplicates
+        ;;
 anchor-stays)
         # alice exists in both forests (joined on mail); A has precedence. B
         # is read first, so alice is created with B's anchor. When A's record
@@ -534,13 +584,8 @@ conflict)
         grep -q 'no-such-object is not in the errors set' "$T/ctl.err" || fail "unknown id: $(cat "$T/ctl.err")"
         # ...and fixes Entra, not the directory: the other object gets another
         # UPN. Nothing changed in the source, so nothing is retried until asked.
-        tok=$(curl -sSf --cacert "$CANOPY_TEST_GRAPH_CA" "$CANOPY_TEST_GRAPH_URL/$CANOPY_TEST_GRAPH_TENANT/oauth2/v2.0/token" \
-                -d grant_type=client_credentials -d client_id="$CANOPY_TEST_GRAPH_CLIENT_ID" \
-                --data-urlencode client_secret@"$CANOPY_TEST_GRAPH_SECRET_FILE" \
-                -d scope=https://graph.microsoft.com/.default | jq -r .access_token)
         upn=$(echo "$err" | jq -r .value)
-        curl -sSf --cacert "$CANOPY_TEST_GRAPH_CA" -X PATCH -H "Authorization: Bearer $tok" -H 'Content-Type: application/json' \
-                -d "{\"userPrincipalName\": \"moved.${upn}\"}" "$CANOPY_TEST_GRAPH_URL/v1.0/users/$other" >/dev/null ||
+        graph PATCH "/users/$other" "{\"userPrincipalName\": \"moved.${upn}\"}" >/dev/null ||
                 fail "PATCH of the other object in the emulator"
         sleep 2
         [ "$(rcli HLEN w:errors:{err})" = 1 ] || fail "the error went without a change or a request"
