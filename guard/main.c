@@ -11,7 +11,7 @@
  *   GET  /v1/status                      [viewer]   guard status (JSON)
  *   GET  /v1/held?limit=N                [viewer]   held deletes
  *   GET  /v1/history?connector=&type=&offset=&limit=&format=csv|json [viewer]
- *   GET  /v1/errors?limit=N              [viewer]   objects in error
+ *   GET  /v1/errors?limit=N              [viewer]   objects in error, with their descriptions
  *   GET  /v1/audit?offset=&limit=        [admin]    audit trail
  *   POST /v1/quarantine/approve          [operator] send the held deletes, resume
  *   POST /v1/quarantine/reject           [operator] drop them, resume; ?full_scan=CONNECTOR
@@ -305,18 +305,49 @@ static void h_audit(void *opaque, const canopy_http_req *req, canopy_http_resp *
         resp_json(resp, 200, json_pack("{s:o}", "audit", arr));
 }
 
+/* The objects in the errors set (conflicts, values Graph refused), at most
+ * ?limit= of them (default 100), each its description with its mv_id, and
+ * the count of all. */
 static void h_errors(void *opaque, const canopy_http_req *req, canopy_http_resp *resp) {
         guard *g = opaque;
         const char *who;
         if (!authorize(g, req, resp, ROLE_VIEWER, &who))
                 return;
+        size_t limit = arg_size(req, "limit", 100, 10000);
         int64_t n = 0;
+        json_t *arr = json_array(), *seen = json_object();
         pthread_mutex_lock(&g->api_lock);
         canopy_err err = canopy_state_error_count(g->api_st, &n);
+        uint64_t cur = 0;
+        do {
+                char **ids = NULL, **js = NULL;
+                size_t pn = 0;
+                if (err || (err = canopy_state_error_scan(g->api_st, &cur, &ids, &js, &pn)))
+                        break;
+                /* HSCAN may give an entry twice, never skips one. */
+                for (size_t i = 0; i < pn && json_array_size(arr) < limit; i++) {
+                        if (json_object_get(seen, ids[i]))
+                                continue;
+                        json_object_set_new(seen, ids[i], json_true());
+                        json_t *o = json_loads(js[i], 0, NULL);
+                        if (!json_is_object(o)) {
+                                json_decref(o);
+                                o = json_pack("{s:s}", "description", js[i]);
+                        }
+                        json_object_set_new(o, "mv_id", json_string(ids[i]));
+                        json_array_append_new(arr, o);
+                }
+                canopy_state_strv_free(ids);
+                canopy_state_strv_free(js);
+        } while (cur && json_array_size(arr) < limit);
         pthread_mutex_unlock(&g->api_lock);
-        if (err)
+        json_decref(seen);
+        if (err) {
+                json_decref(arr);
                 return resp_error(resp, 503, canopy_err_name(err), "cannot read the errors set");
-        resp_json(resp, 200, json_pack("{s:I}", "count", (json_int_t)n));
+        }
+        bool more = (int64_t)json_array_size(arr) < n;
+        resp_json(resp, 200, json_pack("{s:I,s:o,s:b}", "count", (json_int_t)n, "errors", arr, "truncated", more));
 }
 
 static void h_decide(guard *g, const canopy_http_req *req, canopy_http_resp *resp, bool approve) {

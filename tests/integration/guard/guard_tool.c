@@ -2,6 +2,7 @@
  *   guard_tool reserve N PREFIX     reserve N deletes; prints "allow A hold H drop D"
  *   guard_tool run CONNECTOR TYPE TOTAL CHANGED DELETED FILTERED ERRORS [SCAN]
  *   guard_tool endscan CONNECTOR SCAN  (what the join stage does at END_OF_SCAN)
+ *   guard_tool error MV_ID JSON        (what the export stage does on a conflict)
  * Redis from CANOPY_TEST_REDIS_HOST/_PORT, key prefix "canopy:". */
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,9 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[1], "endscan") && argc == 4) {
                 size_t closed = 0;
                 if (canopy_run_close(st, argv[2], argv[3], -1, 0, now_ms(), 0, &closed) || closed != 1)
+                        rc = 1;
+        } else if (!strcmp(argv[1], "error") && argc == 4) {
+                if (canopy_state_error_set(st, argv[2], argv[3]))
                         rc = 1;
         } else {
                 fprintf(stderr, "guard_tool: bad command\n");

@@ -142,6 +142,24 @@ code -H "Authorization: Bearer $viewer" "$api/v1/history?format=csv&connector=no
 grep -q '^south,group,full,.*,4,2,0,0,0,success' "$t/ctl.out" || fail "canopyctl history csv: $(cat "$t/ctl.out")"
 [ "$(grep -c . "$t/ctl.out")" = 2 ] || fail "canopyctl history filter: $(cat "$t/ctl.out")"
 
+# Objects in error: listed with their descriptions, the count of all, and
+# ?limit= cuts the list (truncated says so). A name with a quote and
+# Unicode comes back intact.
+[ "$(code -H "Authorization: Bearer $viewer" "$api/v1/errors")" = 200 ] || fail "errors (empty)"
+jq -e '.count == 0 and .errors == [] and .truncated == false' "$t/body" >/dev/null || fail "errors empty: $(cat "$t/body")"
+for i in 1 2 3; do
+        "$tool" error "mv-err-$i" "{\"type\":\"user\",\"code\":\"GRAPH_CONFLICT\",\"property\":\"userPrincipalName\",\"value\":\"zoë.o'brien$i@corp.test\"}" ||
+                fail "guard_tool error"
+done
+[ "$(code -H "Authorization: Bearer $viewer" "$api/v1/errors")" = 200 ] || fail "errors"
+jq -e '.count == 3 and (.errors | length) == 3 and .truncated == false
+       and ([.errors[].mv_id] | sort) == ["mv-err-1", "mv-err-2", "mv-err-3"]
+       and ([.errors[] | select(.mv_id == "mv-err-2")][0] | .code == "GRAPH_CONFLICT" and .value == "zoë.o'"'"'brien2@corp.test")' \
+        "$t/body" >/dev/null || fail "errors list: $(cat "$t/body")"
+[ "$(code -H "Authorization: Bearer $viewer" "$api/v1/errors?limit=2")" = 200 ] || fail "errors?limit=2"
+jq -e '.count == 3 and (.errors | length) == 2 and .truncated == true' "$t/body" >/dev/null || fail "errors limit: $(cat "$t/body")"
+[ "$(code "$api/v1/errors")" = 401 ] || fail "errors without a token"
+
 # Audit: who approved and rejected; the policy switch by an admin.
 [ "$(code -X POST -H "Authorization: Bearer $admin" -d '{"enabled":false}' "$api/v1/policy")" = 200 ] || fail "admin policy"
 grep -q "deletion guard DISABLED by adam" "$t/guard.log" || fail "disabling the guard must be logged"
