@@ -3,9 +3,11 @@
 # whole OU against a threshold; the emulator receives exactly the threshold,
 # the rest is held; a rejection drops held deletes, an approval sends
 # exactly them; revoked Graph credentials quarantine the pipeline.
-#   test_guard_e2e.sh BIN_DIR [USERS THRESHOLD WORKERS]   (long: 2500 500 4)
+#   test_guard_e2e.sh BIN_DIR [USERS THRESHOLD WORKERS DELETES]
+#   (default 2100 500 4 2000: four workers race 2,000 deletes against the
+#   default threshold of 500)
 set -uo pipefail
-bin=$1 users=${2:-300} limit=${3:-60} workers=${4:-3}
+bin=$1 users=${2:-2100} limit=${3:-500} workers=${4:-4} n=${5:-2000}
 out=$(mktemp -d)
 demo_pid=
 cleanup() {
@@ -38,11 +40,10 @@ wait_until() { # DESCRIPTION SECONDS CMD...
 [ "$(nusers)" = "$users" ] || fail "initial sync: $(nusers) users, want $users"
 dns=$(grep -a '^dn: uid=\|^dn:: ' "$out/g.ldif" | grep -v 'ou=Groups' | tail -n +1)
 
-# Phase 1: delete limit + 40 people at once. Exactly `limit` deletes reach
-# Graph; the next one is held and the pipeline is quarantined (every export
+# Phase 1: delete n people at once. Exactly `limit` deletes reach Graph;
+# the next one is held and the pipeline is quarantined (every export
 # pauses, so the rest waits in Kafka, uncommitted).
-n=$((limit + 40))
-[ "$n" -lt "$users" ] || fail "need more users than limit + 40"
+[ "$n" -gt "$limit" ] && [ "$n" -lt "$users" ] || fail "need limit < deletes < users"
 base_deleted=$(ndeleted)
 awk -v n=$n 'BEGIN{RS=""} /objectClass: inetOrgPerson/ && c < n {split($0, l, "\n"); print l[1]; print "changetype: delete\n"; c++}' "$out/g.ldif" | ldapmod
 quarantined() { status | grep -q "state: *QUARANTINED"; }
@@ -65,10 +66,25 @@ got=$(( $(ndeleted) - base_deleted ))
 [ "$got" = "$limit" ] || fail "after reject: $got deletes, want $limit"
 
 # Approve: what is held now goes out, the window restarts, and the rest of
-# the deletes (under the threshold) follow.
-"$bin/canopyctl" guard approve | grep -q "^approved: " || fail "approve"
+# the deletes follow, at most `limit` per approval: each time the rest
+# crosses the threshold again, the pipeline is quarantined again, and the
+# operator approves again.
 all_sent() { [ $(( $(ndeleted) - base_deleted )) = $((n - dropped)) ]; }
-wait_until "every delete but the rejected ones sent" 240 all_sent
+sent_or_quarantined() { all_sent || { quarantined && [ "$(held)" -ge 1 ]; }; }
+approvals=0
+while ! all_sent; do
+        before=$(( $(ndeleted) - base_deleted )) h=$(held)
+        "$bin/canopyctl" guard approve | grep -q "^approved: " || fail "approve"
+        approvals=$((approvals + 1))
+        [ $approvals -le $((n / limit + 2)) ] || fail "still not every delete sent after $approvals approvals"
+        wait_until "the rest sent, or quarantined again" 240 sent_or_quarantined
+        all_sent && break
+        sleep 3
+        after=$(( $(ndeleted) - base_deleted ))
+        # One approval lets through what was held plus at most one window.
+        [ $((after - before)) -le $((h + limit)) ] || fail "one approval sent $((after - before)) deletes ($h held, limit $limit)"
+done
+echo "every delete but the $dropped rejected sent after $approvals approval(s)"
 sleep 3
 [ $(( $(ndeleted) - base_deleted )) = $((n - dropped)) ] || fail "more deletes than allowed"
 [ "$(nusers)" = $((users - n + dropped)) ] || fail "$(nusers) users left in Entra, want $((users - n + dropped))"
@@ -95,4 +111,4 @@ ldapq() { status | grep -q "reason: *ldap-bind"; }
 wait_until "LDAP bind quarantine" 120 ldapq
 kill "$p2"; wait "$p2" 2>/dev/null
 grep -q "bind refused" "$T/producer-g-2.log" || fail "the producer did not say the bind was refused"
-echo "PASS: guard e2e ($workers workers, $users users, threshold $limit)"
+echo "PASS: guard e2e ($workers workers, $users users, $n deletes, threshold $limit)"
