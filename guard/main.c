@@ -609,6 +609,11 @@ int main(int argc, char **argv) {
                 canopy_conf_free(&canopy_conf_guard, &g.cf);
                 return 0;
         }
+        if (canopy_kafka_register_schemas(&g.cf.kafka, eb, sizeof(eb))) {
+                fprintf(stderr, "canopy-guard: %s\n", eb);
+                canopy_conf_free(&canopy_conf_guard, &g.cf);
+                return 2;
+        }
         int rc = 1;
         curl_global_init(CURL_GLOBAL_DEFAULT);
         err = admin_tokens_load(g.cf.admin_tokens_file, &g.tokens, eb, sizeof(eb));

@@ -228,6 +228,11 @@ int main(int argc, char **argv) {
                 canopy_conf_free(&canopy_conf_worker, &conf);
                 return 0;
         }
+        if (canopy_kafka_register_schemas(&conf.kafka, eb, sizeof(eb))) {
+                fprintf(stderr, "canopy-worker: %s\n", eb);
+                canopy_conf_free(&canopy_conf_worker, &conf);
+                return 2;
+        }
         canopy_rules *rules = NULL;
         canopy_rules_diags diags = {0};
         if (canopy_rules_load_file(conf.rules_file, &rules, &diags)) {

@@ -7,6 +7,8 @@
  */
 #include "canopy/kafka.h"
 
+#include <errno.h>
+#include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -83,7 +85,54 @@ void canopy_kafka_conf_free(canopy_kafka_conf *c) {
                 for (char **p = c->extra; *p; p++)
                         free(*p);
         free(c->extra);
+        if (c->writer_schemas)
+                for (char **p = c->writer_schemas; *p; p++)
+                        free(*p);
+        free(c->writer_schemas);
         memset(c, 0, sizeof(*c));
+}
+
+canopy_err canopy_kafka_register_schemas(const canopy_kafka_conf *c, char *errbuf, size_t errlen) {
+        for (char *const *f = c && c->writer_schemas ? c->writer_schemas : NULL; f && *f; f++) {
+                FILE *fp = fopen(*f, "r");
+                if (!fp) {
+                        snprintf(errbuf, errlen, "kafka.writer_schemas: cannot read %s: %s", *f, strerror(errno));
+                        return CANOPY_ERR_CONFIG;
+                }
+                char *text = NULL;
+                size_t len = 0;
+                FILE *mem = open_memstream(&text, &len);
+                char buf[4096];
+                size_t n;
+                while (mem && (n = fread(buf, 1, sizeof(buf), fp)) > 0)
+                        fwrite(buf, 1, n, mem);
+                bool bad = ferror(fp);
+                fclose(fp);
+                if (mem)
+                        fclose(mem);
+                if (!mem || !text || bad) {
+                        free(text);
+                        snprintf(errbuf, errlen, "kafka.writer_schemas: cannot read %s", *f);
+                        return CANOPY_ERR_CONFIG;
+                }
+                /* "Version N." in the record's doc, as in schemas/<Record>.avsc. */
+                int version = 0;
+                json_t *root = json_loads(text, 0, NULL);
+                const char *doc = json_string_value(json_object_get(root, "doc"));
+                const char *v = doc ? strstr(doc, "Version ") : NULL;
+                if (v)
+                        version = atoi(v + 8);
+                json_decref(root);
+                char eb[CANOPY_AVRO_ERRLEN];
+                canopy_err err = canopy_avro_register_schema(text, version, eb, sizeof(eb));
+                free(text);
+                if (err) {
+                        snprintf(errbuf, errlen, "kafka.writer_schemas: %s: %s", *f, eb);
+                        return CANOPY_ERR_CONFIG;
+                }
+                canopy_log(CANOPY_LOG_INFO, MOD, NULL, "writer schema %s registered (version %d)", *f, version);
+        }
+        return CANOPY_OK;
 }
 
 static char *dupnull(const char *s) {

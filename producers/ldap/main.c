@@ -252,6 +252,11 @@ int main(int argc, char **argv) {
                 canopy_conf_free(&canopy_conf_producer, &cf);
                 return 0;
         }
+        if (canopy_kafka_register_schemas(&cf.kafka, errbuf, sizeof(errbuf))) {
+                canopy_log(CANOPY_LOG_FATAL, MOD, NULL, "configuration: %s", errbuf);
+                canopy_conf_free(&canopy_conf_producer, &cf);
+                return 1;
+        }
         canopy_log_ctx lctx = CANOPY_LOG_CTX_NONE;
         lctx.connector = cf.connector;
         /* validation the table cannot express */

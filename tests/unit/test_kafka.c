@@ -11,6 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "canopy/avro.h"
+#include "canopy/event.h"
 #include "canopy/kafka.h"
 
 struct svc_conf {
@@ -135,9 +137,98 @@ static void test_config_errors(void **state) {
         canopy_kafka_msg_free(NULL);
 }
 
+/* kafka.writer_schemas: a newer ChangeEvent (v2, one more field with a
+ * default, as a newer release writes it) is unknown until its file is
+ * registered, then decoded; a missing file and a record that is not
+ * Canopy's stop start-up naming the file. */
+static char *write_file(const char *text) {
+        char *path = strdup("/tmp/canopy-test-schema-XXXXXX");
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+        close(fd);
+        return path;
+}
+
+static void test_writer_schemas(void **state) {
+        (void)state;
+        const char *v1 = canopy_avro_schema_json(CANOPY_REC_CHANGE);
+        assert_non_null(v1);
+        /* v2 = v1 with "Version 2." and a last field tenant (null default). */
+        char *v2 = NULL;
+        const char *end = strrchr(v1, ']');
+        assert_non_null(end);
+        assert_true(asprintf(&v2, "%.*s, {\"name\": \"tenant\", \"type\": [\"null\", \"string\"], \"default\": null}%s",
+                             (int)(end - v1), v1, end) > 0);
+        char *ver = strstr(v2, "Version 1.");
+        assert_non_null(ver);
+        ver[8] = '2';
+        char *good = write_file(v2), *other = write_file("{\"type\":\"record\",\"name\":\"Other\",\"fields\":[]}");
+
+        /* A v2 payload: the v1 body, then the new field (union branch 0: null). */
+        canopy_change_event ev = {0}, out;
+        ev.connector = "corp";
+        uint8_t a[4] = {1, 2, 3, 4};
+        ev.anchor.data = a;
+        ev.anchor.len = sizeof(a);
+        ev.object_class = "user";
+        ev.op = CANOPY_OP_DELETE;
+        ev.dn = "CN=Zoë,OU=Staff,DC=corp";
+        ev.complete = true;
+        char err[CANOPY_AVRO_ERRLEN];
+        canopy_bytes b1 = {0}, framed = {0};
+        assert_int_equal(canopy_avro_encode_change(&ev, &b1, err, sizeof(err)), 0);
+        uint8_t *body = malloc(b1.len - CANOPY_AVRO_HEADER_LEN + 1);
+        size_t bl = b1.len - CANOPY_AVRO_HEADER_LEN;
+        memcpy(body, b1.data + CANOPY_AVRO_HEADER_LEN, bl);
+        body[bl++] = 0;
+        assert_int_equal(canopy_avro_frame(v2, body, bl, &framed, err, sizeof(err)), 0);
+        assert_int_equal(canopy_avro_decode_change(framed.data, framed.len, &out, err, sizeof(err)),
+                         CANOPY_ERR_UNKNOWN_SCHEMA);
+
+        canopy_kafka_conf c;
+        assert_int_equal(canopy_kafka_conf_init(&c, NULL), 0);
+        char eb[512];
+        char *missing[] = {strdup("/nonexistent/ChangeEvent.v2.avsc"), NULL};
+        c.writer_schemas = missing;
+        assert_int_equal(canopy_kafka_register_schemas(&c, eb, sizeof(eb)), CANOPY_ERR_CONFIG);
+        assert_non_null(strstr(eb, "cannot read /nonexistent/ChangeEvent.v2.avsc"));
+        free(missing[0]);
+        char *bad[] = {strdup(other), NULL};
+        c.writer_schemas = bad;
+        assert_int_equal(canopy_kafka_register_schemas(&c, eb, sizeof(eb)), CANOPY_ERR_CONFIG);
+        assert_non_null(strstr(eb, other));
+        free(bad[0]);
+        char *ok[] = {strdup(good), NULL};
+        c.writer_schemas = ok;
+        assert_int_equal(canopy_kafka_register_schemas(&c, eb, sizeof(eb)), 0);
+        free(ok[0]);
+        c.writer_schemas = NULL;
+        canopy_kafka_conf_free(&c);
+
+        canopy_record rec;
+        int version = 0;
+        assert_int_equal(canopy_avro_peek(framed.data, framed.len, &rec, &version), 0);
+        assert_int_equal(rec, CANOPY_REC_CHANGE);
+        assert_int_equal(version, 2);
+        assert_int_equal(canopy_avro_decode_change(framed.data, framed.len, &out, err, sizeof(err)), 0);
+        assert_string_equal(out.dn, ev.dn);
+        assert_int_equal(out.op, CANOPY_OP_DELETE);
+        canopy_change_event_free(&out);
+        unlink(good);
+        unlink(other);
+        free(good);
+        free(other);
+        free(body);
+        free(b1.data);
+        free(framed.data);
+        free(v2);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_conf_table_rows),
+                cmocka_unit_test(test_writer_schemas),
                 cmocka_unit_test(test_topics_and_defaults),
                 cmocka_unit_test(test_config_errors),
         };

@@ -61,6 +61,7 @@ typedef struct canopy_kafka_conf {
         int64_t startup_timeout_ms; /* bounded wait for a first broker at start-up */
         int64_t session_timeout_ms; /* consumer group session.timeout.ms */
         int64_t fetch_wait_max_ms;  /* consumer fetch.wait.max.ms (0: 50 ms) */
+        char **writer_schemas;      /* NULL-terminated .avsc files of newer writers (canopy_kafka_register_schemas) */
 } canopy_kafka_conf;
 
 /* Config table rows for a canopy_kafka_conf member `member` of the service
@@ -70,7 +71,7 @@ typedef struct canopy_kafka_conf {
  *   kafka.sasl_password (secret, env CANOPY_KAFKA_SASL_PASSWORD or
  *   kafka.sasl_password_file), kafka.ssl_ca_location, kafka.extra (list of
  *   "key=value"), kafka.startup_timeout, kafka.session_timeout,
- *   kafka.fetch_wait_max.
+ *   kafka.fetch_wait_max, kafka.writer_schemas.
  * Usage:
  *   static const canopy_conf_def defs[] = {
  *           CANOPY_KAFKA_CONF_DEFS(struct worker_conf, kafka),
@@ -110,16 +111,25 @@ typedef struct canopy_kafka_conf {
          "Longest a consumer's fetch waits at the broker when there is no data (fetch.wait.max.ms): "        \
          "bounds each stage's hop latency on brokers that hold an empty fetch that long "                    \
          "(canopy-devkafka does); lower costs more idle fetches. kafka.extra overrides it.",                 \
-         offsetof(stype, member.fetch_wait_max_ms)}
+         offsetof(stype, member.fetch_wait_max_ms)},                                                         \
+        {"kafka.writer_schemas", CANOPY_CT_LIST, NULL, 0, -1, 0, NULL, NULL,                                 \
+         "Schema files (.avsc) of records written by newer Canopy versions, registered at start-up so that " \
+         "this process reads their events during a rolling upgrade (schemas/ of the newer release).",        \
+         offsetof(stype, member.writer_schemas)}
 
 /* Number of rows CANOPY_KAFKA_CONF_DEFS expands to. */
-#define CANOPY_KAFKA_CONF_NDEFS 12
+#define CANOPY_KAFKA_CONF_NDEFS 13
 
 /* Fill *c with the defaults above (strings owned by *c). For tools and tests
  * that do not go through the config module. brokers may be NULL (default). */
 canopy_err canopy_kafka_conf_init(canopy_kafka_conf *c, const char *brokers);
 /* Free the strings of *c (not c itself). NULL allowed. */
 void canopy_kafka_conf_free(canopy_kafka_conf *c);
+/* Register the writer schemas of c->writer_schemas (canopy_avro_register_schema;
+ * the version is read from the schema's doc, "Version N."). Call at start-up,
+ * before any decode. A file that cannot be read or is not one of Canopy's
+ * records: CANOPY_ERR_CONFIG, errbuf naming the file and what is wrong. */
+canopy_err canopy_kafka_register_schemas(const canopy_kafka_conf *c, char *errbuf, size_t errlen);
 
 /* ---- topics ------------------------------------------------------------- */
 
