@@ -72,7 +72,12 @@ static const char *rules_yaml =
         "          - {attribute: mail, operator: STARTS_WITH, value: 'admin'}\n"
         "        - - {attribute: title, operator: NOT REGEX MATCH, value: 'Contractor'}\n"
         "          - {attribute: title, operator: IS NOT NULL}\n"
-        "          - {attribute: locked, operator: IS NULL}\n";
+        "          - {attribute: locked, operator: IS NULL}\n"
+        "  - id: off\n"
+        "    kind: openldap\n"
+        "    scope:\n"
+        "      filters:\n"
+        "        - - {attribute: disabled, operator: IS FALSE}\n";
 
 static bool scope(canopy_rules *r, const char *conn, const char *dn, const kv *attrs, char *why)
 {
@@ -186,6 +191,18 @@ static void test_operators(void **state)
         assert_false(scope(r, "ops", dn, P({"title", {"Engineer"}}, {"locked", {"1"}}), NULL));
         /* NOT REGEX MATCH is false on a null attribute (documented). */
         assert_false(scope(r, "ops", dn, P({"cn", {"x"}}), NULL));
+        /* IS TRUE / IS FALSE: TRUE/1 and FALSE/0, any case; anything else,
+         * or no value, is neither. */
+        assert_true(scope(r, "ops", dn, P({"enabled", {"true"}}), NULL));
+        assert_true(scope(r, "ops", dn, P({"enabled", {"1"}}), NULL));
+        assert_false(scope(r, "ops", dn, P({"enabled", {"yes"}}), NULL));
+        assert_true(scope(r, "off", dn, P({"disabled", {"FALSE"}}), NULL));
+        assert_true(scope(r, "off", dn, P({"disabled", {"False"}}), NULL));
+        assert_true(scope(r, "off", dn, P({"disabled", {"0"}}), NULL));
+        assert_false(scope(r, "off", dn, P({"disabled", {"TRUE"}}), NULL));
+        assert_false(scope(r, "off", dn, P({"disabled", {"no"}}), NULL));
+        assert_false(scope(r, "off", dn, P({"disabled", {"00"}}), NULL));
+        assert_false(scope(r, "off", dn, P({"cn", {"x"}}), NULL));
 #undef P
         canopy_rules_free(r);
 }
