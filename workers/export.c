@@ -715,6 +715,19 @@ static canopy_err record_error(export_ctx *ec, const char *type, canopy_err gerr
 /* Values of `old_json` that `patch` changes (or every value when patch is
  * NULL: the object is gone) are free now: retry objects that conflicted on
  * them. */
+/* Objects that conflicted on (prop, value) retry now that it is free. */
+static canopy_err release_value(export_ctx *ec, const char *prop, const char *value) {
+        char **ids = NULL;
+        size_t n = 0;
+        canopy_err err = canopy_state_conflict_take(ec->st, prop, value, &ids, &n);
+        for (size_t i = 0; !err && i < n; i++)
+                if (strcmp(ids[i], ec->ev->mv_id))
+                        err = publish_mv(ec, ids[i], ec->ev->object_type ? ec->ev->object_type : "user",
+                                         CANOPY_MV_RESOLVE);
+        canopy_state_strv_free(ids);
+        return err;
+}
+
 static canopy_err release_values(export_ctx *ec, const char *old_json, const char *patch) {
         json_t *old = old_json ? json_loads(old_json, 0, NULL) : NULL;
         json_t *p = patch ? json_loads(patch, 0, NULL) : NULL;
@@ -722,16 +735,28 @@ static canopy_err release_values(export_ctx *ec, const char *old_json, const cha
         json_t *v;
         canopy_err err = CANOPY_OK;
         json_object_foreach(old, k, v) {
-                if (err || !json_is_string(v) || (patch && !json_object_get(p, k)))
+                if (err || (patch && !json_object_get(p, k)))
                         continue;
-                char **ids = NULL;
-                size_t n = 0;
-                err = canopy_state_conflict_take(ec->st, k, json_string_value(v), &ids, &n);
-                for (size_t i = 0; !err && i < n; i++)
-                        if (strcmp(ids[i], ec->ev->mv_id))
-                                err = publish_mv(ec, ids[i], ec->ev->object_type ? ec->ev->object_type : "user",
-                                                 CANOPY_MV_RESOLVE);
-                canopy_state_strv_free(ids);
+                if (json_is_string(v)) {
+                        err = release_value(ec, k, json_string_value(v));
+                        /* Entra derives the primary SMTP address from mail:
+                         * a mail given up frees that address too. */
+                        if (!err && !strcmp(k, "mail")) {
+                                char *smtp = NULL;
+                                if (asprintf(&smtp, "SMTP:%s", json_string_value(v)) < 0)
+                                        err = CANOPY_ERR_NOMEM;
+                                else
+                                        err = release_value(ec, "proxyAddresses", smtp);
+                                free(smtp);
+                        }
+                } else if (json_is_array(v)) { /* proxyAddresses, otherMails: each value */
+                        size_t i;
+                        json_t *e;
+                        json_array_foreach(v, i, e) {
+                                if (!err && json_is_string(e))
+                                        err = release_value(ec, k, json_string_value(e));
+                        }
+                }
         }
         json_decref(old);
         json_decref(p);

@@ -292,6 +292,13 @@ two-forests)
         for k in $(rcli --scan --pattern 'w:mv:{*}:c'); do
                 [ "$(rcli SMEMBERS "$k" | grep -c '@a$')" -le 1 ] || fail "$k holds two records of connector a: $(rcli SMEMBERS "$k" | tr '\n' ' ')"
         done
+        # alice gives the address up (her mail changes in both forests): the
+        # conflict on SMTP:alice@corp.test is released, alice2 is exported
+        # with it, and the errors set empties, without a retry by hand.
+        printf 'dn: uid=alice,ou=people,dc=a,dc=test\nchangetype: modify\nreplace: mail\nmail: alice.new@corp.test\n' | ldapmod A
+        printf 'dn: uid=alice.anders,ou=people,dc=b,dc=test\nchangetype: modify\nreplace: mail\nmail: alice.new@corp.test\n' | ldapmod B
+        wait_for "alice2 exported once alice gave the address up" '[.users[] | select(.mail == "alice@corp.test") | .mailNickname] == ["alice2"] and ([.users[] | select(.mail == "alice.new@corp.test")] | length) == 1'
+        wait_redis "the conflict cleared" bash -c "[ \$(redis-cli -h $CANOPY_TEST_REDIS_HOST -p $CANOPY_TEST_REDIS_PORT HLEN w:errors:{err}) = 0 ] && echo 1"
         ;;
 cross-forest-group)
         # staff exists in both forests and joins on cn: one cloud group whose
