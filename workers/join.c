@@ -234,6 +234,18 @@ static bool is_ref_attr(const char *name, const char *member_attr) {
                (member_attr && !strcasecmp(name, member_attr));
 }
 
+/* "a:<anchor b64>" (owned), NULL when out of memory. */
+static char *anchor_ref(const canopy_bytes *anchor) {
+        size_t bl = 4 * ((anchor->len + 2) / 3) + 3;
+        char *r = malloc(bl);
+        if (r) {
+                r[0] = 'a';
+                r[1] = ':';
+                canopy_state_anchor_b64(anchor, r + 2, bl - 2);
+        }
+        return r;
+}
+
 /* Member DN -> reference: "a:<anchor b64>" when the DN is known, else
  * "d:<normalised DN>" (resolved at export time). Owned string. */
 static canopy_err member_ref(join_ctx *jc, const char *connector, const canopy_bytes *dnv, char **ret) {
@@ -243,16 +255,8 @@ static canopy_err member_ref(join_ctx *jc, const char *connector, const canopy_b
                 return CANOPY_ERR_NOMEM;
         canopy_err err = canopy_state_dn_get(jc->st, connector, dn, &anchor);
         if (err == CANOPY_OK) {
-                size_t bl = 4 * ((anchor.len + 2) / 3) + 3;
-                char *r = malloc(bl);
-                if (!r)
-                        err = CANOPY_ERR_NOMEM;
-                else {
-                        r[0] = 'a';
-                        r[1] = ':';
-                        canopy_state_anchor_b64(&anchor, r + 2, bl - 2);
-                        *ret = r;
-                }
+                *ret = anchor_ref(&anchor);
+                err = *ret ? CANOPY_OK : CANOPY_ERR_NOMEM;
                 free(anchor.data);
         } else if (err == CANOPY_ERR_NOT_FOUND) {
                 char *norm = NULL;
@@ -281,16 +285,9 @@ static canopy_err former_ref(join_ctx *jc, const char *connector, const canopy_b
                 return CANOPY_OK;
         if (err)
                 return err;
-        size_t bl = 4 * ((anchor.len + 2) / 3) + 3;
-        char *r = malloc(bl);
-        if (r) {
-                r[0] = 'a';
-                r[1] = ':';
-                canopy_state_anchor_b64(&anchor, r + 2, bl - 2);
-        }
+        *ret = anchor_ref(&anchor);
         free(anchor.data);
-        *ret = r;
-        return r ? CANOPY_OK : CANOPY_ERR_NOMEM;
+        return *ret ? CANOPY_OK : CANOPY_ERR_NOMEM;
 }
 
 static bool in_refs(char **v, size_t n, const char *ref) {
