@@ -246,6 +246,12 @@ static canopy_err sync_intermediate(prod *p, syncst *s, LDAPMessage *res) {
                                 ber_scanf(ber, "b", &dels);
                         ber_scanf(ber, "[W]}", &uuids);
                 }
+                size_t nids = 0;
+                while (uuids && uuids[nids].bv_val)
+                        nids++;
+                if (nids)
+                        canopy_log(CANOPY_LOG_INFO, MOD, NULL, "syncIdSet of %zu entr%s (%s)", nids,
+                                   nids == 1 ? "y" : "ies", dels ? "deleted" : "present");
                 for (size_t i = 0; uuids && uuids[i].bv_val && !err; i++) {
                         if (dels)
                                 err = prod_delete_oid(p, uuids[i].bv_val, uuids[i].bv_len, NULL);

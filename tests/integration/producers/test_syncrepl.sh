@@ -176,6 +176,27 @@ LDIF
 wait_for "standby took over and published" 'ev(op="MODIFY", dn_has="After Restart") and ev(op="MODIFY", dn_has="After Restart")[-1]["producer"] == "p2"' $n
 kill $P2; wait $P2 2>/dev/null
 
+# ---- deletes while the producer is stopped, cookie within the session log:
+# the server names them in a syncIdSet (refreshDeletes), each a DELETE
+lm <<LDIF
+dn: uid=k001,ou=People,$BASE
+changetype: delete
+
+dn: uid=k002,ou=People,$BASE
+changetype: delete
+
+dn: uid=k003,ou=People,$BASE
+changetype: delete
+LDIF
+n=$(nevents)
+start_producer p2b "$T/p.yaml"
+P2=$LAST_PID
+wait_for "stopped, 3 deletes, restarted: 3 DELETEs with their anchors" \
+  'len(set(e["anchor"] for e in ev(op="DELETE") if e["dn"] and "uid=k00" in e["dn"])) == 3' $n
+wait_log p2b "syncIdSet of .* (deleted)"
+assert "no DELETE for users still present" 'not ev(op="DELETE", dn_has="uid=k004")' $n
+kill $P2; wait $P2 2>/dev/null
+
 # ---- cookie older than the session log: present phase, deletes for what is gone
 lm <<LDIF
 dn: cn=After Restart,ou=People,$BASE
