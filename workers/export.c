@@ -712,9 +712,6 @@ static canopy_err record_error(export_ctx *ec, const char *type, canopy_err gerr
         return err;
 }
 
-/* Values of `old_json` that `patch` changes (or every value when patch is
- * NULL: the object is gone) are free now: retry objects that conflicted on
- * them. */
 /* Objects that conflicted on (prop, value) retry now that it is free. */
 static canopy_err release_value(export_ctx *ec, const char *prop, const char *value) {
         char **ids = NULL;
@@ -728,6 +725,9 @@ static canopy_err release_value(export_ctx *ec, const char *prop, const char *va
         return err;
 }
 
+/* Values of `old_json` that `patch` changes (or every value when patch is
+ * NULL: the object is gone) are free now: retry objects that conflicted on
+ * them. */
 static canopy_err release_values(export_ctx *ec, const char *old_json, const char *patch) {
         json_t *old = old_json ? json_loads(old_json, 0, NULL) : NULL;
         json_t *p = patch ? json_loads(patch, 0, NULL) : NULL;
