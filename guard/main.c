@@ -128,11 +128,19 @@ static void resp_error(canopy_http_resp *resp, int status, const char *code, con
 }
 
 static json_t *status_json(const canopy_guard_status *s) {
-        return json_pack("{s:b,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:b,s:b}", "quarantined", s->quarantined, "reason",
-                         s->reason, "detail", s->detail, "id", s->id, "since_ms", (json_int_t)s->since_ms,
-                         "window_deletes", (json_int_t)s->window_count, "limit", (json_int_t)s->limit, "held",
-                         (json_int_t)s->held, "synced", (json_int_t)s->synced, "enabled", s->enabled, "pause_all",
-                         s->pause_all);
+        json_t *o = json_pack("{s:b,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:s}", "quarantined", s->quarantined,
+                              "reason", s->reason, "detail", s->detail, "id", s->id, "since_ms",
+                              (json_int_t)s->since_ms, "window_deletes", (json_int_t)s->window_count, "limit",
+                              (json_int_t)s->limit, "held", (json_int_t)s->held, "rejected", (json_int_t)s->rejected,
+                              "synced", (json_int_t)s->synced, "enabled", s->enabled, "pause_all", s->pause_all,
+                              "window_mode", s->window_full_scan ? "full-scan" : "rolling");
+        if (o && s->awaiting_scan[0]) {
+                json_object_set_new(o, "awaiting_full_scan", json_string(s->awaiting_scan));
+                json_object_set_new(o, "rejected_ms", json_integer((json_int_t)s->rejected_ms));
+        }
+        if (o && s->window_full_scan && s->scan_window[0])
+                json_object_set_new(o, "scan_window", json_string(s->scan_window));
+        return o;
 }
 
 static size_t arg_size(const canopy_http_req *req, const char *name, size_t def, size_t max) {
@@ -355,19 +363,24 @@ static void h_decide(guard *g, const canopy_http_req *req, canopy_http_resp *res
         if (!authorize(g, req, resp, ROLE_OPERATOR, &who))
                 return;
         int64_t n = 0;
+        const char *fs = canopy_http_req_arg(req, "full_scan");
+        if (fs && !*fs)
+                fs = NULL;
         pthread_mutex_lock(&g->api_lock);
         canopy_err err = approve ? canopy_guard_approve(g->api_st, who, now_ms(), &n)
-                                 : canopy_guard_reject(g->api_st, who, now_ms(), &n);
+                                 : canopy_guard_reject(g->api_st, who, fs, now_ms(), &n);
         pthread_mutex_unlock(&g->api_lock);
         if (err)
                 return resp_error(resp, 503, canopy_err_name(err), "cannot record the decision");
         publish_control(g, approve ? CANOPY_CTL_APPROVE : CANOPY_CTL_REJECT, NULL,
                         approve ? "held deletes approved" : "held deletes rejected", who);
-        const char *fs = canopy_http_req_arg(req, "full_scan");
-        if (!approve && fs && *fs)
+        if (!approve && fs)
                 publish_control(g, CANOPY_CTL_FULL_SCAN, fs, "requested with the rejection", who);
-        resp_json(resp, 200, json_pack("{s:s,s:I,s:s}", "decision", approve ? "approved" : "rejected",
-                                       approve ? "released" : "dropped", (json_int_t)n, "by", who));
+        json_t *o = json_pack("{s:s,s:I,s:s}", "decision", approve ? "approved" : "rejected",
+                              approve ? "released" : "not_sent", (json_int_t)n, "by", who);
+        if (o && !approve)
+                json_object_set_new(o, "awaiting_full_scan", json_string(fs ? fs : "*"));
+        resp_json(resp, 200, o);
 }
 
 static void h_approve(void *opaque, const canopy_http_req *req, canopy_http_resp *resp) {
@@ -632,8 +645,13 @@ int main(int argc, char **argv) {
                            "redis.port", g.cf.redis_host, (long long)g.cf.redis_port, canopy_err_name(err));
                 goto out;
         }
-        canopy_guard_policy p = {g.cf.enabled,          g.cf.threshold_count,    g.cf.threshold_percent,
-                                 g.cf.window_ms,        g.cf.auth_quarantine_ms, g.cf.ldap_quarantine_ms,
+        canopy_guard_policy p = {g.cf.enabled,
+                                 g.cf.threshold_count,
+                                 g.cf.threshold_percent,
+                                 g.cf.window_ms,
+                                 g.cf.window_mode && !strcmp(g.cf.window_mode, "full-scan"),
+                                 g.cf.auth_quarantine_ms,
+                                 g.cf.ldap_quarantine_ms,
                                  g.cf.pause_all};
         if (!p.enabled)
                 canopy_log(CANOPY_LOG_WARN, MOD, NULL,

@@ -842,16 +842,6 @@ static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_
                 o->publish = true;
                 return CANOPY_ERR_DELETE_HELD;
         }
-        if (verdict == CANOPY_GUARD_DROP) {
-                /* An operator rejected it: the cloud object stays, and the
-                 * metaverse forgets it was exported so that nothing retries.
-                 * Once the scope is fixed, a full scan re-projects the object
-                 * and the export hard-matches the cloud object again. */
-                o->result = CANOPY_RES_ERROR;
-                snprintf(o->error, sizeof(o->error), "delete rejected by an operator (guard); cloud object kept");
-                o->publish = true;
-                return canopy_state_exp_deleted(ec->st, ec->ev->mv_id);
-        }
         canopy_graph_error ei;
         err = canopy_graph_delete(ec->gc, kind_of(type), es->entra_id, &ei);
         count_graph(ec, GK_DELETE, err == CANOPY_ERR_GRAPH_NOT_FOUND ? CANOPY_OK : err);

@@ -696,6 +696,20 @@ static canopy_err end_of_scan(join_ctx *jc, const canopy_change_event *ev) {
                 run_flush(jc);
                 if (canopy_run_close(jc->st, ev->connector, ev->scan_id, -1, 0, worker_now_ms(), 0, NULL))
                         CANOPY_WARN(MOD, "run history: cannot close scan %s", ev->scan_id);
+                /* A quarantine rejected by an operator waits for this: the
+                 * held deletes are decided again against what it found. A
+                 * scan of unknown start (another id format) lifts nothing. */
+                bool lifted = false;
+                if (canopy_guard_scan_done(jc->st, ev->connector, started, worker_now_ms(), &lifted))
+                        CANOPY_WARN(MOD,
+                                    "guard: cannot record the end of full scan %s (%s); a quarantine waiting for "
+                                    "it stays (canopyctl guard approve, or another full scan, lifts it)",
+                                    ev->scan_id, canopy_state_errstr(jc->st));
+                else if (lifted)
+                        CANOPY_WARN(MOD,
+                                    "full scan %s of %s ended: the rejected quarantine is lifted, held deletes are "
+                                    "decided again",
+                                    ev->scan_id, ev->connector);
         }
         return err;
 }

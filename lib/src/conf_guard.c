@@ -18,9 +18,14 @@ static const canopy_conf_def defs[] = {
     {"guard.threshold.percent", CANOPY_CT_DOUBLE, "0", 0, 100, 0, NULL, NULL,
      "When above 0, the limit is this percentage of synced objects instead of the count (at least 1).",
      G(threshold_percent)},
+    {"guard.window_mode", CANOPY_CT_ENUM, "rolling", NOB, 0, NULL, "rolling|full-scan",
+     "What one window is. rolling: the last guard.window. full-scan: from the start of a full scan (scans "
+     "that overlap share one) to the start of the next, as Entra Connect counts per run; the deletes the scan "
+     "finds and every delete streamed until the next scan count in it.",
+     G(window_mode)},
     {"guard.window", CANOPY_CT_DURATION, "1h", 0, 604800000, 0, NULL, NULL,
-     "Rolling window in which deletes are counted while streaming; 0 counts until the next approve or "
-     "reject.",
+     "Rolling window in which deletes are counted while streaming (guard.window_mode rolling); 0 counts until "
+     "the next approve or reject.",
      G(window_ms)},
     {"guard.pause_all", CANOPY_CT_BOOL, "true", NOB, 0, NULL, NULL,
      "While quarantined, pause every export (as Entra Connect stops its export run). false: hold deletes "

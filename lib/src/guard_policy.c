@@ -32,12 +32,13 @@ enum {
         K_HISTORY,
         K_AUDIT,
         K_QSEQ,
+        K_OUTBOX,
         K__N
 };
 
 static const char *const key_names[K__N] = {
     "policy", "q", "window", "held", "approved", "rejected", "synced",
-    "streak", "notified", "runs", "history", "audit", "qseq",
+    "streak", "notified", "runs", "history", "audit", "qseq", "outbox",
 };
 
 typedef struct gkeys {
@@ -62,8 +63,8 @@ static void keys_free(gkeys *gk) {
 /* Lua prelude shared by the scripts: names for KEYS and two helpers. */
 #define LUA_PRELUDE                                                                                 \
         "local K_POLICY,K_Q,K_WIN,K_HELD,K_APPROVED,K_REJECTED,K_SYNCED,K_STREAK,K_NOTIFIED,K_RUNS," \
-        "K_HISTORY,K_AUDIT,K_QSEQ = KEYS[1],KEYS[2],KEYS[3],KEYS[4],KEYS[5],KEYS[6],KEYS[7],"        \
-        "KEYS[8],KEYS[9],KEYS[10],KEYS[11],KEYS[12],KEYS[13]\n"                                      \
+        "K_HISTORY,K_AUDIT,K_QSEQ,K_OUTBOX = KEYS[1],KEYS[2],KEYS[3],KEYS[4],KEYS[5],KEYS[6],"       \
+        "KEYS[7],KEYS[8],KEYS[9],KEYS[10],KEYS[11],KEYS[12],KEYS[13],KEYS[14]\n"                     \
         "local function pol(f, d) local v = redis.call('HGET', K_POLICY, f)\n"                       \
         "  if v == false then return d end return v end\n"                                         \
         "local function quarantine(reason, detail, now)\n"                                          \
@@ -84,8 +85,16 @@ static void keys_free(gkeys *gk) {
         "  return tonumber(pol('count', '500'))\n"                                                  \
         "end\n"                                                                                     \
         "local function prune(now)\n"                                                               \
+        "  if pol('window_mode', 'rolling') == 'full-scan' then return end\n"                       \
         "  local w = tonumber(pol('window_ms', '3600000'))\n"                                       \
         "  if w > 0 then redis.call('ZREMRANGEBYSCORE', K_WIN, '-inf', '(' .. tostring(now - w)) end\n" \
+        "end\n"                                                                                     \
+        "local function run_closed(w, maxn)\n"                                                      \
+        "  local e = cjson.encode(w)\n"                                                             \
+        "  redis.call('LPUSH', K_HISTORY, e)\n"                                                     \
+        "  redis.call('LTRIM', K_HISTORY, 0, maxn - 1)\n"                                           \
+        "  redis.call('RPUSH', K_OUTBOX, e)\n"                                                      \
+        "  if redis.call('LLEN', K_OUTBOX) > maxn then redis.call('LPOP', K_OUTBOX) end\n"          \
         "end\n"
 
 /* ARGV: mv id, info, now. Returns {verdict, count, quarantined_now}. */
@@ -96,14 +105,13 @@ static const char LUA_RESERVE[] = LUA_PRELUDE
         "  redis.call('HDEL', K_HELD, mv)\n"
         "  return {0, redis.call('ZCARD', K_WIN), 0}\n"
         "end\n"
-        "if redis.call('SREM', K_REJECTED, mv) == 1 then\n"
-        "  return {2, redis.call('ZCARD', K_WIN), 0}\n"
-        "end\n"
         "if redis.call('ZSCORE', K_WIN, mv) then return {0, redis.call('ZCARD', K_WIN), 0} end\n"
         "if redis.call('HEXISTS', K_HELD, mv) == 1 then return {1, redis.call('ZCARD', K_WIN), 0} end\n"
         "local n = redis.call('ZCARD', K_WIN)\n"
         "if redis.call('HGET', K_Q, 'state') == 'on' then\n"
-        "  redis.call('HSET', K_HELD, mv, info)\n"
+        /* A rejected delete waits, unsent, for the full scan that lifts the
+         * quarantine; it is not listed as held again. */
+        "  if redis.call('SISMEMBER', K_REJECTED, mv) == 0 then redis.call('HSET', K_HELD, mv, info) end\n"
         "  return {1, n, 0}\n"
         "end\n"
         "if pol('enabled', '1') ~= '0' then\n"
@@ -118,7 +126,14 @@ static const char LUA_RESERVE[] = LUA_PRELUDE
         "redis.call('ZADD', K_WIN, now, mv)\n"
         "return {0, n + 1, 0}\n";
 
-/* ARGV: mode ("approve"|"reject"), now. Returns the number of held deletes. */
+/* ARGV: mode ("approve"|"reject"), now, awaited connector ("*" = any; reject
+ * only). Returns the number of held deletes.
+ *
+ * Approve releases the held deletes and lifts the quarantine, with a new
+ * window. Reject sends none of them and keeps the pipeline quarantined
+ * until a full scan of the awaited connector that started after the
+ * rejection has ended (LUA_SCAN_DONE): the deletes are decided again
+ * against what that scan found, once the scope is fixed. */
 static const char LUA_DECIDE[] = LUA_PRELUDE
         "local ids = redis.call('HKEYS', K_HELD)\n"
         "local dest = K_APPROVED\n"
@@ -128,13 +143,29 @@ static const char LUA_DECIDE[] = LUA_PRELUDE
         "  redis.call('SADD', dest, unpack(ids, i, j))\n"
         "end\n"
         "redis.call('DEL', K_HELD)\n"
-        /* Approve starts a new window; after a reject the window keeps its
-         * count, so a mass delete still in the stream quarantines again at
-         * once instead of slipping through. */
-        "if ARGV[1] == 'approve' then redis.call('DEL', K_WIN) end\n"
         "redis.call('DEL', K_STREAK)\n"
-        "redis.call('HSET', K_Q, 'state', 'off', 'lifted', ARGV[2], 'decision', ARGV[1])\n"
+        "if ARGV[1] == 'approve' then\n"
+        "  redis.call('DEL', K_WIN, K_REJECTED)\n"
+        "  redis.call('HDEL', K_Q, 'awaiting', 'rejected_at')\n"
+        "  redis.call('HSET', K_Q, 'state', 'off', 'lifted', ARGV[2], 'decision', 'approve')\n"
+        "elseif redis.call('HGET', K_Q, 'state') == 'on' then\n"
+        "  redis.call('HSET', K_Q, 'awaiting', ARGV[3], 'rejected_at', ARGV[2], 'decision', 'reject')\n"
+        "end\n"
         "return #ids\n";
+
+/* ARGV: connector, start of the scan (ms), now. The end of a full scan:
+ * lifts a rejected quarantine that waits for it. Returns 1 when lifted. */
+static const char LUA_SCAN_DONE[] = LUA_PRELUDE
+        "local conn, started, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]\n"
+        "if redis.call('HGET', K_Q, 'state') ~= 'on' then return 0 end\n"
+        "local aw = redis.call('HGET', K_Q, 'awaiting')\n"
+        "if not aw or (aw ~= '*' and aw ~= conn) then return 0 end\n"
+        "if started < tonumber(redis.call('HGET', K_Q, 'rejected_at') or '0') then return 0 end\n"
+        /* Everything held or rejected is decided again, in a new window. */
+        "redis.call('DEL', K_HELD, K_REJECTED, K_WIN, K_STREAK)\n"
+        "redis.call('HDEL', K_Q, 'awaiting', 'rejected_at')\n"
+        "redis.call('HSET', K_Q, 'state', 'off', 'lifted', now, 'decision', 'full-scan')\n"
+        "return 1\n";
 
 /* ARGV: source, ok (1/0), now. Returns 1 when this call quarantined. */
 static const char LUA_REPORT[] = LUA_PRELUDE
@@ -151,10 +182,15 @@ static const char LUA_REPORT[] = LUA_PRELUDE
         "end\n"
         "return 0\n";
 
-/* ARGV: field "connector|type", connector, type, scan id, counter, n, now. */
+/* ARGV: field "connector|type", connector, type, scan id, counter, n, now,
+ * max entries.
+ *
+ * With guard.window_mode full-scan, the first window of a full scan opened
+ * while no other scan has a window open starts a new deletion window:
+ * scans that overlap share one. */
 static const char LUA_RUN_COUNT[] = LUA_PRELUDE
-        "local f, conn, typ, scan, ctr, n, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]),"
-        " tonumber(ARGV[7])\n"
+        "local f, conn, typ, scan, ctr, n, now, maxn = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],"
+        " tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])\n"
         "local function fresh(rt) return {connector = conn, object_type = typ, run_type = rt, scan = scan,"
         " start = now, last = now, total = 0, changed = 0, deleted = 0, filtered = 0, errors = 0} end\n"
         "local cur = redis.call('HGET', K_RUNS, f)\n"
@@ -166,10 +202,25 @@ static const char LUA_RUN_COUNT[] = LUA_PRELUDE
         "  w['end'] = w.last\n"
         "  w.status = 'success'\n"
         "  if w.errors > 0 then w.status = 'completed-errors' end\n"
-        "  redis.call('LPUSH', K_HISTORY, cjson.encode(w))\n"
+        "  redis.call('HDEL', K_RUNS, f)\n"
+        "  run_closed(w, maxn)\n"
         "  w = nil\n"
         "end\n"
-        "if not w then w = fresh(rt) end\n"
+        "if not w then\n"
+        "  w = fresh(rt)\n"
+        "  if rt == 'full' and pol('window_mode', 'rolling') == 'full-scan'"
+        " and redis.call('HGET', K_Q, 'state') ~= 'on' then\n"
+        "    local other = false\n"
+        "    for _, v in ipairs(redis.call('HVALS', K_RUNS)) do\n"
+        "      local o = cjson.decode(v)\n"
+        "      if o.run_type == 'full' and o.scan ~= scan then other = true break end\n"
+        "    end\n"
+        "    if not other and redis.call('HGET', K_Q, 'scan_window') ~= scan then\n"
+        "      redis.call('DEL', K_WIN)\n"
+        "      redis.call('HSET', K_Q, 'scan_window', scan, 'scan_window_start', tostring(now))\n"
+        "    end\n"
+        "  end\n"
+        "end\n"
         "w[ctr] = w[ctr] + n\n"
         "w.last = now\n"
         "redis.call('HSET', K_RUNS, f, cjson.encode(w))\n"
@@ -194,15 +245,14 @@ static const char LUA_RUN_CLOSE[] = LUA_PRELUDE
         "    w.status = 'success'\n"
         "    if w.errors > 0 then w.status = 'completed-errors' end\n"
         "    if qon then w.status = 'stopped-quarantine' end\n"
-        "    redis.call('LPUSH', K_HISTORY, cjson.encode(w))\n"
         "    redis.call('HDEL', K_RUNS, all[i])\n"
+        "    run_closed(w, maxn)\n"
         "    closed = closed + 1\n"
         "  end\n"
         "end\n"
-        "redis.call('LTRIM', K_HISTORY, 0, maxn - 1)\n"
         "return closed\n";
 
-static char sha_reserve[41], sha_decide[41], sha_report[41], sha_run_count[41], sha_run_close[41];
+static char sha_reserve[41], sha_decide[41], sha_report[41], sha_run_count[41], sha_run_close[41], sha_scan_done[41];
 
 /* Run a script over all guard keys with the given ARGV. */
 static redisReply *run(canopy_state *st, const char *script, char *sha, const gkeys *gk, int argc,
@@ -240,8 +290,11 @@ canopy_err canopy_guard_policy_put(canopy_state *st, const canopy_guard_policy *
         snprintf(ldap, sizeof(ldap), "%lld", (long long)p->ldap_quarantine_ms);
         canopy_guard_policy old = CANOPY_GUARD_POLICY_DEFAULT;
         bool had = canopy_guard_policy_get(st, &old) == CANOPY_OK;
-        redisReply *r = rconn_cmd(st->rc, "HSET %s enabled %s count %s percent %s window_ms %s auth_ms %s ldap_ms %s pause_all %s",
-                                  gk.k[K_POLICY], p->enabled ? "1" : "0", cnt, pct, win, auth, ldap,
+        const char *mode = p->window_full_scan ? "full-scan" : "rolling";
+        redisReply *r = rconn_cmd(st->rc,
+                                  "HSET %s enabled %s count %s percent %s window_ms %s window_mode %s auth_ms %s "
+                                  "ldap_ms %s pause_all %s",
+                                  gk.k[K_POLICY], p->enabled ? "1" : "0", cnt, pct, win, mode, auth, ldap,
                                   p->pause_all ? "1" : "0");
         err = reply_err(r);
         if (r)
@@ -250,8 +303,8 @@ canopy_err canopy_guard_policy_put(canopy_state *st, const canopy_guard_policy *
                 goto out;
         char detail[256];
         snprintf(detail, sizeof(detail),
-                 "enabled=%s threshold_count=%s threshold_percent=%s window_ms=%s pause_all=%s",
-                 p->enabled ? "true" : "false", cnt, pct, win, p->pause_all ? "true" : "false");
+                 "enabled=%s threshold_count=%s threshold_percent=%s window_mode=%s window_ms=%s pause_all=%s",
+                 p->enabled ? "true" : "false", cnt, pct, mode, win, p->pause_all ? "true" : "false");
         /* Turning the guard off is never silent: a WARN line and an audit entry. */
         if (had && old.enabled && !p->enabled)
                 canopy_log(CANOPY_LOG_WARN, "guard", NULL, "deletion guard DISABLED by %s", actor ? actor : "?");
@@ -280,6 +333,8 @@ canopy_err canopy_guard_policy_get(canopy_state *st, canopy_guard_policy *ret) {
                                 p.threshold_percent = strtod(v, NULL);
                         else if (!strcmp(k, "window_ms"))
                                 p.window_ms = strtoll(v, NULL, 10);
+                        else if (!strcmp(k, "window_mode"))
+                                p.window_full_scan = !strcmp(v, "full-scan");
                         else if (!strcmp(k, "auth_ms"))
                                 p.auth_quarantine_ms = strtoll(v, NULL, 10);
                         else if (!strcmp(k, "ldap_ms"))
@@ -313,7 +368,7 @@ canopy_err canopy_guard_reserve(canopy_state *st, const char *mv_id, const char 
                 err = CANOPY_ERR_REDIS;
         if (!err) {
                 long long v = r->element[0]->integer;
-                *ret = v == 0 ? CANOPY_GUARD_ALLOW : v == 1 ? CANOPY_GUARD_HOLD : CANOPY_GUARD_DROP;
+                *ret = v == 0 ? CANOPY_GUARD_ALLOW : CANOPY_GUARD_HOLD;
                 if (ret_count)
                         *ret_count = r->element[1]->integer;
                 if (r->element[2]->integer == 1)
@@ -363,6 +418,12 @@ canopy_err canopy_guard_status_get(canopy_state *st, int64_t now_ms, canopy_guar
                                 snprintf(s.id, sizeof(s.id), "%s", v);
                         else if (!strcmp(k, "since"))
                                 s.since_ms = strtoll(v, NULL, 10);
+                        else if (!strcmp(k, "awaiting"))
+                                snprintf(s.awaiting_scan, sizeof(s.awaiting_scan), "%s", v);
+                        else if (!strcmp(k, "rejected_at"))
+                                s.rejected_ms = strtoll(v, NULL, 10);
+                        else if (!strcmp(k, "scan_window"))
+                                snprintf(s.scan_window, sizeof(s.scan_window), "%s", v);
                 }
         }
         if (r)
@@ -370,9 +431,11 @@ canopy_err canopy_guard_status_get(canopy_state *st, int64_t now_ms, canopy_guar
         if (err)
                 goto out;
         if (!s.quarantined) {
-                s.reason[0] = s.detail[0] = 0;
+                s.reason[0] = s.detail[0] = s.awaiting_scan[0] = 0;
+                s.rejected_ms = 0;
         }
-        if (p.window_ms > 0) {
+        s.window_full_scan = p.window_full_scan;
+        if (!p.window_full_scan && p.window_ms > 0) {
                 r = rconn_cmd(st->rc, "ZCOUNT %s %lld +inf", gk.k[K_WIN], (long long)(now_ms - p.window_ms));
         } else {
                 r = rconn_cmd(st->rc, "ZCARD %s", gk.k[K_WIN]);
@@ -382,6 +445,10 @@ canopy_err canopy_guard_status_get(canopy_state *st, int64_t now_ms, canopy_guar
                 freeReplyObject(r);
         r = rconn_cmd(st->rc, "HLEN %s", gk.k[K_HELD]);
         s.held = int_of(r);
+        if (r)
+                freeReplyObject(r);
+        r = rconn_cmd(st->rc, "SCARD %s", gk.k[K_REJECTED]);
+        s.rejected = int_of(r);
         if (r)
                 freeReplyObject(r);
         r = rconn_cmd(st->rc, "GET %s", gk.k[K_SYNCED]);
@@ -449,15 +516,16 @@ out:
         return err;
 }
 
-static canopy_err decide(canopy_state *st, const char *mode, const char *actor, int64_t now_ms, int64_t *ret_n) {
+static canopy_err decide(canopy_state *st, const char *mode, const char *actor, const char *awaited, int64_t now_ms,
+                         int64_t *ret_n) {
         gkeys gk;
         canopy_err err = keys_make(st, &gk);
         if (err)
                 goto out;
         char now[32];
         snprintf(now, sizeof(now), "%lld", (long long)now_ms);
-        const char *argv[2] = {mode, now};
-        redisReply *r = run(st, LUA_DECIDE, sha_decide, &gk, 2, argv);
+        const char *argv[3] = {mode, now, awaited && *awaited ? awaited : "*"};
+        redisReply *r = run(st, LUA_DECIDE, sha_decide, &gk, 3, argv);
         err = reply_err(r);
         int64_t n = err ? 0 : int_of(r);
         if (r)
@@ -466,9 +534,12 @@ static canopy_err decide(canopy_state *st, const char *mode, const char *actor, 
                 goto out;
         if (ret_n)
                 *ret_n = n;
-        char detail[96];
-        snprintf(detail, sizeof(detail), "%lld held deletes %s", (long long)n,
-                 !strcmp(mode, "approve") ? "released" : "dropped");
+        char detail[256];
+        if (!strcmp(mode, "approve"))
+                snprintf(detail, sizeof(detail), "%lld held deletes released", (long long)n);
+        else
+                snprintf(detail, sizeof(detail), "%lld held deletes not sent; quarantined until a full scan of %s",
+                         (long long)n, awaited && *awaited ? awaited : "any connector");
         err = canopy_audit(st, actor, "operator", !strcmp(mode, "approve") ? "quarantine.approve" : "quarantine.reject",
                            detail, now_ms);
 out:
@@ -477,11 +548,40 @@ out:
 }
 
 canopy_err canopy_guard_approve(canopy_state *st, const char *actor, int64_t now_ms, int64_t *ret_n) {
-        return decide(st, "approve", actor, now_ms, ret_n);
+        return decide(st, "approve", actor, NULL, now_ms, ret_n);
 }
 
-canopy_err canopy_guard_reject(canopy_state *st, const char *actor, int64_t now_ms, int64_t *ret_n) {
-        return decide(st, "reject", actor, now_ms, ret_n);
+canopy_err canopy_guard_reject(canopy_state *st, const char *actor, const char *awaited_connector, int64_t now_ms,
+                               int64_t *ret_n) {
+        return decide(st, "reject", actor, awaited_connector, now_ms, ret_n);
+}
+
+canopy_err canopy_guard_scan_done(canopy_state *st, const char *connector, int64_t scan_start_ms, int64_t now_ms,
+                                  bool *ret_lifted) {
+        gkeys gk;
+        canopy_err err = keys_make(st, &gk);
+        if (err)
+                goto out;
+        char started[32], now[32];
+        snprintf(started, sizeof(started), "%lld", (long long)scan_start_ms);
+        snprintf(now, sizeof(now), "%lld", (long long)now_ms);
+        const char *argv[3] = {connector, started, now};
+        redisReply *r = run(st, LUA_SCAN_DONE, sha_scan_done, &gk, 3, argv);
+        err = reply_err(r);
+        bool lifted = !err && int_of(r) == 1;
+        if (r)
+                freeReplyObject(r);
+        if (lifted) {
+                char detail[192];
+                snprintf(detail, sizeof(detail), "full scan of %s ended: rejected deletes are decided again",
+                         connector);
+                err = canopy_audit(st, "guard", "system", "quarantine.lift", detail, now_ms);
+        }
+        if (!err && ret_lifted)
+                *ret_lifted = lifted;
+out:
+        keys_free(&gk);
+        return err;
 }
 
 static canopy_err strv_from_reply(const redisReply *r, char ***ret, size_t *ret_n, int pairs) {
@@ -601,8 +701,10 @@ canopy_err canopy_run_count(canopy_state *st, const char *connector, const char 
         snprintf(f, sizeof(f), "%s|%s", connector, object_type);
         snprintf(nb, sizeof(nb), "%lld", (long long)n);
         snprintf(now, sizeof(now), "%lld", (long long)now_ms);
-        const char *argv[7] = {f, connector, object_type, scan_id ? scan_id : "", run_fields[field], nb, now};
-        redisReply *r = run(st, LUA_RUN_COUNT, sha_run_count, &gk, 7, argv);
+        char maxn[32];
+        snprintf(maxn, sizeof(maxn), "%d", GUARD_HISTORY_MAX);
+        const char *argv[8] = {f, connector, object_type, scan_id ? scan_id : "", run_fields[field], nb, now, maxn};
+        redisReply *r = run(st, LUA_RUN_COUNT, sha_run_count, &gk, 8, argv);
         err = reply_err(r);
         if (r)
                 freeReplyObject(r);
@@ -644,6 +746,78 @@ static void jstr(json_t *o, const char *k, char *out, size_t cap) {
         snprintf(out, cap, "%s", v ? v : "");
 }
 
+/* One closed window from its JSON text; false when it is not one. */
+static bool run_entry_parse(const char *text, size_t len, canopy_run_entry *e) {
+        json_t *o = json_loadb(text, len, 0, NULL);
+        if (!json_is_object(o)) {
+                json_decref(o);
+                return false;
+        }
+        memset(e, 0, sizeof(*e));
+        jstr(o, "connector", e->connector, sizeof(e->connector));
+        jstr(o, "object_type", e->object_type, sizeof(e->object_type));
+        jstr(o, "run_type", e->run_type, sizeof(e->run_type));
+        jstr(o, "status", e->status, sizeof(e->status));
+        jstr(o, "scan", e->scan_id, sizeof(e->scan_id));
+        e->start_ms = jint(o, "start");
+        e->end_ms = jint(o, "end");
+        e->total = jint(o, "total");
+        e->changed = jint(o, "changed");
+        e->deleted = jint(o, "deleted");
+        e->filtered = jint(o, "filtered");
+        e->errors = jint(o, "errors");
+        json_decref(o);
+        return true;
+}
+
+canopy_err canopy_run_outbox(canopy_state *st, size_t max, canopy_run_entry **ret, size_t *ret_n) {
+        gkeys gk;
+        canopy_run_entry *v = NULL;
+        size_t n = 0;
+        canopy_err err = keys_make(st, &gk);
+        if (err)
+                goto out;
+        redisReply *r = rconn_cmd(st->rc, "LRANGE %s 0 %lld", gk.k[K_OUTBOX], (long long)(max ? max : 100) - 1);
+        err = reply_err(r);
+        if (!err && r->type != REDIS_REPLY_ARRAY)
+                err = CANOPY_ERR_REDIS;
+        if (!err && r->elements) {
+                v = calloc(r->elements, sizeof(*v));
+                if (!v)
+                        err = CANOPY_ERR_NOMEM;
+                /* An entry that does not parse is kept as an empty one, so
+                 * that the count to acknowledge stays the list's. */
+                for (size_t i = 0; !err && i < r->elements; i++)
+                        if (!run_entry_parse(r->element[i]->str, r->element[i]->len, &v[n++]))
+                                snprintf(v[n - 1].status, sizeof(v[n - 1].status), "%s", "unreadable");
+        }
+        if (r)
+                freeReplyObject(r);
+out:
+        keys_free(&gk);
+        if (err) {
+                free(v);
+                return err;
+        }
+        *ret = v;
+        *ret_n = n;
+        return CANOPY_OK;
+}
+
+canopy_err canopy_run_outbox_ack(canopy_state *st, size_t n) {
+        gkeys gk;
+        canopy_err err = keys_make(st, &gk);
+        if (err || !n)
+                goto out;
+        redisReply *r = rconn_cmd(st->rc, "LTRIM %s %lld -1", gk.k[K_OUTBOX], (long long)n);
+        err = reply_err(r);
+        if (r)
+                freeReplyObject(r);
+out:
+        keys_free(&gk);
+        return err;
+}
+
 canopy_err canopy_run_history(canopy_state *st, const char *connector, const char *object_type, size_t offset,
                               size_t limit, canopy_run_entry **ret, size_t *ret_n) {
         gkeys gk;
@@ -656,23 +830,9 @@ canopy_err canopy_run_history(canopy_state *st, const char *connector, const cha
         err = reply_err(r);
         if (!err && r->type == REDIS_REPLY_ARRAY) {
                 for (size_t i = 0; i < r->elements && (limit == 0 || n < limit); i++) {
-                        json_t *o = json_loadb(r->element[i]->str, r->element[i]->len, 0, NULL);
-                        if (!o)
-                                continue;
                         canopy_run_entry e;
-                        memset(&e, 0, sizeof(e));
-                        jstr(o, "connector", e.connector, sizeof(e.connector));
-                        jstr(o, "object_type", e.object_type, sizeof(e.object_type));
-                        jstr(o, "run_type", e.run_type, sizeof(e.run_type));
-                        jstr(o, "status", e.status, sizeof(e.status));
-                        e.start_ms = jint(o, "start");
-                        e.end_ms = jint(o, "end");
-                        e.total = jint(o, "total");
-                        e.changed = jint(o, "changed");
-                        e.deleted = jint(o, "deleted");
-                        e.filtered = jint(o, "filtered");
-                        e.errors = jint(o, "errors");
-                        json_decref(o);
+                        if (!run_entry_parse(r->element[i]->str, r->element[i]->len, &e))
+                                continue;
                         if (connector && *connector && strcmp(connector, e.connector))
                                 continue;
                         if (object_type && *object_type && strcmp(object_type, e.object_type))

@@ -147,6 +147,17 @@ static int print_status(const buf *b) {
                (long long)json_integer_value(json_object_get(o, "window_deletes")),
                (long long)json_integer_value(json_object_get(o, "limit")));
         printf("held deletes:   %lld\n", (long long)json_integer_value(json_object_get(o, "held")));
+        const char *aw = json_string_value(json_object_get(o, "awaiting_full_scan"));
+        if (aw) {
+                char at[40];
+                fmt_ms(json_integer_value(json_object_get(o, "rejected_ms")), at, sizeof(at));
+                printf("rejected:       %lld deletes at %s; waiting for a full scan of %s\n",
+                       (long long)json_integer_value(json_object_get(o, "rejected")), at,
+                       strcmp(aw, "*") ? aw : "any connector");
+        }
+        const char *wm = json_string_value(json_object_get(o, "window_mode"));
+        const char *sw = json_string_value(json_object_get(o, "scan_window"));
+        printf("window:         %s%s%s\n", wm ? wm : "rolling", sw ? ", scan " : "", sw ? sw : "");
         printf("synced objects: %lld\n", (long long)json_integer_value(json_object_get(o, "synced")));
         printf("while quarantined: %s\n",
                json_is_true(json_object_get(o, "pause_all")) ? "all exports pause" : "deletes are held");
@@ -159,8 +170,10 @@ static void guard_usage(FILE *f) {
                    "  status                     quarantine state, deletes counted and held\n"
                    "  held [--limit N]           the held deletes\n"
                    "  approve                    send exactly the held deletes, then resume   (operator)\n"
-                   "  reject [--full-scan CONN]  drop the held deletes, resume; optionally ask CONN\n"
-                   "                             for a full scan once its scope is fixed      (operator)\n"
+                   "  reject [--full-scan CONN]  send none of the held deletes; stay quarantined until\n"
+                   "                             a full scan of CONN (any connector without it) ends,\n"
+                   "                             which decides them again; --full-scan also asks CONN\n"
+                   "                             for that scan: fix the scope first           (operator)\n"
                    "  full-scan CONN             perform a full scan of CONN on its next run   (operator)\n"
                    "  audit [--limit N]          who changed what, when                        (admin)\n"
                    "  policy [--enable|--disable] [--threshold N] [--percent P]             (admin)\n"
@@ -237,10 +250,15 @@ int ctl_guard_main(int argc, char **argv) {
                         rc = api_error(st, &b);
                 } else {
                         json_t *o = json_loads(b.p, 0, NULL);
-                        json_t *n = json_object_get(o, !strcmp(cmd, "approve") ? "released" : "dropped");
-                        printf("%s: %lld held deletes %s%s%s\n", !strcmp(cmd, "approve") ? "approved" : "rejected",
-                               (long long)json_integer_value(n), !strcmp(cmd, "approve") ? "released" : "dropped",
-                               fs ? "; full scan requested for " : "", fs ? fs : "");
+                        if (!strcmp(cmd, "approve"))
+                                printf("approved: %lld held deletes released\n",
+                                       (long long)json_integer_value(json_object_get(o, "released")));
+                        else
+                                printf("rejected: %lld held deletes not sent; quarantined until a full scan of %s "
+                                       "ends%s%s\n",
+                                       (long long)json_integer_value(json_object_get(o, "not_sent")),
+                                       fs ? fs : "any connector", fs ? "; full scan requested for " : "",
+                                       fs ? fs : "");
                         json_decref(o);
                 }
         } else if (!strcmp(cmd, "full-scan")) {

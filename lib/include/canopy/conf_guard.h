@@ -17,6 +17,7 @@ typedef struct canopy_guard_conf {
         bool enabled;                /* guard.enabled */
         int64_t threshold_count;     /* guard.threshold.count */
         double threshold_percent;    /* guard.threshold.percent */
+        char *window_mode;           /* guard.window_mode: rolling | full-scan */
         int64_t window_ms;           /* guard.window */
         bool pause_all;              /* guard.pause_all */
         int64_t auth_quarantine_ms;  /* guard.credentials_failing */

@@ -22,8 +22,8 @@ extern "C" {
 /* Reserve one cloud delete of mv_id (borrowed). info (borrowed, may be
  * NULL): a short JSON text shown to operators with a held delete.
  * *ret_verdict: ALLOW (send it now), HOLD (held by the threshold or a
- * quarantine: do not send, do not commit; ask again later) or DROP (an
- * operator rejected it: do not send, commit). Idempotent per mv id.
+ * quarantine, or rejected by an operator and waiting for a full scan: do
+ * not send, do not commit; ask again later). Idempotent per mv id.
  * *ret_count (may be NULL): deletes counted in the window. Returns a Redis
  * error (retriable) on failure. */
 canopy_err canopy_guard_reserve_delete(canopy_state *st, const char *mv_id, const char *info,

@@ -16,8 +16,8 @@
  *   - while quarantined, workers pause the export stage without committing
  *     (pause_all, the default) or hold deletes only (pause_all false);
  *   - approve: the held deletes are released (allowed once, not counted
- *     again) and the quarantine lifts; reject: they are dropped (never sent)
- *     and the quarantine lifts.
+ *     again) and the quarantine lifts; reject: none is sent, and the
+ *     quarantine lasts until a full scan ends, which decides them again.
  */
 #ifndef CANOPY_GUARD_POLICY_H
 #define CANOPY_GUARD_POLICY_H
@@ -38,17 +38,17 @@ typedef struct canopy_guard_policy {
         int64_t threshold_count;   /* used when threshold_percent == 0; default 500 */
         double threshold_percent;  /* 0..100 of synced objects; 0 = use the count */
         int64_t window_ms;         /* rolling window; 0 = until the next approve/reject/reset */
+        bool window_full_scan;     /* count per full scan instead (guard.window_mode: full-scan) */
         int64_t auth_quarantine_ms; /* Graph 401/403 for this long -> quarantine */
         int64_t ldap_quarantine_ms; /* LDAP binds failing this long -> quarantine */
         bool pause_all;            /* pause every export while quarantined (default) */
 } canopy_guard_policy;
 
-#define CANOPY_GUARD_POLICY_DEFAULT {true, 500, 0.0, 3600000, 600000, 600000, true}
+#define CANOPY_GUARD_POLICY_DEFAULT {true, 500, 0.0, 3600000, false, 600000, 600000, true}
 
 typedef enum canopy_guard_verdict {
         CANOPY_GUARD_ALLOW = 0, /* send the delete */
-        CANOPY_GUARD_HOLD,      /* held: do not send, do not commit */
-        CANOPY_GUARD_DROP,      /* rejected by an operator: do not send, commit */
+        CANOPY_GUARD_HOLD,      /* held (or rejected, until a full scan): do not send, do not commit */
 } canopy_guard_verdict;
 
 typedef struct canopy_guard_status {
@@ -60,6 +60,11 @@ typedef struct canopy_guard_status {
         int64_t window_count;  /* deletes counted in the window */
         int64_t limit;         /* effective limit now */
         int64_t held;          /* deletes held */
+        int64_t rejected;      /* deletes rejected, waiting for the full scan */
+        char awaiting_scan[128]; /* after a reject: the connector whose full scan lifts it ("*": any) */
+        int64_t rejected_ms;   /* when it was rejected */
+        bool window_full_scan; /* the window is the full scan (else rolling) */
+        char scan_window[96];  /* full-scan mode: the scan whose window counts now */
         int64_t synced;        /* objects synced (for the percentage) */
         bool enabled;
         bool pause_all;
@@ -82,10 +87,21 @@ canopy_err canopy_guard_status_get(canopy_state *st, int64_t now_ms, canopy_guar
 canopy_err canopy_guard_paused(canopy_state *st, bool *ret);
 /* Quarantine for a reason (idempotent while quarantined; keeps the first reason). */
 canopy_err canopy_guard_quarantine(canopy_state *st, const char *reason, const char *detail, int64_t now_ms);
-/* Approve / reject the held deletes and lift the quarantine. *ret_n: how
- * many deletes were released / dropped. actor recorded in the audit trail. */
+/* Approve: release the held deletes (each allowed once, not counted again)
+ * and lift the quarantine with a new window. Reject: send none of them; the
+ * pipeline stays quarantined until a full scan of awaited_connector (NULL
+ * or "*": of any connector) that started after the rejection ends
+ * (canopy_guard_scan_done); then every held or rejected delete is decided
+ * again, in a new window, against what the scan found. *ret_n: how many
+ * deletes were held. actor recorded in the audit trail. */
 canopy_err canopy_guard_approve(canopy_state *st, const char *actor, int64_t now_ms, int64_t *ret_n);
-canopy_err canopy_guard_reject(canopy_state *st, const char *actor, int64_t now_ms, int64_t *ret_n);
+canopy_err canopy_guard_reject(canopy_state *st, const char *actor, const char *awaited_connector, int64_t now_ms,
+                               int64_t *ret_n);
+/* A full scan of connector, started at scan_start_ms, has ended (every
+ * event of it applied). *ret_lifted (may be NULL): it lifted a rejected
+ * quarantine. */
+canopy_err canopy_guard_scan_done(canopy_state *st, const char *connector, int64_t scan_start_ms, int64_t now_ms,
+                                  bool *ret_lifted);
 /* Held deletes: up to max entries "mv_id\tinfo" (owned strv, free with
  * canopy_state_strv_free). */
 canopy_err canopy_guard_held(canopy_state *st, size_t max, char ***ret, size_t *ret_n);
@@ -132,12 +148,19 @@ typedef struct canopy_run_entry {
         int64_t start_ms, end_ms;
         int64_t total, changed, deleted, filtered, errors;
         char status[32]; /* success | completed-errors | stopped-quarantine */
+        char scan_id[96]; /* full: the scan's id */
 } canopy_run_entry;
 
 /* History, newest first, filtered by connector and type (NULL = any);
  * offset/limit page through. *ret owned (free()). */
 canopy_err canopy_run_history(canopy_state *st, const char *connector, const char *object_type, size_t offset,
                               size_t limit, canopy_run_entry **ret, size_t *ret_n);
+
+/* Closed windows not yet published on the exports topic, oldest first, up
+ * to max (0: 100). *ret owned (free()). */
+canopy_err canopy_run_outbox(canopy_state *st, size_t max, canopy_run_entry **ret, size_t *ret_n);
+/* Forget the first n entries of the outbox (Kafka confirmed them). */
+canopy_err canopy_run_outbox_ack(canopy_state *st, size_t n);
 
 /* ---- audit --------------------------------------------------------------- */
 

@@ -1,7 +1,9 @@
 /* guard_tool: drive the guard's Redis state from test scripts.
- *   guard_tool reserve N PREFIX     reserve N deletes; prints "allow A hold H drop D"
+ *   guard_tool reserve N PREFIX     reserve N deletes; prints "allow A hold H"
  *   guard_tool run CONNECTOR TYPE TOTAL CHANGED DELETED FILTERED ERRORS [SCAN]
- *   guard_tool endscan CONNECTOR SCAN  (what the join stage does at END_OF_SCAN)
+ *   guard_tool endscan CONNECTOR SCAN [START_MS]  (what the join stage does at
+ *                                      END_OF_SCAN; prints "lifted" when it
+ *                                      lifted a rejected quarantine)
  *   guard_tool error MV_ID JSON        (what the export stage does on a conflict)
  * Redis from CANOPY_TEST_REDIS_HOST/_PORT, key prefix "canopy:". */
 #include <stdio.h>
@@ -27,7 +29,7 @@ int main(int argc, char **argv) {
         }
         int rc = 0;
         if (!strcmp(argv[1], "reserve") && argc == 4) {
-                int n = atoi(argv[2]), a = 0, h = 0, d = 0;
+                int n = atoi(argv[2]), a = 0, h = 0;
                 for (int i = 0; i < n; i++) {
                         char mv[128], info[160];
                         snprintf(mv, sizeof(mv), "%s%05d", argv[3], i);
@@ -39,19 +41,24 @@ int main(int argc, char **argv) {
                         }
                         a += v == CANOPY_GUARD_ALLOW;
                         h += v == CANOPY_GUARD_HOLD;
-                        d += v == CANOPY_GUARD_DROP;
                 }
-                printf("allow %d hold %d drop %d\n", a, h, d);
+                printf("allow %d hold %d\n", a, h);
         } else if (!strcmp(argv[1], "run") && argc >= 9) {
                 const char *scan = argc > 9 ? argv[9] : NULL;
                 for (int f = 0; f < 5; f++)
                         if (canopy_run_count(st, argv[2], argv[3], scan, (canopy_run_field)f, atoll(argv[4 + f]),
                                              now_ms()))
                                 rc = 1;
-        } else if (!strcmp(argv[1], "endscan") && argc == 4) {
+        } else if (!strcmp(argv[1], "endscan") && (argc == 4 || argc == 5)) {
                 size_t closed = 0;
+                bool lifted = false;
                 if (canopy_run_close(st, argv[2], argv[3], -1, 0, now_ms(), 0, &closed) || closed != 1)
                         rc = 1;
+                else if (canopy_guard_scan_done(st, argv[2], argc == 5 ? atoll(argv[4]) : now_ms(), now_ms(),
+                                                &lifted))
+                        rc = 1;
+                else if (lifted)
+                        printf("lifted\n");
         } else if (!strcmp(argv[1], "error") && argc == 4) {
                 if (canopy_state_error_set(st, argv[2], argv[3]))
                         rc = 1;

@@ -118,7 +118,11 @@ static void test_exact_under_concurrency(void **state) {
         canopy_state_free(st);
 }
 
-static void test_reject_drops(void **state) {
+/* Reject: none of the held deletes is sent, and the pipeline stays
+ * quarantined until a full scan of the awaited connector that began after
+ * the rejection ends; then every held or rejected delete is decided again
+ * in a new window. */
+static void test_reject_waits_for_full_scan(void **state) {
         (void)state;
         canopy_state *st = connect_state("t2:");
         set_policy(st, 3, 0);
@@ -140,28 +144,146 @@ static void test_reject_drops(void **state) {
         assert_non_null(strstr(list[0], "\t{\"type\":\"user\"}"));
         canopy_state_strv_free(list);
         int64_t n = 0;
-        assert_int_equal(canopy_guard_reject(st, "bob", 20, &n), CANOPY_OK);
+        assert_int_equal(canopy_guard_reject(st, "bob", "north", 20, &n), CANOPY_OK);
         assert_int_equal(n, 7);
-        int dropped = 0;
+        canopy_guard_status s;
+        assert_int_equal(canopy_guard_status_get(st, 25, &s), CANOPY_OK);
+        assert_true(s.quarantined);
+        assert_string_equal(s.awaiting_scan, "north");
+        assert_int_equal(s.rejected, 7);
+        assert_int_equal(s.held, 0);
+        assert_int_equal(s.rejected_ms, 20);
+        /* Still quarantined: a rejected delete and a new one are not sent. */
         for (int i = 3; i < 10; i++) {
                 char mv[16];
                 snprintf(mv, sizeof(mv), "r%d", i);
                 assert_int_equal(canopy_guard_reserve(st, mv, "{}", 30, &v, NULL), CANOPY_OK);
-                dropped += v == CANOPY_GUARD_DROP;
+                assert_int_equal(v, CANOPY_GUARD_HOLD);
         }
-        assert_int_equal(dropped, 7);
-        /* The window keeps its count after a reject: the next delete of the
-         * same mass delete is held again instead of slipping through. */
         assert_int_equal(canopy_guard_reserve(st, "r-next", "{}", 40, &v, NULL), CANOPY_OK);
         assert_int_equal(v, CANOPY_GUARD_HOLD);
-        /* The audit trail names who decided. */
+        assert_int_equal(canopy_guard_status_get(st, 45, &s), CANOPY_OK);
+        assert_int_equal(s.held, 1); /* r-next; the rejected ones are not held again */
+        assert_true(canopy_guard_paused(st, &(bool){false}) == CANOPY_OK);
+        /* A scan of another connector, or one that began before the
+         * rejection, lifts nothing. */
+        bool lifted = true;
+        assert_int_equal(canopy_guard_scan_done(st, "south", 50, 60, &lifted), CANOPY_OK);
+        assert_false(lifted);
+        assert_int_equal(canopy_guard_scan_done(st, "north", 15, 60, &lifted), CANOPY_OK);
+        assert_false(lifted);
+        assert_int_equal(canopy_guard_status_get(st, 60, &s), CANOPY_OK);
+        assert_true(s.quarantined);
+        /* The full scan of north that began after it: lifted, new window. */
+        assert_int_equal(canopy_guard_scan_done(st, "north", 50, 70, &lifted), CANOPY_OK);
+        assert_true(lifted);
+        assert_int_equal(canopy_guard_status_get(st, 70, &s), CANOPY_OK);
+        assert_false(s.quarantined);
+        assert_int_equal(s.held + s.rejected + s.window_count, 0);
+        assert_string_equal(s.awaiting_scan, "");
+        /* What the scan still finds deleted is decided again: three fit in
+         * the new window, the fourth quarantines again. */
+        allowed = held = 0;
+        for (int i = 3; i < 7; i++) {
+                char mv[16];
+                snprintf(mv, sizeof(mv), "r%d", i);
+                assert_int_equal(canopy_guard_reserve(st, mv, "{}", 80, &v, NULL), CANOPY_OK);
+                allowed += v == CANOPY_GUARD_ALLOW;
+                held += v == CANOPY_GUARD_HOLD;
+        }
+        assert_int_equal(allowed, 3);
+        assert_int_equal(held, 1);
+        assert_int_equal(canopy_guard_status_get(st, 80, &s), CANOPY_OK);
+        assert_true(s.quarantined);
+        assert_string_equal(s.awaiting_scan, "");
+        /* Without a connector, any full scan lifts it. */
+        assert_int_equal(canopy_guard_reject(st, "bob", NULL, 90, &n), CANOPY_OK);
+        assert_int_equal(n, 1);
+        assert_int_equal(canopy_guard_status_get(st, 95, &s), CANOPY_OK);
+        assert_string_equal(s.awaiting_scan, "*");
+        assert_int_equal(canopy_guard_scan_done(st, "south", 100, 110, &lifted), CANOPY_OK);
+        assert_true(lifted);
+        /* The audit trail names who decided, and the lift. */
         char **audit = NULL;
         size_t na = 0;
         assert_int_equal(canopy_audit_list(st, 0, 10, &audit, &na), CANOPY_OK);
-        assert_true(na >= 2);
-        assert_non_null(strstr(audit[0], "\"who\":\"bob\""));
-        assert_non_null(strstr(audit[0], "quarantine.reject"));
+        assert_true(na >= 4);
+        assert_non_null(strstr(audit[0], "quarantine.lift"));
+        assert_non_null(strstr(audit[0], "full scan of south"));
+        assert_non_null(strstr(audit[1], "\"who\":\"bob\""));
+        assert_non_null(strstr(audit[1], "quarantine.reject"));
+        assert_non_null(strstr(audit[1], "any connector"));
         canopy_state_strv_free(audit);
+        /* Approve lifts a rejected quarantine too, without a scan. */
+        for (int i = 200; i < 205; i++) {
+                char mv[16];
+                snprintf(mv, sizeof(mv), "r%d", i);
+                assert_int_equal(canopy_guard_reserve(st, mv, "{}", 120, &v, NULL), CANOPY_OK);
+        }
+        assert_int_equal(canopy_guard_reject(st, "bob", "north", 130, &n), CANOPY_OK);
+        assert_int_equal(n, 2);
+        assert_int_equal(canopy_guard_approve(st, "alice", 140, &n), CANOPY_OK);
+        assert_int_equal(n, 0);
+        assert_int_equal(canopy_guard_status_get(st, 140, &s), CANOPY_OK);
+        assert_false(s.quarantined);
+        assert_int_equal(s.rejected, 0);
+        canopy_state_free(st);
+}
+
+/* guard.window_mode full-scan: the count runs from the start of a full
+ * scan to the start of the next; scans that overlap share a window; no
+ * time passing empties it. */
+static void test_full_scan_window(void **state) {
+        (void)state;
+        canopy_state *st = connect_state("t7:");
+        canopy_guard_policy p = CANOPY_GUARD_POLICY_DEFAULT;
+        p.threshold_count = 4;
+        p.window_ms = 1000; /* ignored in this mode */
+        p.window_full_scan = true;
+        assert_int_equal(canopy_guard_policy_put(st, &p, "test"), CANOPY_OK);
+        canopy_guard_verdict v;
+        assert_int_equal(canopy_run_count(st, "north", "user", "north-1000-a", CANOPY_RUN_TOTAL, 1, 1000), 0);
+        for (int i = 0; i < 3; i++) {
+                char mv[16];
+                snprintf(mv, sizeof(mv), "f%d", i);
+                assert_int_equal(canopy_guard_reserve(st, mv, NULL, 2000 + 5000 * i, &v, NULL), CANOPY_OK);
+                assert_int_equal(v, CANOPY_GUARD_ALLOW);
+        }
+        canopy_guard_status s;
+        assert_int_equal(canopy_guard_status_get(st, 60000, &s), CANOPY_OK);
+        assert_int_equal(s.window_count, 3); /* a minute later: still counted */
+        assert_true(s.window_full_scan);
+        assert_string_equal(s.scan_window, "north-1000-a");
+        /* south's scan starts while north's is open: same window. */
+        assert_int_equal(canopy_run_count(st, "south", "group", "south-61000-b", CANOPY_RUN_TOTAL, 1, 61000), 0);
+        assert_int_equal(canopy_guard_reserve(st, "f3", NULL, 62000, &v, NULL), CANOPY_OK);
+        assert_int_equal(v, CANOPY_GUARD_ALLOW);
+        size_t closed = 0;
+        assert_int_equal(canopy_run_close(st, "north", "north-1000-a", -1, 0, 63000, 100, &closed), 0);
+        assert_int_equal(canopy_run_close(st, "south", "south-61000-b", -1, 0, 63000, 100, &closed), 0);
+        /* Streamed after both scans: the fifth delete of the window is held. */
+        assert_int_equal(canopy_guard_reserve(st, "f4", NULL, 64000, &v, NULL), CANOPY_OK);
+        assert_int_equal(v, CANOPY_GUARD_HOLD);
+        assert_int_equal(canopy_guard_approve(st, "ops", 65000, NULL), CANOPY_OK);
+        assert_int_equal(canopy_guard_reserve(st, "f4", NULL, 65500, &v, NULL), CANOPY_OK);
+        assert_int_equal(v, CANOPY_GUARD_ALLOW);
+        for (int i = 5; i < 8; i++) {
+                char mv[16];
+                snprintf(mv, sizeof(mv), "f%d", i);
+                assert_int_equal(canopy_guard_reserve(st, mv, NULL, 66000, &v, NULL), CANOPY_OK);
+                assert_int_equal(v, CANOPY_GUARD_ALLOW);
+        }
+        /* The next full scan starts a new window: four more fit. */
+        assert_int_equal(canopy_run_count(st, "north", "user", "north-70000-c", CANOPY_RUN_TOTAL, 1, 70000), 0);
+        assert_int_equal(canopy_run_count(st, "north", "group", "north-70000-c", CANOPY_RUN_TOTAL, 1, 70001), 0);
+        for (int i = 8; i < 12; i++) {
+                char mv[16];
+                snprintf(mv, sizeof(mv), "f%d", i);
+                assert_int_equal(canopy_guard_reserve(st, mv, NULL, 71000, &v, NULL), CANOPY_OK);
+                assert_int_equal(v, CANOPY_GUARD_ALLOW);
+        }
+        assert_int_equal(canopy_guard_reserve(st, "f12", NULL, 72000, &v, NULL), CANOPY_OK);
+        assert_int_equal(v, CANOPY_GUARD_HOLD);
         canopy_state_free(st);
 }
 
@@ -179,7 +301,7 @@ static void test_percentage_and_disable(void **state) {
                 allowed += v == CANOPY_GUARD_ALLOW;
         }
         assert_int_equal(allowed, 10);
-        assert_int_equal(canopy_guard_reject(st, "ops", 11, NULL), CANOPY_OK);
+        assert_int_equal(canopy_guard_approve(st, "ops", 11, NULL), CANOPY_OK);
 
         /* Disabled: everything goes, and the switch is in the audit trail. */
         canopy_guard_policy p = CANOPY_GUARD_POLICY_DEFAULT;
@@ -288,14 +410,33 @@ static void test_run_history(void **state) {
         assert_int_equal(canopy_run_history(st, "south", "group", 0, 10, &e, &n), CANOPY_OK);
         assert_int_equal(n, 1);
         free(e);
+        /* The closed windows wait in the outbox for the exports topic,
+         * oldest first, until acknowledged. */
+        assert_int_equal(canopy_run_outbox(st, 10, &e, &n), CANOPY_OK);
+        assert_int_equal(n, 2);
+        assert_string_equal(e[0].connector, "south");
+        assert_string_equal(e[0].scan_id, "scan-1");
+        assert_int_equal(e[0].end_ms, 2000);
+        assert_string_equal(e[1].connector, "north");
+        free(e);
+        assert_int_equal(canopy_run_outbox_ack(st, 1), CANOPY_OK);
+        assert_int_equal(canopy_run_outbox(st, 10, &e, &n), CANOPY_OK);
+        assert_int_equal(n, 1);
+        assert_string_equal(e[0].connector, "north");
+        free(e);
+        assert_int_equal(canopy_run_outbox_ack(st, 1), CANOPY_OK);
+        assert_int_equal(canopy_run_outbox(st, 10, &e, &n), CANOPY_OK);
+        assert_int_equal(n, 0);
+        free(e);
         canopy_state_free(st);
 }
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_exact_under_concurrency), cmocka_unit_test(test_reject_drops),
+            cmocka_unit_test(test_exact_under_concurrency), cmocka_unit_test(test_reject_waits_for_full_scan),
             cmocka_unit_test(test_percentage_and_disable), cmocka_unit_test(test_rolling_window),
             cmocka_unit_test(test_credentials_streak),     cmocka_unit_test(test_run_history),
+            cmocka_unit_test(test_full_scan_window),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
