@@ -69,8 +69,14 @@ typedef struct guard {
         canopy_http *http;
         char last_qid[40];
         bool was_quarantined;
-        canopy_metric *m_quarantined, *m_held, *m_window, *m_limit, *m_notify;
+        canopy_metric *m_quarantined, *m_held, *m_window, *m_limit, *m_notify, *m_runs;
+        /* Delivery reports of the RunRecords of one publish_runs() batch
+         * (the callback runs on this thread, inside poll and flush). */
+        size_t runs_acked, runs_failed;
 } guard;
+
+/* msg_opaque of a RunRecord; other messages carry NULL. */
+static char run_marker;
 
 static void usage(FILE *f) {
         fprintf(f,
@@ -536,6 +542,79 @@ static void notify_quarantine(guard *g, const canopy_guard_status *s) {
         free(text);
 }
 
+static void on_delivery(void *msg_opaque, canopy_err err, const char *errstr, int32_t partition, int64_t offset,
+                        void *app_opaque) {
+        (void)partition;
+        (void)offset;
+        guard *g = app_opaque;
+        if (msg_opaque != &run_marker)
+                return;
+        if (err) {
+                g->runs_failed++;
+                canopy_log(CANOPY_LOG_WARN, MOD, NULL, "run history record not delivered to exports: %s", errstr);
+        } else {
+                g->runs_acked++;
+        }
+}
+
+static canopy_run_type run_type_of(const char *s) {
+        return !strcmp(s, "full") ? CANOPY_RUN_FULL : CANOPY_RUN_DELTA;
+}
+
+static canopy_run_status run_status_of(const char *s) {
+        if (!strcmp(s, "completed-errors"))
+                return CANOPY_RUN_COMPLETED_ERRORS;
+        if (!strcmp(s, "stopped-quarantine"))
+                return CANOPY_RUN_STOPPED_QUARANTINE;
+        return CANOPY_RUN_SUCCESS;
+}
+
+/* Publish the closed run-history windows of the outbox to the exports
+ * topic as RunRecords, and forget them only once Kafka confirmed every one
+ * of the batch; a failed batch is sent again on the next tick (so a record
+ * may be published twice, never lost). */
+static void publish_runs(guard *g) {
+        canopy_run_entry *e = NULL;
+        size_t n = 0;
+        if (canopy_run_outbox(g->st, 200, &e, &n) || !n) {
+                free(e);
+                return;
+        }
+        g->runs_acked = g->runs_failed = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (!strcmp(e[i].status, "unreadable")) {
+                        g->runs_acked++; /* nothing to publish: let it go */
+                        continue;
+                }
+                canopy_run_record rr = {e[i].connector,
+                                        e[i].object_type,
+                                        run_type_of(e[i].run_type),
+                                        e[i].scan_id[0] ? e[i].scan_id : NULL,
+                                        e[i].start_ms,
+                                        e[i].end_ms,
+                                        e[i].total,
+                                        e[i].changed,
+                                        e[i].deleted,
+                                        e[i].filtered,
+                                        e[i].errors,
+                                        run_status_of(e[i].status),
+                                        now_ms()};
+                char eb[256];
+                canopy_err err = canopy_kafka_produce_run(g->kp, &rr, &run_marker, eb, sizeof(eb));
+                if (err) {
+                        canopy_log(CANOPY_LOG_WARN, MOD, NULL, "cannot publish a run history record: %s (%s)", eb,
+                                   canopy_err_name(err));
+                        break;
+                }
+        }
+        canopy_kafka_producer_flush(g->kp, 10000);
+        if (g->runs_acked == n && !g->runs_failed) {
+                if (canopy_run_outbox_ack(g->st, n) == CANOPY_OK)
+                        canopy_metrics_add(g->m_runs, NULL, (double)n);
+        }
+        free(e);
+}
+
 static void tick(guard *g) {
         canopy_guard_status s;
         int64_t now = now_ms();
@@ -569,6 +648,7 @@ static void tick(guard *g) {
                              (size_t)g->cf.history_entries, &closed) == CANOPY_OK &&
             closed)
                 canopy_log(CANOPY_LOG_DEBUG, MOD, NULL, "closed %zu run-history windows", closed);
+        publish_runs(g);
 }
 
 static canopy_err split_listen(const char *listen, char *host, size_t hcap, int *port) {
@@ -662,7 +742,7 @@ int main(int argc, char **argv) {
                            canopy_err_name(err));
                 goto out;
         }
-        err = canopy_kafka_producer_new(&g.cf.kafka, NULL, NULL, &g.kp, eb, sizeof(eb));
+        err = canopy_kafka_producer_new(&g.cf.kafka, on_delivery, &g, &g.kp, eb, sizeof(eb));
         if (err) {
                 canopy_log(CANOPY_LOG_FATAL, MOD, NULL, "%s", eb);
                 goto out;
@@ -674,6 +754,8 @@ int main(int argc, char **argv) {
         g.m_limit = canopy_metrics_gauge(reg, "canopy_guard_delete_limit", "Effective delete limit.", NULL);
         g.m_notify = canopy_metrics_counter(reg, "canopy_guard_notifications_total", "Notifications.",
                                             "channel,result");
+        g.m_runs = canopy_metrics_counter(reg, "canopy_guard_run_records_total",
+                                          "Run-history records published to the exports topic.", NULL);
 
         canopy_http_conf hc = CANOPY_HTTP_CONF_DEFAULT;
         char host[256];

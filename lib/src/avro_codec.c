@@ -583,7 +583,7 @@ canopy_err canopy_avro_fingerprint(const char *json, uint64_t *ret, char *errbuf
 
 static const char *const rec_names[CANOPY_REC_COUNT] = {
         "io.canopy.events.ChangeEvent", "io.canopy.events.MvEvent",      "io.canopy.events.ExportRecord",
-        "io.canopy.events.ControlEvent", "io.canopy.events.DeadLetter",
+        "io.canopy.events.ControlEvent", "io.canopy.events.DeadLetter", "io.canopy.events.RunRecord",
 };
 
 struct reg_entry {
@@ -1001,6 +1001,22 @@ static void enc_export(struct wr *w, const canopy_export_record *er) {
         w_long(w, er->source_ts_ms);
 }
 
+static void enc_run(struct wr *w, const canopy_run_record *rr) {
+        w_str(w, rr->connector);
+        w_str(w, rr->object_type);
+        w_long(w, rr->run_type);
+        w_optstr(w, rr->scan_id);
+        w_long(w, rr->start_ms);
+        w_long(w, rr->end_ms);
+        w_long(w, rr->total);
+        w_long(w, rr->changed);
+        w_long(w, rr->deleted);
+        w_long(w, rr->filtered);
+        w_long(w, rr->errors);
+        w_long(w, rr->status);
+        w_long(w, rr->ts_ms);
+}
+
 static void enc_control(struct wr *w, const canopy_control_event *ce) {
         w_long(w, ce->kind);
         w_optstr(w, ce->target);
@@ -1090,6 +1106,14 @@ static canopy_err check_export(const canopy_export_record *er, struct ectx *e) {
         for (size_t i = 0; i < er->nchanged; i++)
                 if (!er->changed[i])
                         return fail(e, CANOPY_ERR_ENCODE, "ExportRecord changed[%zu] is NULL", i);
+        return CANOPY_OK;
+}
+
+static canopy_err check_run(const canopy_run_record *rr, struct ectx *e) {
+        if (!rr->connector || !rr->object_type)
+                return fail(e, CANOPY_ERR_ENCODE, "RunRecord without connector or object_type");
+        if ((unsigned)rr->run_type > CANOPY_RUN_FULL || (unsigned)rr->status > CANOPY_RUN_STOPPED_QUARANTINE)
+                return fail(e, CANOPY_ERR_ENCODE, "RunRecord with invalid run_type or status");
         return CANOPY_OK;
 }
 
@@ -1191,6 +1215,17 @@ canopy_err canopy_avro_encode_dead_letter(const canopy_dead_letter *dl, canopy_b
                 return err;
         const char *ctx = dl->topic;
         ENCODE_BODY(CANOPY_REC_DEAD_LETTER, enc_dead_letter, dl, "DeadLetter");
+}
+
+canopy_err canopy_avro_encode_run(const canopy_run_record *rr, canopy_bytes *ret, char *errbuf, size_t errlen) {
+        struct ectx e = {errbuf, errlen};
+        if (!rr || !ret)
+                return CANOPY_ERR_INVALID_ARG;
+        canopy_err err = reg_ready(&e);
+        if (err || (err = check_run(rr, &e)))
+                return err;
+        const char *ctx = rr->connector;
+        ENCODE_BODY(CANOPY_REC_RUN, enc_run, rr, "RunRecord");
 }
 
 /* ---- typed decoders ----------------------------------------------------- */
@@ -1340,6 +1375,27 @@ static canopy_err dec_export(struct rd *r, canopy_export_record *er) {
         TRY(r_bool(r, &er->staged));
         TRY(r_long(r, &er->ts_ms));
         TRY(r_long(r, &er->source_ts_ms));
+        return CANOPY_OK;
+}
+
+static canopy_err dec_run(struct rd *r, canopy_run_record *rr) {
+        canopy_err err;
+        int rt, status;
+        TRY(r_str(r, &rr->connector, "connector"));
+        TRY(r_str(r, &rr->object_type, "object_type"));
+        TRY(r_enum(r, CANOPY_RUN_FULL + 1, &rt, "run_type"));
+        rr->run_type = (canopy_run_type)rt;
+        TRY(r_optstr(r, &rr->scan_id, "scan_id"));
+        TRY(r_long(r, &rr->start_ms));
+        TRY(r_long(r, &rr->end_ms));
+        TRY(r_long(r, &rr->total));
+        TRY(r_long(r, &rr->changed));
+        TRY(r_long(r, &rr->deleted));
+        TRY(r_long(r, &rr->filtered));
+        TRY(r_long(r, &rr->errors));
+        TRY(r_enum(r, CANOPY_RUN_STOPPED_QUARANTINE + 1, &status, "status"));
+        rr->status = (canopy_run_status)status;
+        TRY(r_long(r, &rr->ts_ms));
         return CANOPY_OK;
 }
 
@@ -1867,6 +1923,7 @@ DECODE_ENTRY(canopy_avro_decode_control, canopy_control_event, CANOPY_REC_CONTRO
              canopy_control_event_free)
 DECODE_ENTRY(canopy_avro_decode_dead_letter, canopy_dead_letter, CANOPY_REC_DEAD_LETTER, dec_dead_letter,
              canopy_dead_letter_free)
+DECODE_ENTRY(canopy_avro_decode_run, canopy_run_record, CANOPY_REC_RUN, dec_run, canopy_run_record_free)
 
 /* ---- resolve / frame ---------------------------------------------------- */
 

@@ -57,6 +57,15 @@ void canopy_mv_event_free(canopy_mv_event *mv) {
         memset(mv, 0, sizeof(*mv));
 }
 
+void canopy_run_record_free(canopy_run_record *rr) {
+        if (!rr)
+                return;
+        free(rr->connector);
+        free(rr->object_type);
+        free(rr->scan_id);
+        memset(rr, 0, sizeof(*rr));
+}
+
 void canopy_export_record_free(canopy_export_record *er) {
         if (!er)
                 return;

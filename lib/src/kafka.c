@@ -487,6 +487,13 @@ canopy_err canopy_kafka_produce_export(canopy_kafka_producer *kp, const canopy_e
         return err ? err : produce_keyed(kp, CANOPY_TOPIC_EXPORTS, er->mv_id, &v, msg_opaque);
 }
 
+canopy_err canopy_kafka_produce_run(canopy_kafka_producer *kp, const canopy_run_record *rr, void *msg_opaque,
+                                    char *errbuf, size_t errlen) {
+        canopy_bytes v = {0};
+        canopy_err err = canopy_avro_encode_run(rr, &v, errbuf, errlen);
+        return err ? err : produce_keyed(kp, CANOPY_TOPIC_EXPORTS, rr->connector, &v, msg_opaque);
+}
+
 canopy_err canopy_kafka_produce_control(canopy_kafka_producer *kp, const canopy_control_event *ce,
                                         void *msg_opaque, char *errbuf, size_t errlen) {
         canopy_bytes v = {0};

@@ -112,5 +112,27 @@ const struct canopy_schema_src canopy_schema_srcs[] = {
         "    {\"name\": \"ts_ms\", \"type\": \"long\", \"doc\": \"Time of dead-lettering, ms since the epoch.\"}\n"
         "  ]\n"
         "}\n"},
+    {CANOPY_REC_RUN, 1, 1, "RunRecord.avsc",
+        "{\n"
+        "  \"type\": \"record\",\n"
+        "  \"name\": \"RunRecord\",\n"
+        "  \"namespace\": \"io.canopy.events\",\n"
+        "  \"doc\": \"One closed run-history window of one connector and object type, with the columns of Entra Connect's Sync History; published by canopy-guard to the exports topic (key: connector). Version 1.\",\n"
+        "  \"fields\": [\n"
+        "    {\"name\": \"connector\", \"type\": \"string\", \"doc\": \"Connector id.\"},\n"
+        "    {\"name\": \"object_type\", \"type\": \"string\", \"doc\": \"Source object class the window counted (user, group, ...).\"},\n"
+        "    {\"name\": \"run_type\", \"type\": {\"type\": \"enum\", \"name\": \"RunType\", \"symbols\": [\"DELTA\", \"FULL\"]}, \"doc\": \"DELTA: streamed changes; FULL: one full scan.\"},\n"
+        "    {\"name\": \"scan_id\", \"type\": [\"null\", \"string\"], \"default\": null, \"doc\": \"The full scan's id (FULL).\"},\n"
+        "    {\"name\": \"start_ms\", \"type\": \"long\", \"doc\": \"First change counted, ms since the epoch.\"},\n"
+        "    {\"name\": \"end_ms\", \"type\": \"long\", \"doc\": \"When the window closed, ms since the epoch.\"},\n"
+        "    {\"name\": \"total\", \"type\": \"long\", \"doc\": \"Objects processed.\"},\n"
+        "    {\"name\": \"changed\", \"type\": \"long\", \"doc\": \"Objects added or updated.\"},\n"
+        "    {\"name\": \"deleted\", \"type\": \"long\", \"doc\": \"Objects deleted.\"},\n"
+        "    {\"name\": \"filtered\", \"type\": \"long\", \"doc\": \"Objects out of scope.\"},\n"
+        "    {\"name\": \"errors\", \"type\": \"long\", \"doc\": \"Objects in error.\"},\n"
+        "    {\"name\": \"status\", \"type\": {\"type\": \"enum\", \"name\": \"RunStatus\", \"symbols\": [\"SUCCESS\", \"COMPLETED_ERRORS\", \"STOPPED_QUARANTINE\"]}, \"doc\": \"Outcome, as Sync History shows it.\"},\n"
+        "    {\"name\": \"ts_ms\", \"type\": \"long\", \"doc\": \"Publication time, ms since the epoch.\"}\n"
+        "  ]\n"
+        "}\n"},
 };
 const size_t canopy_schema_nsrcs = sizeof(canopy_schema_srcs) / sizeof(canopy_schema_srcs[0]);

@@ -63,12 +63,21 @@ static canopy_err decode_encode(canopy_record rec, const uint8_t *buf, size_t le
                 }
                 break;
         }
-        default: {
+        case CANOPY_REC_DEAD_LETTER: {
                 canopy_dead_letter ev;
                 err = canopy_avro_decode_dead_letter(buf, len, &ev, eb, sizeof(eb));
                 if (!err) {
                         err = canopy_avro_encode_dead_letter(&ev, out, eb, sizeof(eb));
                         canopy_dead_letter_free(&ev);
+                }
+                break;
+        }
+        default: {
+                canopy_run_record ev;
+                err = canopy_avro_decode_run(buf, len, &ev, eb, sizeof(eb));
+                if (!err) {
+                        err = canopy_avro_encode_run(&ev, out, eb, sizeof(eb));
+                        canopy_run_record_free(&ev);
                 }
                 break;
         }

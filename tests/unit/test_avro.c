@@ -291,6 +291,34 @@ static void test_other_round_trips(void **state) {
         canopy_export_record_free(&eo);
         free(b.data);
 
+        /* A RunRecord shares the exports topic with ExportRecords: the
+         * header tells them apart, and one is not decoded as the other. */
+        canopy_run_record rr = {"forêt-Ä", "user", CANOPY_RUN_FULL, "forêt-Ä-1700000000000-1f", 1000, 2000,
+                                12, 7, 1, 3, 1, CANOPY_RUN_COMPLETED_ERRORS, 2001}, ro;
+        assert_int_equal(canopy_avro_encode_run(&rr, &b, err, sizeof(err)), 0);
+        canopy_record peeked = CANOPY_REC_CHANGE;
+        assert_int_equal(canopy_avro_peek(b.data, b.len, &peeked, NULL), 0);
+        assert_int_equal(peeked, CANOPY_REC_RUN);
+        assert_int_equal(canopy_avro_decode_export(b.data, b.len, &eo, err, sizeof(err)), CANOPY_ERR_DECODE);
+        assert_int_equal(canopy_avro_decode_run(b.data, b.len, &ro, err, sizeof(err)), 0);
+        assert_string_equal(ro.connector, "forêt-Ä");
+        assert_string_equal(ro.object_type, "user");
+        assert_int_equal(ro.run_type, CANOPY_RUN_FULL);
+        assert_string_equal(ro.scan_id, "forêt-Ä-1700000000000-1f");
+        assert_int_equal(ro.start_ms, 1000);
+        assert_int_equal(ro.end_ms, 2000);
+        assert_int_equal(ro.total + ro.changed + ro.deleted + ro.filtered + ro.errors, 24);
+        assert_int_equal(ro.filtered, 3);
+        assert_int_equal(ro.status, CANOPY_RUN_COMPLETED_ERRORS);
+        assert_int_equal(ro.ts_ms, 2001);
+        canopy_run_record_free(&ro);
+        free(b.data);
+        rr.status = (canopy_run_status)7;
+        assert_int_equal(canopy_avro_encode_run(&rr, &b, err, sizeof(err)), CANOPY_ERR_ENCODE);
+        rr.status = CANOPY_RUN_SUCCESS;
+        rr.connector = NULL;
+        assert_int_equal(canopy_avro_encode_run(&rr, &b, err, sizeof(err)), CANOPY_ERR_ENCODE);
+
         canopy_control_event ce = {CANOPY_CTL_APPROVE, "tenant-1", "ok'd by ops", "alice", NULL, 5}, co;
         assert_int_equal(canopy_avro_encode_control(&ce, &b, err, sizeof(err)), 0);
         assert_int_equal(canopy_avro_decode_control(b.data, b.len, &co, err, sizeof(err)), 0);

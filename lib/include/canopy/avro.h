@@ -47,13 +47,14 @@
 extern "C" {
 #endif
 
-/* The five records. */
+/* The six records. */
 typedef enum canopy_record {
         CANOPY_REC_CHANGE = 0,  /* io.canopy.events.ChangeEvent  (topic changes) */
         CANOPY_REC_MV,          /* io.canopy.events.MvEvent      (topic mv) */
         CANOPY_REC_EXPORT,      /* io.canopy.events.ExportRecord (topic exports) */
         CANOPY_REC_CONTROL,     /* io.canopy.events.ControlEvent (topic control) */
         CANOPY_REC_DEAD_LETTER, /* io.canopy.events.DeadLetter   (topic dlq) */
+        CANOPY_REC_RUN,         /* io.canopy.events.RunRecord    (topic exports) */
         CANOPY_REC_COUNT,
 } canopy_record;
 
@@ -77,6 +78,7 @@ canopy_err canopy_avro_encode_control(const canopy_control_event *ce, canopy_byt
                                       size_t errlen);
 canopy_err canopy_avro_encode_dead_letter(const canopy_dead_letter *dl, canopy_bytes *ret, char *errbuf,
                                           size_t errlen);
+canopy_err canopy_avro_encode_run(const canopy_run_record *rr, canopy_bytes *ret, char *errbuf, size_t errlen);
 
 /* ---- decode: buf (borrowed, len bytes) -> *ret (a zeroed struct on entry
  * is not required; it is overwritten). On success the caller owns *ret and
@@ -93,6 +95,8 @@ canopy_err canopy_avro_decode_control(const void *buf, size_t len, canopy_contro
                                       size_t errlen);
 canopy_err canopy_avro_decode_dead_letter(const void *buf, size_t len, canopy_dead_letter *ret, char *errbuf,
                                           size_t errlen);
+canopy_err canopy_avro_decode_run(const void *buf, size_t len, canopy_run_record *ret, char *errbuf,
+                                  size_t errlen);
 
 /* Which record (and schema version) a payload was written with, from its
  * header alone. buf borrowed. ret_version may be NULL. Returns

@@ -143,6 +143,29 @@ typedef struct canopy_control_event {
         int64_t ts_ms;
 } canopy_control_event;
 
+typedef enum canopy_run_type {
+        CANOPY_RUN_DELTA = 0,
+        CANOPY_RUN_FULL,
+} canopy_run_type;
+
+typedef enum canopy_run_status {
+        CANOPY_RUN_SUCCESS = 0,
+        CANOPY_RUN_COMPLETED_ERRORS,
+        CANOPY_RUN_STOPPED_QUARANTINE,
+} canopy_run_status;
+
+/* One closed run-history window (Sync History), on the exports topic. */
+typedef struct canopy_run_record {
+        char *connector;
+        char *object_type;
+        canopy_run_type run_type;
+        char *scan_id; /* FULL: the scan's id; may be NULL */
+        int64_t start_ms, end_ms;
+        int64_t total, changed, deleted, filtered, errors;
+        canopy_run_status status;
+        int64_t ts_ms;
+} canopy_run_record;
+
 typedef struct canopy_dead_letter {
         char *topic;
         int32_t partition;
@@ -160,6 +183,7 @@ void canopy_mv_event_free(canopy_mv_event *mv);
 void canopy_export_record_free(canopy_export_record *er);
 void canopy_control_event_free(canopy_control_event *ce);
 void canopy_dead_letter_free(canopy_dead_letter *dl);
+void canopy_run_record_free(canopy_run_record *rr);
 
 /* Helpers for building events. All copy their inputs. */
 canopy_err canopy_bytes_set(canopy_bytes *b, const void *data, size_t len);

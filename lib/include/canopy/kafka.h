@@ -202,6 +202,9 @@ canopy_err canopy_kafka_produce_mv(canopy_kafka_producer *kp, const canopy_mv_ev
                                    char *errbuf, size_t errlen);
 canopy_err canopy_kafka_produce_export(canopy_kafka_producer *kp, const canopy_export_record *er,
                                        void *msg_opaque, char *errbuf, size_t errlen);
+/* A closed run-history window (RunRecord) to exports, keyed by connector. */
+canopy_err canopy_kafka_produce_run(canopy_kafka_producer *kp, const canopy_run_record *rr, void *msg_opaque,
+                                    char *errbuf, size_t errlen);
 canopy_err canopy_kafka_produce_control(canopy_kafka_producer *kp, const canopy_control_event *ce,
                                         void *msg_opaque, char *errbuf, size_t errlen);
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The deletion guard with real workers: N workers race the deletes of a
 # whole OU against a threshold; the emulator receives exactly the threshold,
-# the rest is held; a rejection drops held deletes, an approval sends
-# exactly them; revoked Graph credentials quarantine the pipeline.
+# the rest is held; a rejection sends none until a full scan ends, an
+# approval sends exactly them; revoked Graph credentials quarantine the pipeline.
 #   test_guard_e2e.sh BIN_DIR [USERS THRESHOLD WORKERS DELETES]
 #   (default 2100 500 4 2000: four workers race 2,000 deletes against the
 #   default threshold of 500)
@@ -56,20 +56,33 @@ sleep 5
 got=$(( $(ndeleted) - base_deleted ))
 [ "$got" = "$limit" ] || fail "the emulator received $got deletes, the threshold is $limit"
 
-# Reject: the held deletes are dropped (never sent). The window keeps its
-# count, so the rest of the mass delete is held again at once.
-dropped=$("$bin/canopyctl" guard reject | sed -n 's/^rejected: \([0-9]*\) held deletes dropped.*/\1/p')
-[ -n "$dropped" ] && [ "$dropped" -ge 1 ] || fail "reject"
-wait_until "quarantined again by the rest of the mass delete" 120 quarantined
+# Reject: none of the held deletes is sent, and the pipeline stays
+# quarantined until a full scan of g ends. The scan finds the people still
+# deleted (nothing was restored), so they are decided again in a new
+# window: the next `limit` go out and the rest quarantines again.
+qid() { status | awk '/quarantine id:/{print $3}'; }
+q1=$(qid)
+"$bin/canopyctl" guard reject > "$out/reject.out" || fail "reject: $(cat "$out/reject.out")"
+grep -q "^rejected: [1-9][0-9]* held deletes not sent; quarantined until a full scan of any connector ends" "$out/reject.out" ||
+        fail "reject: $(cat "$out/reject.out")"
 sleep 5
+status | grep -q "state: *QUARANTINED" || fail "lifted before any full scan: $(status)"
+status | grep -q "rejected: .*waiting for a full scan of any connector" || fail "status after reject: $(status)"
 got=$(( $(ndeleted) - base_deleted ))
 [ "$got" = "$limit" ] || fail "after reject: $got deletes, want $limit"
+"$bin/canopyctl" guard full-scan g | grep -q "^full scan requested for g" || fail "full-scan g"
+requarantined() { q=$(qid); [ -n "$q" ] && [ "$q" != "$q1" ] && [ "$(held)" -ge 1 ]; }
+wait_until "the full scan lifted the quarantine and the rest crossed the threshold again" 240 requarantined
+sleep 3
+got=$(( $(ndeleted) - base_deleted ))
+[ "$got" = $((2 * limit)) ] || fail "after the full scan: $got deletes, want $((2 * limit))"
+grep -q "full scan .* of g ended: the rejected quarantine is lifted" "$T"/worker-*.log || fail "no lift in the worker logs"
 
 # Approve: what is held now goes out, the window restarts, and the rest of
 # the deletes follow, at most `limit` per approval: each time the rest
 # crosses the threshold again, the pipeline is quarantined again, and the
 # operator approves again.
-all_sent() { [ $(( $(ndeleted) - base_deleted )) = $((n - dropped)) ]; }
+all_sent() { [ $(( $(ndeleted) - base_deleted )) = $n ]; }
 sent_or_quarantined() { all_sent || { quarantined && [ "$(held)" -ge 1 ]; }; }
 approvals=0
 while ! all_sent; do
@@ -84,10 +97,10 @@ while ! all_sent; do
         # One approval lets through what was held plus at most one window.
         [ $((after - before)) -le $((h + limit)) ] || fail "one approval sent $((after - before)) deletes ($h held, limit $limit)"
 done
-echo "every delete but the $dropped rejected sent after $approvals approval(s)"
+echo "every delete sent after the reject, one full scan and $approvals approval(s)"
 sleep 3
-[ $(( $(ndeleted) - base_deleted )) = $((n - dropped)) ] || fail "more deletes than allowed"
-[ "$(nusers)" = $((users - n + dropped)) ] || fail "$(nusers) users left in Entra, want $((users - n + dropped))"
+[ $(( $(ndeleted) - base_deleted )) = $n ] || fail "more deletes than allowed"
+[ "$(nusers)" = $((users - n)) ] || fail "$(nusers) users left in Entra, want $((users - n))"
 status | grep -q "state: *running" || fail "still quarantined: $(status)"
 
 # Phase 3: revoked credentials quarantine the pipeline.

@@ -154,6 +154,13 @@ code -H "Authorization: Bearer $viewer" "$api/v1/history?format=csv&connector=no
 "$ctl" history --url "$api" --token-file "$t/viewer.tok" --csv --connector south > "$t/ctl.out" || fail "canopyctl history"
 grep -q '^south,group,full,.*,4,2,0,0,0,success' "$t/ctl.out" || fail "canopyctl history csv: $(cat "$t/ctl.out")"
 [ "$(grep -c . "$t/ctl.out")" = 2 ] || fail "canopyctl history filter: $(cat "$t/ctl.out")"
+# Every closed window is also published on the exports topic as a
+# RunRecord, keyed by connector, once Kafka confirmed it.
+"$tool" runs "$CANOPY_TEST_KAFKA_BOOTSTRAP" 4 60 > "$t/runs.csv" || fail "RunRecords on exports: $(cat "$t/runs.csv")"
+grep -q '^north,user,delta,,12,7,1,3,1,completed-errors,key=north$' "$t/runs.csv" || fail "RunRecord north: $(cat "$t/runs.csv")"
+grep -q '^south,group,full,scan-9,4,2,0,0,0,success,key=south$' "$t/runs.csv" || fail "RunRecord south: $(cat "$t/runs.csv")"
+grep -q '^north,user,full,north-scan,3,0,0,0,0,stopped-quarantine,key=north$' "$t/runs.csv" || fail "RunRecord north scan: $(cat "$t/runs.csv")"
+[ "$(grep -c . "$t/runs.csv")" = 4 ] || fail "RunRecords: $(cat "$t/runs.csv")"
 
 # Objects in error: listed with their descriptions, the count of all, and
 # ?limit= cuts the list (truncated says so). A name with a quote and
