@@ -1023,6 +1023,10 @@ canopy_err prod_checkpoint(prod *p, const char *posname, const void *pos, size_t
                            (long long)(t1 - t0), (long long)(p->last_ckpt_ms - t1));
         if (p->last_usn)
                 canopy_metrics_set(p->m_position, NULL, (double)p->last_usn);
+        /* A syncrepl cookie's position is its CSN: a time. */
+        double csn_s = posname && !strcmp(posname, "cookie") ? canopy_ldap_csn_time(pos, poslen) : 0;
+        if (csn_s > 0)
+                canopy_metrics_set(p->m_position_s, NULL, csn_s);
         return CANOPY_OK;
 }
 

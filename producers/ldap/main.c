@@ -322,6 +322,10 @@ int main(int argc, char **argv) {
                                                  "LDAP reconnects after a connection loss.", NULL);
         p->m_position = canopy_metrics_gauge(reg, "canopy_producer_position",
                                              "Last checkpointed position (USN on AD).", NULL);
+        p->m_position_s = canopy_metrics_gauge(reg, "canopy_producer_position_seconds",
+                                               "syncrepl: time of the newest CSN in the last checkpointed cookie "
+                                               "(seconds since the epoch).",
+                                               NULL);
         p->m_lag = canopy_metrics_gauge(reg, "canopy_producer_lag_usn",
                                         "highestCommittedUSN minus the last published USN (usn, dirsync).", NULL);
         p->m_lag_s = canopy_metrics_gauge(reg, "canopy_producer_lag_seconds",

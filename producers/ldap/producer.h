@@ -81,7 +81,7 @@ typedef struct prod {
         atomic_bool fullscan_requested;
 
         /* metrics */
-        canopy_metric *m_events, *m_reconnects, *m_position, *m_lag, *m_lag_s, *m_errors, *m_scans;
+        canopy_metric *m_events, *m_reconnects, *m_position, *m_position_s, *m_lag, *m_lag_s, *m_errors, *m_scans;
         int64_t last_usn;     /* last position as a number (USN, CSN time) for the gauges */
 } prod;
 

@@ -91,6 +91,14 @@ replace: sn
 sn: Smith-Jones
 LDIF
 wait_for "after the requested scan, persist goes on" 'ev(op="MODIFY", dn_has="Smith") and vals(ev(op="MODIFY", dn_has="Smith")[-1], "sn") == ["Smith-Jones"]' $n
+# The position of a syncrepl checkpoint is the time of its cookie's CSN:
+# the modify above moved it to about now.
+pos_ok() {
+        curl -fsS "$murl" | awk -v now="$(date +%s)" '/^canopy_producer_position_seconds /{ok = $2 > now - 600 && $2 < now + 60} END{exit !ok}'
+}
+for _ in $(seq 60); do pos_ok && break; sleep 0.5; done
+pos_ok || { curl -fsS "$murl" | grep '^canopy_producer_'; fail "canopy_producer_position_seconds is not the time of the last cookie"; }
+ok "metrics: canopy_producer_position_seconds follows the checkpointed cookie's CSN"
 # a leader whose lease is taken stops publishing, then leads again once it expires
 redis-cli -h "$CANOPY_TEST_REDIS_HOST" -p "$CANOPY_TEST_REDIS_PORT" SET 'canopy:{conn:forest}:lease' intruder PX 5000 >/dev/null
 wait_log sr "lost the lease: stopped publishing"
