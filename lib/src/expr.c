@@ -795,15 +795,31 @@ size_t canopy_expr_attributes(const canopy_expr *e, const char *const **ret_name
         return e->nattrs;
 }
 
-canopy_err canopy_expr_eval(const canopy_expr *e, const canopy_obj_view *obj, const canopy_eval_ctx *ctx,
-                            canopy_arena *a, canopy_value *ret, char *ret_msg, size_t msgcap)
+static canopy_err eval_root(const canopy_expr *e, const canopy_obj_view *obj, const canopy_eval_ctx *ctx,
+                            canopy_arena *a, canopy_value *ret, char *ret_msg, size_t msgcap, size_t *ret_pos)
 {
         static const canopy_eval_ctx noctx;
         eval_ctx c = {.obj = obj, .ectx = ctx ? ctx : &noctx, .a = a, .msg = ret_msg, .msgcap = msgcap};
         if (ret_msg && msgcap)
                 ret_msg[0] = '\0';
         ret->type = CANOPY_V_NULL;
-        return expr_eval_node(&c, e->root, ret);
+        canopy_err err = expr_eval_node(&c, e->root, ret);
+        if (ret_pos)
+                *ret_pos = c.err_set ? c.err_pos : e->root->pos;
+        return err;
+}
+
+canopy_err canopy_expr_eval(const canopy_expr *e, const canopy_obj_view *obj, const canopy_eval_ctx *ctx,
+                            canopy_arena *a, canopy_value *ret, char *ret_msg, size_t msgcap)
+{
+        return eval_root(e, obj, ctx, a, ret, ret_msg, msgcap, NULL);
+}
+
+canopy_err canopy_expr_eval_at(const canopy_expr *e, const canopy_obj_view *obj, const canopy_eval_ctx *ctx,
+                               canopy_arena *a, canopy_value *ret, canopy_expr_error *ret_err)
+{
+        ret_err->pos = 0;
+        return eval_root(e, obj, ctx, a, ret, ret_err->msg, sizeof(ret_err->msg), &ret_err->pos);
 }
 
 char *canopy_expr_format_error(const char *name, const char *src, size_t len, unsigned line, unsigned col,

@@ -165,6 +165,10 @@ static bool is_empty(const canopy_value *v)
 
 static canopy_err arg(eval_ctx *c, const node *n, size_t i, canopy_value *v)
 {
+        if (i == 0 && c->each_node == n) {
+                *v = *c->each_val;
+                return CANOPY_OK;
+        }
         if (i >= n->u.call.nargs || n->u.call.args[i]->kind == N_EMPTY) {
                 v->type = CANOPY_V_NULL;
                 return CANOPY_OK;
@@ -380,6 +384,63 @@ static canopy_err eval_binop(eval_ctx *c, const node *n, canopy_value *ret)
         return CANOPY_OK;
 }
 
+/* Call n once with its first argument v (already evaluated). */
+static canopy_err call_with_first(eval_ctx *c, const node *n, const canopy_value *v, canopy_value *ret)
+{
+        const node *sn = c->each_node;
+        const canopy_value *sv = c->each_val;
+        c->each_node = n;
+        c->each_val = v;
+        canopy_err err = n->u.call.fn->fn(c, n, ret);
+        c->each_node = sn;
+        c->each_val = sv;
+        return err;
+}
+
+/* EF_EACH: a multi-valued first argument gives one result per value (a
+ * multi-valued result, as Split's, is flattened in); NULL results are
+ * left out. The first argument is evaluated once. */
+static canopy_err call_each(eval_ctx *c, const node *n, canopy_value *ret)
+{
+        canopy_value v0;
+        canopy_err err = arg(c, n, 0, &v0);
+        if (err)
+                return err;
+        if (v0.type != CANOPY_V_MULTI)
+                return call_with_first(c, n, &v0, ret);
+        size_t cap = v0.u.multi.n, k = 0;
+        canopy_value *items = canopy_arena_alloc(c->a, cap * sizeof(*items) + 1);
+        if (!items)
+                return NOMEM(c);
+        for (size_t i = 0; i < v0.u.multi.n; i++) {
+                canopy_value r;
+                if ((err = call_with_first(c, n, &v0.u.multi.items[i], &r)))
+                        return err;
+                if (r.type == CANOPY_V_NULL)
+                        continue;
+                size_t add = r.type == CANOPY_V_MULTI ? r.u.multi.n : 1;
+                if (k + add > cap) {
+                        size_t nc = (k + add) * 2;
+                        canopy_value *ni = canopy_arena_alloc(c->a, nc * sizeof(*ni));
+                        if (!ni)
+                                return NOMEM(c);
+                        memcpy(ni, items, k * sizeof(*ni));
+                        items = ni;
+                        cap = nc;
+                }
+                if (r.type == CANOPY_V_MULTI) {
+                        memcpy(items + k, r.u.multi.items, r.u.multi.n * sizeof(*items));
+                        k += r.u.multi.n;
+                } else {
+                        items[k++] = r;
+                }
+        }
+        ret->type = CANOPY_V_MULTI;
+        ret->u.multi.items = items;
+        ret->u.multi.n = k;
+        return CANOPY_OK;
+}
+
 canopy_err expr_eval_node(eval_ctx *c, const node *n, canopy_value *ret)
 {
         switch (n->kind) {
@@ -398,14 +459,25 @@ canopy_err expr_eval_node(eval_ctx *c, const node *n, canopy_value *ret)
         case N_ENUM:
                 ret->type = CANOPY_V_NULL;
                 return CANOPY_OK;
-        case N_BINOP:
-                return eval_binop(c, n, ret);
-        case N_CALL:
+        case N_BINOP: {
+                canopy_err err = eval_binop(c, n, ret);
+                if (err && err != CANOPY_ERR_EXPR_SKIP && !c->err_set) {
+                        c->err_pos = n->pos;
+                        c->err_set = true;
+                }
+                return err;
+        }
+        case N_CALL: {
                 if (++c->depth > (int)CANOPY_EXPR_MAX_DEPTH)
                         return eval_fail(c, CANOPY_ERR_LIMIT, "expression nested too deeply");
-                canopy_err err = n->u.call.fn->fn(c, n, ret);
+                canopy_err err = n->u.call.fn->flags & EF_EACH ? call_each(c, n, ret) : n->u.call.fn->fn(c, n, ret);
                 c->depth--;
+                if (err && err != CANOPY_ERR_EXPR_SKIP && !c->err_set) {
+                        c->err_pos = n->pos;
+                        c->err_set = true;
+                }
                 return err;
+        }
         }
         return CANOPY_ERR_INVALID_ARG;
 }
@@ -2072,7 +2144,7 @@ static const expr_func funcs[] = {
         {"CBool", 1, 1, "a", T_BOOL, f_cbool, 0},
         {"CDate", 1, 1, "s", T_STR, f_cdate, 0},
         {"Coalesce", 1, -1, "a", T_ANY, f_coalesce, 0},
-        {"ConvertFromBase64", 1, 2, "se", T_STR, f_frombase64, 0},
+        {"ConvertFromBase64", 1, 2, "se", T_STR, f_frombase64, EF_EACH},
         {"ConvertToBase64", 1, 1, "s", T_STR, f_tobase64, 0},
         {"ConvertToUTF8Hex", 1, 1, "s", T_STR, f_utf8hex, 0},
         {"Count", 1, 1, "a", T_NUM, f_count, 0},
@@ -2080,14 +2152,14 @@ static const expr_func funcs[] = {
         {"CStr", 1, 1, "a", T_STR, f_cstr, 0},
         {"DateAdd", 3, 3, "ins", T_STR, f_dateadd, 0},
         {"DateFromNum", 1, 1, "n", T_STR, f_datefromnum, 0},
-        {"DNComponent", 2, 2, "sn", T_STR, f_dncomponent, 0},
-        {"DomainFromDN", 1, 1, "s", T_STR, f_domainfromdn, 0},
+        {"DNComponent", 2, 2, "sn", T_STR, f_dncomponent, EF_EACH},
+        {"DomainFromDN", 1, 1, "s", T_STR, f_domainfromdn, EF_EACH},
         {"Error", 1, 1, "s", T_VOID, f_error, 0},
-        {"FormatDateTime", 3, 4, "ssss", T_STR, f_formatdatetime, 0},
+        {"FormatDateTime", 3, 4, "ssss", T_STR, f_formatdatetime, EF_EACH},
         {"Guid", 0, 0, "", T_STR, f_guid, 0},
         {"IgnoreFlowIfNullOrEmpty", 1, 1, "a", T_ANY, f_ignoreflow, 0},
         {"IIF", 3, 3, "baa", T_ANY, f_iif, 0},
-        {"InStr", 2, 4, "ssne", T_NUM, f_instr, 0},
+        {"InStr", 2, 4, "ssne", T_NUM, f_instr, EF_EACH},
         {"IsNull", 1, 1, "a", T_BOOL, f_isnull, 0},
         {"IsNullOrEmpty", 1, 1, "a", T_BOOL, f_isnullorempty, 0},
         {"IsPresent", 1, 1, "a", T_BOOL, f_ispresent, 0},
@@ -2100,18 +2172,18 @@ static const expr_func funcs[] = {
         {"Not", 1, 1, "b", T_BOOL, f_not, 0},
         {"Now", 0, 0, "", T_STR, f_now, 0},
         {"NumFromDate", 1, 1, "s", T_NUM, f_numfromdate, 0},
-        {"PCase", 1, 2, "ss", T_STR, f_pcase, 0},
+        {"PCase", 1, 2, "ss", T_STR, f_pcase, EF_EACH},
         {"RemoveDuplicates", 1, 1, "a", T_ANY, f_removedups, 0},
         {"Replace", 3, 7, "ssrssss", T_STR, f_replace, 0},
         {"SelectUniqueValue", 2, -1, "s", T_STR, f_selectunique, EF_TOPLEVEL},
-        {"Split", 2, 2, "ss", T_MULTI, f_split, 0},
+        {"Split", 2, 2, "ss", T_MULTI, f_split, EF_EACH},
         {"StringFromSid", 1, 1, "a", T_STR, f_stringfromsid, 0},
         {"StripSpaces", 1, 1, "s", T_STR, f_stripspaces, 0},
         {"Switch", 4, -1, "saaa", T_ANY, f_switch, 0},
         {"ToLower", 1, 2, "ss", T_STR, f_tolower, 0},
         {"ToUpper", 1, 2, "ss", T_STR, f_toupper, 0},
         {"Trim", 1, 1, "s", T_STR, f_trim, 0},
-        {"Word", 3, 3, "sns", T_STR, f_word, 0},
+        {"Word", 3, 3, "sns", T_STR, f_word, EF_EACH},
 };
 
 const expr_func *expr_func_find(const char *name, size_t len)

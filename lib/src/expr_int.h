@@ -117,6 +117,7 @@ typedef struct expr_func {
         unsigned flags;
 } expr_func;
 #define EF_TOPLEVEL 1u /* may only be the outermost call (SelectUniqueValue) */
+#define EF_EACH 2u     /* applies to each value of a multi-valued first argument */
 
 typedef struct node {
         node_kind kind;
@@ -156,6 +157,13 @@ typedef struct eval_ctx {
         char *msg;
         size_t msgcap;
         int depth;
+        /* EF_EACH: the call whose first argument is being fed one value at
+         * a time, and that value. */
+        const struct node *each_node;
+        const canopy_value *each_val;
+        /* Byte offset of the innermost call or operator that failed. */
+        size_t err_pos;
+        bool err_set;
 } eval_ctx;
 
 const expr_func *expr_func_find(const char *name, size_t len);

@@ -50,6 +50,12 @@ typedef struct fgroup {
 typedef struct flow {
         char *target;
         canopy_expr *expr;
+        /* Where the expression is, for run-time errors: "file:line:col" of
+         * its first character; the column of byte offset p is col + p when
+         * the expression is one line without escapes (exact). */
+        char file[128];
+        unsigned line, col;
+        bool exact;
         bool create_only;
         bool disabled;
         int precedence;
@@ -415,6 +421,21 @@ static void parse_strlist(ydoc *y, yaml_node_t *n, strlist *l, bool lower, const
 /* ---- expressions --------------------------------------------------------------- */
 
 /* Compile a flow expression, substituting ${domain}. */
+static void flow_where(ydoc *y, yaml_node_t *n, flow *f)
+{
+        snprintf(f->file, sizeof(f->file), "%s", y->ld->name ? y->ld->name : "<rules>");
+        scalar_pos(y->ld, n, 0, &f->line, &f->col);
+        const char *src = scalar(n);
+        size_t len = n->end_mark.index > n->start_mark.index ? n->end_mark.index - n->start_mark.index : 0;
+        yaml_scalar_style_t st = n->data.scalar.style;
+        size_t raw = strlen(src) + (st == YAML_PLAIN_SCALAR_STYLE ? 0 : 2);
+        /* One line, and as many bytes in the file as in the value (plus the
+         * quotes): no escape, fold or ${domain} moves the columns. */
+        f->exact = n->start_mark.line == n->end_mark.line && len == raw && !strstr(src, "${domain}") &&
+                   (st == YAML_PLAIN_SCALAR_STYLE || st == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
+                    st == YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+}
+
 static canopy_expr *compile_flow(ydoc *y, conn *c, yaml_node_t *n)
 {
         const char *src = scalar(n);
@@ -536,6 +557,8 @@ static void parse_flows(ydoc *y, conn *c, typerules *t, yaml_node_t *seq)
                         f.expr = compile_flow(y, c, exprn);
                         if (!f.expr)
                                 bad = true;
+                        else
+                                flow_where(y, exprn, &f);
                 }
                 if (bad) {
                         canopy_expr_free(f.expr);
@@ -547,6 +570,10 @@ static void parse_flows(ydoc *y, conn *c, typerules *t, yaml_node_t *seq)
                         if (strcmp(t->flows[i].target, scalar(targetn)) == 0) {
                                 canopy_expr_free(t->flows[i].expr);
                                 t->flows[i].expr = f.expr;
+                                memcpy(t->flows[i].file, f.file, sizeof(f.file));
+                                t->flows[i].line = f.line;
+                                t->flows[i].col = f.col;
+                                t->flows[i].exact = f.exact;
                                 t->flows[i].create_only = f.create_only;
                                 t->flows[i].disabled = f.disabled;
                                 t->flows[i].precedence = f.precedence;
@@ -1812,13 +1839,22 @@ canopy_err canopy_rules_compute(const canopy_rules *r, const char *object_type, 
                         canopy_eval_ctx ec = ctx ? *ctx : (canopy_eval_ctx){0};
                         ec.property = target;
                         canopy_value v;
-                        char msg[256];
-                        canopy_err err = canopy_expr_eval(cands[k].f->expr, cands[k].v, &ec, a, &v, msg, sizeof(msg));
+                        canopy_expr_error ee;
+                        canopy_err err = canopy_expr_eval_at(cands[k].f->expr, cands[k].v, &ec, a, &v, &ee);
                         if (err == CANOPY_ERR_EXPR_SKIP)
                                 continue;
                         if (err) {
-                                if (ret_msg && msgcap)
-                                        snprintf(ret_msg, msgcap, "%s (connector %s): %s", target, cands[k].connector, msg);
+                                const flow *f = cands[k].f;
+                                if (ret_msg && msgcap && f->line && f->exact)
+                                        snprintf(ret_msg, msgcap, "%s:%u:%u: %s (connector %s): %s", f->file, f->line,
+                                                 f->col + (unsigned)ee.pos, target, cands[k].connector, ee.msg);
+                                else if (ret_msg && msgcap && f->line)
+                                        snprintf(ret_msg, msgcap, "%s:%u:%u: %s (connector %s), at offset %zu of the "
+                                                 "expression: %s", f->file, f->line, f->col, target,
+                                                 cands[k].connector, ee.pos, ee.msg);
+                                else if (ret_msg && msgcap)
+                                        snprintf(ret_msg, msgcap, "%s (connector %s): %s", target, cands[k].connector,
+                                                 ee.msg);
                                 return err;
                         }
                         any_flow = true;

@@ -167,6 +167,21 @@ static void test_null_and_multi(void **state)
         EXPECT("[a] & [b]", ((kv[]){{"a", {"x"}}, {0}}), "x");
         EXPECT("5 > 10", NULL, "False");
         EXPECT("[n] >= 10", ((kv[]){{"n", {"12"}}, {0}}), "True");
+        /* Functions of one source value apply to each value of a
+         * multi-valued one, as the reference states for all of them. */
+        EXPECT("InStr([m], \"@\")", ((kv[]){{"m", {"a@x", "bc@y", "none"}}, {0}}), "2|3|0");
+        EXPECT("Word([m], 2, \" \")", ((kv[]){{"m", {"Zoë Ågren Li", "Bo Ek"}}, {0}}), "Ågren|Ek");
+        EXPECT("Split([m], \",\")", ((kv[]){{"m", {"a,b", "c", "d, e"}}, {0}}), "a|b|c|d|e");
+        EXPECT("DNComponent([m], 1)", ((kv[]){{"m", {"CN=Smith\\, Bob,OU=A,DC=x", "CN=Zoë,DC=x"}}, {0}}),
+               "Smith, Bob|Zoë");
+        EXPECT("PCase([m])", ((kv[]){{"m", {"anna LIND", "bo"}}, {0}}), "Anna Lind|Bo");
+        EXPECT("Count(Split([m], \";\"))", ((kv[]){{"m", {"1;2", "3;4;5"}}, {0}}), "5");
+        /* One value, and no value, as before. */
+        EXPECT("InStr([m], \"@\")", ((kv[]){{"m", {"ab@x"}}, {0}}), "3");
+        EXPECT("InStr([missing], \"@\")", NULL, "<null>");
+        /* The first argument is evaluated once, nested calls keep their own. */
+        EXPECT("Word(Split([m], \";\"), 1, \" \")", ((kv[]){{"m", {"a b;c d", "e f"}}, {0}}), "a|c|e");
+        EXPECT("InStr(Word([m], 2, \" \"), \"n\")", ((kv[]){{"m", {"x an", "y bn"}}, {0}}), "2|2");
 }
 
 static const char *taken[] = {"John.Smith@contoso.com", "J.Smith@contoso.com", NULL};

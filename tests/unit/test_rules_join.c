@@ -175,12 +175,68 @@ static void test_defaults_groups(void **state)
         canopy_rules_diags_free(&dg);
 }
 
+/* A flow that fails at run time names the rules file, the line and the
+ * column of the call that failed; an expression over several lines gives
+ * its start and the offset. */
+static void test_runtime_error_position(void **state)
+{
+        (void)state;
+        static const char *y2 =
+                "version: 1\n"
+                "connectors:\n"
+                "  - id: hr\n"
+                "    kind: openldap\n"
+                "    domain: example.org\n"
+                "    flows:\n"
+                "      user:\n"
+                "        - {target: jobTitle, expression: 'Join(\",\", [sn], Item([title], 3))'}\n"
+                "        - target: department\n"
+                "          expression: >-\n"
+                "            Join(\"-\",\n"
+                "            Item([ou], 2))\n";
+        canopy_rules *r = load_rules(y2);
+        assert_non_null(r);
+        canopy_arena *a = canopy_arena_new(0, 0);
+        tobj o;
+        kv hr[] = {{"objectClass", {"inetOrgPerson"}}, {"uid", {"zoë"}}, {"sn", {"Ågren"}}, {"title", {"a", "b"}},
+                   {0}};
+        canopy_obj_view v = tview(&o, "hr", "uid=zoë,dc=example,dc=org", hr);
+        const canopy_obj_view *views[1] = {&v};
+        canopy_rules_desired d;
+        char msg[512];
+        assert_int_equal(canopy_rules_compute(r, "user", views, 1, NULL, a, &d, msg, sizeof(msg)), CANOPY_ERR_EXPR_EVAL);
+        /* Line 8; the expression starts at column 43, Item at offset 16. */
+        assert_string_equal(msg, "test.yaml:8:59: jobTitle (connector hr): Item: index 3 out of bounds (1..2)");
+        canopy_rules_free(r);
+        static const char *y3 =
+                "version: 1\n"
+                "connectors:\n"
+                "  - id: hr\n"
+                "    kind: openldap\n"
+                "    domain: example.org\n"
+                "    flows:\n"
+                "      user:\n"
+                "        - target: department\n"
+                "          expression: >-\n"
+                "            Join(\"-\",\n"
+                "            Item([ou], 2))\n";
+        r = load_rules(y3);
+        assert_non_null(r);
+        kv hr2[] = {{"objectClass", {"inetOrgPerson"}}, {"uid", {"bo"}}, {"ou", {"x"}}, {0}};
+        v = tview(&o, "hr", "uid=bo,dc=example,dc=org", hr2);
+        assert_int_equal(canopy_rules_compute(r, "user", views, 1, NULL, a, &d, msg, sizeof(msg)), CANOPY_ERR_EXPR_EVAL);
+        assert_non_null(strstr(msg, "test.yaml:10:13: department (connector hr), at offset 10 of the expression: Item"));
+        canopy_arena_free(a);
+        canopy_rules_free(r);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_join_rules),
                 cmocka_unit_test(test_precedence),
                 cmocka_unit_test(test_defaults_groups),
+                cmocka_unit_test(test_runtime_error_position),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -66,13 +66,25 @@ static int cmd_eval(int argc, char **argv)
         ctl_object_view(&o, &v, "cli", NULL);
         canopy_arena *a = canopy_arena_new(0, 0);
         canopy_value val;
-        char msg[512];
-        err = a ? canopy_expr_eval(e, &v, NULL, a, &val, msg, sizeof(msg)) : CANOPY_ERR_NOMEM;
+        canopy_expr_error ee;
+        memset(&ee, 0, sizeof(ee));
+        err = a ? canopy_expr_eval_at(e, &v, NULL, a, &val, &ee) : CANOPY_ERR_NOMEM;
         if (err == CANOPY_ERR_EXPR_SKIP) {
                 printf("(flow skipped: IgnoreFlowIfNullOrEmpty)\n");
                 rc = 0;
         } else if (err) {
-                fprintf(stderr, "canopyctl: evaluation failed: %s%s%s\n", canopy_err_name(err), *msg ? ": " : "", msg);
+                /* The same shape as a compile error: where, what, a caret. */
+                char what[sizeof(ee.msg) + 64];
+                snprintf(what, sizeof(what), "evaluation failed (%s)%s%s", canopy_err_name(err), ee.msg[0] ? ": " : "",
+                         ee.msg);
+                size_t wl = strlen(what);
+                if (wl >= sizeof(ee.msg))
+                        wl = sizeof(ee.msg) - 1;
+                memcpy(ee.msg, what, wl);
+                ee.msg[wl] = '\0';
+                char *m = canopy_expr_format_error("<expr>", src, strlen(src), 1, 1, &ee);
+                fputs(m ? m : ee.msg, stderr);
+                free(m);
                 rc = 1;
         } else {
                 ctl_print_value(&val, a);

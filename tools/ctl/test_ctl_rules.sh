@@ -19,6 +19,12 @@ check eval-null "(null)" "$($CTL rules eval '[nothing]')"
 out=$($CTL rules eval 'Left("abc", "x")' 2>&1)
 check eval-error-rc 1 $?
 check eval-caret "            ^" "$(printf '%s\n' "$out" | tail -n 1)"
+# A runtime error points at the call that failed, inside the expression.
+out=$($CTL rules eval 'Join(",", [sn], Item([m], 3))' --attr sn=Ågren --attr m=a --attr m=b 2>&1)
+check eval-runtime-rc 1 $?
+check eval-runtime-msg "<expr>:1:17: error: evaluation failed (EXPR_EVAL): Item: index 3 out of bounds (1..2)" \
+        "$(printf '%s\n' "$out" | head -n 1)"
+check eval-runtime-caret "                ^" "$(printf '%s\n' "$out" | tail -n 1)"
 $CTL rules check "$EX/rules.yaml" >/dev/null
 check check-good-rc 0 $?
 out=$($CTL rules check "$EX/bad.yaml" 2>&1)

@@ -164,6 +164,12 @@ typedef struct canopy_eval_ctx {
 canopy_err canopy_expr_eval(const canopy_expr *e, const canopy_obj_view *obj, const canopy_eval_ctx *ctx,
                             canopy_arena *a, canopy_value *ret, char *ret_msg, size_t msgcap);
 
+/* canopy_expr_eval, and on an error ret_err->msg and ret_err->pos, the byte
+ * offset in the source of the innermost call or operator that failed (for
+ * canopy_expr_format_error). */
+canopy_err canopy_expr_eval_at(const canopy_expr *e, const canopy_obj_view *obj, const canopy_eval_ctx *ctx,
+                               canopy_arena *a, canopy_value *ret, canopy_expr_error *ret_err);
+
 /* Format a compile error as "name:line:col: error: msg\n<line>\n<caret>\n"
  * for an expression that starts at (line, col) of a file (1-based; pass 1,1
  * for a standalone expression). Returned string owned by caller (free()). */
