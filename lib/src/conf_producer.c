@@ -7,7 +7,7 @@
 #define NOB 0, -1 /* no bounds */
 
 static const canopy_conf_def defs[] = {
-    {"connector.id", CANOPY_CT_STR, NULL, NOB, CANOPY_CONF_REQUIRED, "CANOPY_CONNECTOR_ID", NULL,
+    {"connector.id", CANOPY_CT_STR, NULL, 1, 64, CANOPY_CONF_REQUIRED, "CANOPY_CONNECTOR_ID", "A-Za-z0-9._-",
      "Connector id ([A-Za-z0-9._-], up to 64): names the forest, domain or naming context; part of every "
      "event key and of the producer's Redis keys.",
      P(connector)},

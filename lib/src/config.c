@@ -331,6 +331,21 @@ static void format_duration(int64_t ms, char *buf, size_t len) {
                 snprintf(buf, len, "%lldms", (long long)ms);
 }
 
+/* STR with choices: every byte of v is in the class, written as ranges and
+ * single characters ("A-Za-z0-9._-"; a '-' first or last is itself). */
+static bool charset_has(const char *cls, unsigned char ch) {
+        for (const char *p = cls; *p; p++) {
+                if (p[1] == '-' && p[2]) {
+                        if (ch >= (unsigned char)p[0] && ch <= (unsigned char)p[2])
+                                return true;
+                        p += 2;
+                } else if ((unsigned char)*p == ch) {
+                        return true;
+                }
+        }
+        return false;
+}
+
 static bool enum_has(const char *choices, const char *v) {
         size_t vl = strlen(v);
         const char *p = choices;
@@ -409,6 +424,17 @@ static canopy_err set_value(struct loader *ld, const canopy_conf_def *d, const c
                 register_secret(v);
                 /* fall through */
         case CANOPY_CT_STR: {
+                if (v && d->type == CANOPY_CT_STR && d->choices) {
+                        for (const char *p = v; *p; p++)
+                                if (!charset_has(d->choices, (unsigned char)*p))
+                                        return fail(ld, CANOPY_ERR_CONFIG_RANGE, loc,
+                                                    "'%s' = %s: only the characters %s are allowed", d->key,
+                                                    quoted(d, v, q, sizeof(q)), d->choices);
+                }
+                if (v && d->type == CANOPY_CT_STR && d->min < d->max &&
+                    ((double)strlen(v) < d->min || (double)strlen(v) > d->max))
+                        return fail(ld, CANOPY_ERR_CONFIG_RANGE, loc, "'%s' = %s: length must be %.0f .. %.0f", d->key,
+                                    quoted(d, v, q, sizeof(q)), d->min, d->max);
                 char *s = NULL;
                 if (v && !(s = strdup(v)))
                         return CANOPY_ERR_NOMEM;
@@ -1212,6 +1238,8 @@ static void write_yaml(FILE *f, const canopy_conf_table *t, const void *cfg, con
                         size_t il = (size_t)snprintf(info, sizeof(info), "%s", type_name(d->type));
                         if (d->type == CANOPY_CT_ENUM && d->choices && il < sizeof(info))
                                 il += (size_t)snprintf(info + il, sizeof(info) - il, ", one of %s", d->choices);
+                        else if (d->type == CANOPY_CT_STR && d->choices && il < sizeof(info))
+                                il += (size_t)snprintf(info + il, sizeof(info) - il, ", characters %s", d->choices);
                         if (has_bounds(d) && il < sizeof(info)) {
                                 if (d->type == CANOPY_CT_DURATION) {
                                         char lo[32], hi[32];
@@ -1355,8 +1383,8 @@ canopy_err canopy_conf_write_doc(FILE *f, const canopy_conf_table *const *tables
                 for (size_t i = 0; i < t->ndefs; i++) {
                         const canopy_conf_def *d = &t->defs[i];
                         fprintf(f, "| `%s` | %s", d->key, type_name(d->type));
-                        if (d->type == CANOPY_CT_ENUM) {
-                                fputs(" (", f);
+                        if (d->type == CANOPY_CT_ENUM || (d->type == CANOPY_CT_STR && d->choices)) {
+                                fputs(d->type == CANOPY_CT_STR ? " (characters " : " (", f);
                                 md_cell(f, d->choices);
                                 fputs(")", f);
                         }

@@ -302,8 +302,11 @@ static canopy_err startup_check(rd_kafka_t *rk, const canopy_kafka_conf *c, stru
         if (md)
                 rd_kafka_metadata_destroy(md);
         rd_kafka_poll(rk, 0); /* serve error_cb for the reason */
-        seterr(errbuf, errlen, "no Kafka broker reachable at %s within %d ms: %s%s%s", c->brokers, timeout,
-               rd_kafka_err2str(err), ks->last_error[0] ? "; last error: " : "", ks->last_error);
+        seterr(errbuf, errlen,
+               "no Kafka broker reachable at %s within %d ms: %s%s%s (check kafka.brokers or CANOPY_KAFKA_BROKERS, "
+               "that a broker listens there, and kafka.security_protocol; kafka.startup_timeout sets the wait)",
+               c->brokers, timeout, rd_kafka_err2str(err), ks->last_error[0] ? "; last error: " : "",
+               ks->last_error);
         return CANOPY_ERR_KAFKA_UNREACHABLE;
 }
 

@@ -25,6 +25,7 @@ struct tconf {
         double ratio;
         bool staging;
         char *mode;
+        char *id;
 };
 
 static const canopy_conf_def tdefs[] = {
@@ -44,6 +45,7 @@ static const canopy_conf_def tdefs[] = {
          offsetof(struct tconf, staging)},
         {"mode", CANOPY_CT_ENUM, "stream", 0, 0, 0, NULL, "stream|batch|replay", "Mode.",
          offsetof(struct tconf, mode)},
+        {"id", CANOPY_CT_STR, NULL, 1, 8, 0, NULL, "A-Za-z0-9._-", "An id.", offsetof(struct tconf, id)},
 };
 
 static const canopy_conf_table ttable = {"test", "A test service.", tdefs, sizeof(tdefs) / sizeof(tdefs[0]),
@@ -219,6 +221,21 @@ static void test_bad_enum(void **state) {
         (void)state;
         expect_error("graph:\n  tenant: t\nmode: fast\n", CANOPY_ERR_CONFIG_RANGE, 3, 7,
                      "'mode' = 'fast' is not one of: stream|batch|replay");
+}
+
+/* A string key with a character class and a length. */
+static void test_charset(void **state) {
+        (void)state;
+        expect_error("graph:\n  tenant: t\nid: nörth\n", CANOPY_ERR_CONFIG_RANGE, 3, 5,
+                     "'id' = 'nörth': only the characters A-Za-z0-9._- are allowed");
+        expect_error("graph:\n  tenant: t\nid: \"a b\"\n", CANOPY_ERR_CONFIG_RANGE, 3, 5, "only the characters");
+        expect_error("graph:\n  tenant: t\nid: abcdefghi\n", CANOPY_ERR_CONFIG_RANGE, 3, 5, "length must be 1 .. 8");
+        const char *p = write_file("ok.yaml", "graph:\n  tenant: t\nid: a-Z_9.x\n");
+        struct tconf c;
+        char err[512];
+        assert_int_equal(load(&c, p, NULL, 0, err, sizeof(err)), CANOPY_OK);
+        assert_string_equal(c.id, "a-Z_9.x");
+        canopy_conf_free(&ttable, &c);
 }
 
 static void test_missing_required(void **state) {
@@ -573,6 +590,7 @@ int main(void) {
                 cmocka_unit_test(test_out_of_bounds),
                 cmocka_unit_test(test_bad_yaml),
                 cmocka_unit_test(test_bad_enum),
+                cmocka_unit_test(test_charset),
                 cmocka_unit_test(test_missing_required),
                 cmocka_unit_test(test_duplicate_key),
                 cmocka_unit_test(test_precedence),

@@ -69,7 +69,7 @@ typedef struct canopy_conf_def {
         double min, max;     /* bounds for INT/DOUBLE/DURATION(ms); applied only when min < max */
         unsigned flags;      /* CANOPY_CONF_* */
         const char *env;     /* environment override, e.g. "CANOPY_GRAPH_CLIENT_SECRET"; NULL = none */
-        const char *choices; /* ENUM: "a|b|c" */
+        const char *choices; /* ENUM: "a|b|c"; STR: allowed characters ("A-Za-z0-9._-"), min/max its length */
         const char *doc;     /* one or two sentences for docs/CONFIG.md */
         size_t offset;       /* offsetof(service struct, field) */
 } canopy_conf_def;

@@ -752,6 +752,9 @@ static int t_unreachable(void) {
         int64_t t1 = mono_ms();
         CHECK(e == CANOPY_ERR_KAFKA_UNREACHABLE && !kp, "producer_new: %s", canopy_err_name(e));
         CHECK(strstr(err, "no Kafka broker reachable at") && strstr(err, brokers), "message: %s", err);
+        CHECK(strstr(err, "check kafka.brokers"), "the message does not say what to check: %s", err);
+        /* Bounded (not a timing test: generous room for a slow machine). */
+        CHECK(t1 - t0 < c.startup_timeout_ms + 20000, "producer_new waited %lld ms", (long long)(t1 - t0));
         printf("unreachable: producer: %s [%s, class %s] after %lld ms (bound %lld ms)\n", err, canopy_err_name(e),
                canopy_err_class_name(canopy_err_class_of(e)), (long long)(t1 - t0), (long long)c.startup_timeout_ms);
         canopy_topic topic = CANOPY_TOPIC_CHANGES;
@@ -762,6 +765,7 @@ static int t_unreachable(void) {
         t1 = mono_ms();
         CHECK(e == CANOPY_ERR_KAFKA_UNREACHABLE && !kc, "consumer_new: %s", canopy_err_name(e));
         CHECK(strstr(err, "no Kafka broker reachable at"), "message: %s", err);
+        CHECK(t1 - t0 < c.startup_timeout_ms + 20000, "consumer_new waited %lld ms", (long long)(t1 - t0));
         printf("unreachable: consumer: %s after %lld ms\n", err, (long long)(t1 - t0));
         /* a bad passthrough property is a config error naming it */
         c.extra = calloc(2, sizeof(char *));
