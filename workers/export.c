@@ -842,8 +842,14 @@ static canopy_err export_delete(export_ctx *ec, const char *type, canopy_export_
                 o->publish = true;
                 return CANOPY_ERR_DELETE_HELD;
         }
+        /* A 404 means "already gone" only once every replica has seen the
+         * create: for an object created (or matched) within
+         * export.fresh_window, the client retries 404s first. */
         canopy_graph_error ei;
-        err = canopy_graph_delete(ec->gc, kind_of(type), es->entra_id, &ei);
+        int64_t age = es->created_ms > 0 ? worker_now_ms() - es->created_ms : -1;
+        bool fresh = age >= 0 && age < ec->w->conf->fresh_window_ms;
+        err = fresh ? canopy_graph_delete_fresh(ec->gc, kind_of(type), es->entra_id, &ei)
+                    : canopy_graph_delete(ec->gc, kind_of(type), es->entra_id, &ei);
         count_graph(ec, GK_DELETE, err == CANOPY_ERR_GRAPH_NOT_FOUND ? CANOPY_OK : err);
         if (err == CANOPY_ERR_GRAPH_NOT_FOUND)
                 err = CANOPY_OK; /* already gone: the effect holds */
@@ -1457,8 +1463,10 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                                         first = false;
                                 }
                                 fclose(sf);
-                                /* $select: Graph returns only a default set otherwise. */
-                                err = canopy_graph_get(ec->gc, kind, id, sel, &cur_s, &ei);
+                                /* $select: Graph returns only a default set otherwise.
+                                 * The object was just found (or just created by
+                                 * an earlier attempt): a 404 here is lag. */
+                                err = canopy_graph_get_fresh(ec->gc, kind, id, sel, &cur_s, &ei);
                                 free(sel);
                                 count_graph(ec, GK_GET, err);
                                 if (err)
@@ -1507,7 +1515,8 @@ static canopy_err export_one(export_ctx *ec, outcome *o) {
                                 if (err)
                                         goto out;
                         }
-                        err = canopy_state_exp_record(ec->st, mv_id, id, d.immutable_id, props_s);
+                        err = canopy_state_exp_record_created(ec->st, mv_id, id, d.immutable_id, props_s,
+                                                              worker_now_ms());
                         if (err)
                                 goto out;
                         /* The base of a percentage deletion threshold. */
@@ -1655,6 +1664,10 @@ static canopy_err open_graph(worker *w, canopy_graph **ret) {
         gcf.client_secret = c->graph_secret;
         gcf.cert_file = c->graph_cert_file;
         gcf.key_file = c->graph_key_file;
+        /* the config layer admits only these words (conf_worker.c) */
+        gcf.jwt_alg = c->graph_cert_alg && !strcmp(c->graph_cert_alg, "PS256") ? CANOPY_GRAPH_JWT_PS256
+                                                                               : CANOPY_GRAPH_JWT_RS256;
+        gcf.jwt_x5t_sha256 = c->graph_cert_thumbprint && !strcmp(c->graph_cert_thumbprint, "x5t#S256");
         gcf.ca_file = c->graph_ca_file;
         gcf.allow_insecure = c->graph_allow_insecure;
         gcf.max_concurrency = (int)c->graph_concurrency;

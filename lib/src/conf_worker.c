@@ -35,6 +35,11 @@ static const canopy_conf_def defs[] = {
      "(tens of ms to a real tenant); where CPU does, as on a small host against the emulator, it adds Redis "
      "work and no speed (bench/pipeline/FINDINGS.md).",
      W(export_threads)},
+    {"export.fresh_window", CANOPY_CT_DURATION, "5m", 0, 86400000, 0, NULL, NULL,
+     "An object this stage created (or hard-matched) less than this long ago may not have reached every Graph "
+     "replica yet: a 404 when deleting it is retried with the Graph client's consistency backoff (about 30 s "
+     "at most) before it counts as already gone. Older objects are deleted without the wait. 0 = never wait.",
+     W(fresh_window_ms)},
     {"export.staging", CANOPY_CT_BOOL, "false", NOB, 0, "CANOPY_STAGING", NULL,
      "Staging mode: compute and record (exports topic, Redis) what would be exported, call nothing. Turning "
      "it off exports the pending difference.",
@@ -61,6 +66,14 @@ static const canopy_conf_def defs[] = {
      "PEM certificate for certificate credentials (instead of a secret).", W(graph_cert_file)},
     {"graph.key_file", CANOPY_CT_STR, NULL, NOB, 0, NULL, NULL, "PEM private key of graph.cert_file.",
      W(graph_key_file)},
+    {"graph.cert_alg", CANOPY_CT_ENUM, "RS256", NOB, 0, NULL, "RS256|PS256",
+     "Signature of the client assertion made with graph.cert_file: RS256 (RSASSA-PKCS1-v1_5, the long-standing "
+     "form) or PS256 (RSASSA-PSS, what Microsoft's current documentation recommends). Entra ID accepts both.",
+     W(graph_cert_alg)},
+    {"graph.cert_thumbprint", CANOPY_CT_ENUM, "x5t", NOB, 0, NULL, "x5t|x5t#S256",
+     "Header naming the certificate in the client assertion: x5t (SHA-1 thumbprint, the long-standing form) "
+     "or x5t#S256 (SHA-256 thumbprint, recommended with PS256). Entra ID accepts both.",
+     W(graph_cert_thumbprint)},
     {"graph.cloud", CANOPY_CT_ENUM, "global", NOB, 0, NULL, "global|usgov|china", "National cloud.",
      W(graph_cloud)},
     {"graph.authority_url", CANOPY_CT_STR, NULL, NOB, 0, "CANOPY_GRAPH_AUTHORITY_URL", NULL,

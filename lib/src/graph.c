@@ -514,7 +514,8 @@ canopy_err canopy_graph_update(canopy_graph *gc, canopy_graph_kind kind, const c
                                     ei);
 }
 
-canopy_err canopy_graph_delete(canopy_graph *gc, canopy_graph_kind kind, const char *id, canopy_graph_error *ei) {
+static canopy_err delete_obj(canopy_graph *gc, canopy_graph_kind kind, const char *id, unsigned flags,
+                             canopy_graph_error *ei) {
         if (!gc)
                 return CANOPY_ERR_INVALID_ARG;
         canopy_graph_error_clear(ei);
@@ -522,7 +523,18 @@ canopy_err canopy_graph_delete(canopy_graph *gc, canopy_graph_kind kind, const c
         canopy_err err = obj_path(kind, id, NULL, path, sizeof(path));
         if (err)
                 return err;
-        return canopy_graph_request(gc, "DELETE", path, NULL, CANOPY_GRAPH_F_WRITE, NULL, ei);
+        return canopy_graph_request(gc, "DELETE", path, NULL, CANOPY_GRAPH_F_WRITE | flags, NULL, ei);
+}
+
+canopy_err canopy_graph_delete(canopy_graph *gc, canopy_graph_kind kind, const char *id, canopy_graph_error *ei) {
+        return delete_obj(gc, kind, id, 0, ei);
+}
+
+canopy_err canopy_graph_delete_fresh(canopy_graph *gc, canopy_graph_kind kind, const char *id,
+                                     canopy_graph_error *ei) {
+        /* A replica that has not seen the create answers 404 like one that
+         * has seen a delete: only the consistency retries tell them apart. */
+        return delete_obj(gc, kind, id, CANOPY_GRAPH_F_FRESH, ei);
 }
 
 canopy_err canopy_graph_restore(canopy_graph *gc, const char *id, canopy_graph_error *ei) {
@@ -538,8 +550,8 @@ canopy_err canopy_graph_restore(canopy_graph *gc, const char *id, canopy_graph_e
         return canopy_graph_request(gc, "POST", path, NULL, CANOPY_GRAPH_F_WRITE | CANOPY_GRAPH_F_FRESH, NULL, ei);
 }
 
-canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char *id, const char *select,
-                            char **ret_json, canopy_graph_error *ei) {
+static canopy_err get_obj(canopy_graph *gc, canopy_graph_kind kind, const char *id, const char *select,
+                          unsigned flags, char **ret_json, canopy_graph_error *ei) {
         if (!gc || !ret_json)
                 return CANOPY_ERR_INVALID_ARG;
         canopy_graph_error_clear(ei);
@@ -557,7 +569,7 @@ canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char
         if (err)
                 return err;
         canopy_graph_result res = {0};
-        err = canopy_graph_request(gc, "GET", path, NULL, 0, &res, ei);
+        err = canopy_graph_request(gc, "GET", path, NULL, flags, &res, ei);
         if (!err) {
                 if (!res.body) {
                         err = CANOPY_ERR_GRAPH_PROTOCOL;
@@ -568,6 +580,16 @@ canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char
         }
         canopy_graph_result_clear(&res);
         return err;
+}
+
+canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char *id, const char *select,
+                            char **ret_json, canopy_graph_error *ei) {
+        return get_obj(gc, kind, id, select, 0, ret_json, ei);
+}
+
+canopy_err canopy_graph_get_fresh(canopy_graph *gc, canopy_graph_kind kind, const char *id, const char *select,
+                                  char **ret_json, canopy_graph_error *ei) {
+        return get_obj(gc, kind, id, select, CANOPY_GRAPH_F_FRESH, ret_json, ei);
 }
 
 void canopy_graph_strv_free(char **v) {

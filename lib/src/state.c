@@ -1290,6 +1290,8 @@ canopy_err canopy_state_exp_get(canopy_state *st, const char *mv_id, canopy_expo
                         *dst = reply_strdup(v);
                 } else if (!strcmp(f->str, "del"))
                         es->deleted = v->str[0] == '1';
+                else if (!strcmp(f->str, "cts"))
+                        es->created_ms = strtoll(v->str, NULL, 10);
         }
         *ret = es;
 out:
@@ -1305,18 +1307,34 @@ canopy_err canopy_state_exp_intent(canopy_state *st, const char *mv_id, const ch
         return err;
 }
 
-canopy_err canopy_state_exp_record(canopy_state *st, const char *mv_id, const char *entra_id,
-                                   const char *immutable_id, const char *props_json) {
+/* created_ms 0: the creation time recorded before (if any) stays. */
+static canopy_err exp_record(canopy_state *st, const char *mv_id, const char *entra_id, const char *immutable_id,
+                             const char *props_json, int64_t created_ms) {
         char *key = canopy_state_key(st, "exp:{%s}", mv_id);
         if (!key)
                 return CANOPY_ERR_NOMEM;
-        char h[65];
+        char h[65], cts[24];
         canopy_state_hash_hex(props_json ? props_json : "", h);
+        snprintf(cts, sizeof(cts), "%lld", (long long)created_ms);
         const char *av[] = {"HSET", key, "eid", entra_id ? entra_id : "", "imm", immutable_id ? immutable_id : "",
-                            "h", h, "p", props_json ? props_json : "", "intent", "", "del", "0"};
-        canopy_err err = cmd_argv(st, (int)(sizeof(av) / sizeof(av[0])), av, NULL);
+                            "h", h, "p", props_json ? props_json : "", "intent", "", "del", "0", "cts", cts};
+        int n = (int)(sizeof(av) / sizeof(av[0]));
+        canopy_err err = cmd_argv(st, created_ms > 0 ? n : n - 2, av, NULL);
         free(key);
         return err;
+}
+
+canopy_err canopy_state_exp_record(canopy_state *st, const char *mv_id, const char *entra_id,
+                                   const char *immutable_id, const char *props_json) {
+        return exp_record(st, mv_id, entra_id, immutable_id, props_json, 0);
+}
+
+canopy_err canopy_state_exp_record_created(canopy_state *st, const char *mv_id, const char *entra_id,
+                                           const char *immutable_id, const char *props_json,
+                                           int64_t created_ms) {
+        if (created_ms <= 0)
+                return CANOPY_ERR_INVALID_ARG;
+        return exp_record(st, mv_id, entra_id, immutable_id, props_json, created_ms);
 }
 
 canopy_err canopy_state_exp_deleted(canopy_state *st, const char *mv_id) {

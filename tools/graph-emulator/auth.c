@@ -245,8 +245,10 @@ static bool tenant_known(emu_server *srv, const char *tenant) {
 }
 
 /* Verify a client assertion against the client's certificate. Returns NULL
- * when valid, else the AADSTS text. */
-static const char *assertion_check(emu_client *cl, const char *assertion, const char *token_url, int *code) {
+ * when valid (*ret_alg and *ret_thumb then name the algorithm and the
+ * thumbprint header that matched, static strings), else the AADSTS text. */
+static const char *assertion_check(emu_client *cl, const char *assertion, const char *token_url, int *code,
+                                   const char **ret_alg, const char **ret_thumb) {
         json_t *hdr = NULL, *pl = NULL;
         const char *why = NULL;
         *code = 700027;
@@ -262,9 +264,14 @@ static const char *assertion_check(emu_client *cl, const char *assertion, const 
         const char *x5t256 = json_string_value(json_object_get(hdr, "x5t#S256"));
         char *want1 = emu_b64url_encode(cl->x5t, sizeof(cl->x5t));
         char *want256 = emu_b64url_encode(cl->x5t256, sizeof(cl->x5t256));
-        bool match = (x5t && !strcmp(x5t, want1)) || (x5t256 && !strcmp(x5t256, want256));
+        bool match1 = x5t && want1 && !strcmp(x5t, want1);
+        bool match256 = x5t256 && want256 && !strcmp(x5t256, want256);
+        bool match = match1 || match256;
         free(want1);
         free(want256);
+        /* jwt_verify admitted RS256 and PS256 only */
+        *ret_alg = !strcmp(json_string_value(json_object_get(hdr, "alg")), "PS256") ? "PS256" : "RS256";
+        *ret_thumb = match256 ? "x5t#S256" : "x5t";
         if (!match) {
                 why =
                     "The certificate with identifier used to sign the client assertion is not registered on "
@@ -394,7 +401,8 @@ void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_
                 char token_url[512];
                 snprintf(token_url, sizeof(token_url), "%s/%s/oauth2/v2.0/token", base_url, tenant);
                 int code;
-                const char *why = assertion_check(cl, assertion, token_url, &code);
+                const char *alg = NULL, *thumb = NULL;
+                const char *why = assertion_check(cl, assertion, token_url, &code, &alg, &thumb);
                 if (why) {
                         aad_error(r, 401, "invalid_client", code, "%s", why);
                         goto out;
@@ -405,6 +413,7 @@ void emu_auth_token(emu_server *srv, const char *tenant, const char *body, size_
                                   client_id);
                         goto out;
                 }
+                emu_stats_assertion(srv, alg, thumb);
         } else if (secret) {
                 bool ok = cl->secret && strlen(cl->secret) == strlen(secret) &&
                           CRYPTO_memcmp(cl->secret, secret, strlen(secret)) == 0;

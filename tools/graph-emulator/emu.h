@@ -135,6 +135,7 @@ typedef struct emu_faults {
 
 typedef struct emu_stats {
         json_t *by_method, *by_kind, *by_status; /* objects name -> count */
+        json_t *by_assertion; /* accepted client assertions: "PS256 x5t#S256" -> count */
         uint64_t requests, operations, writes, throttled, faults, deletes, tokens;
 } emu_stats;
 
@@ -316,5 +317,7 @@ void emu_graph_error_details(emu_resp *r, const emu_err *e, const char *request_
 /* main.c: counters. */
 void emu_stats_count(emu_server *srv, const char *method, const char *kind, int status);
 void emu_stats_add(emu_server *srv, uint64_t *field);
+/* Count an accepted client assertion by its algorithm and thumbprint header. */
+void emu_stats_assertion(emu_server *srv, const char *alg, const char *thumbprint);
 
 #endif

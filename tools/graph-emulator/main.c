@@ -50,7 +50,8 @@ static void usage(FILE *f) {
             "  --retry-after int|decimal|date\n"
             "                             form of Retry-After on 429 and 503 (default int)\n"
             "  --latency-ms N             added latency per Graph request\n"
-            "  --replication-lag-ms N     a new object answers 404 for N ms (GET, PATCH, members, lists)\n"
+            "  --replication-lag-ms N     a new object answers 404 for N ms (GET, PATCH, DELETE, members,\n"
+            "                             lists and filters); it already counts for uniqueness\n"
             "  --token-lifetime S         access token lifetime in seconds (default 3599)\n"
             "  --snapshot FILE            load at start if present; save on SIGTERM and POST "
             "/_emulator/snapshot\n"
@@ -81,6 +82,14 @@ void emu_stats_count(emu_server *srv, const char *method, const char *kind, int 
         pthread_mutex_unlock(&srv->mu);
 }
 
+void emu_stats_assertion(emu_server *srv, const char *alg, const char *thumbprint) {
+        char key[64];
+        snprintf(key, sizeof(key), "%s %s", alg, thumbprint);
+        pthread_mutex_lock(&srv->mu);
+        bump(srv->stats.by_assertion, key);
+        pthread_mutex_unlock(&srv->mu);
+}
+
 void emu_stats_add(emu_server *srv, uint64_t *field) {
         pthread_mutex_lock(&srv->mu);
         (*field)++;
@@ -91,21 +100,23 @@ static void stats_reset(emu_server *srv) {
         json_decref(srv->stats.by_method);
         json_decref(srv->stats.by_kind);
         json_decref(srv->stats.by_status);
+        json_decref(srv->stats.by_assertion);
         memset(&srv->stats, 0, sizeof(srv->stats));
         srv->stats.by_method = json_object();
         srv->stats.by_kind = json_object();
         srv->stats.by_status = json_object();
+        srv->stats.by_assertion = json_object();
 }
 
 static json_t *stats_json(emu_server *srv) {
         pthread_mutex_lock(&srv->mu);
         emu_stats *s = &srv->stats;
-        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:O, s:O, s:O}", "requests",
+        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:O, s:O, s:O, s:O}", "requests",
                               (json_int_t)s->requests, "operations", (json_int_t)s->operations, "writes",
                               (json_int_t)s->writes, "throttled", (json_int_t)s->throttled, "faults",
                               (json_int_t)s->faults, "deletes", (json_int_t)s->deletes, "tokens",
                               (json_int_t)s->tokens, "byMethod", s->by_method, "byKind", s->by_kind,
-                              "byStatus", s->by_status);
+                              "byStatus", s->by_status, "byAssertion", s->by_assertion);
         pthread_mutex_unlock(&srv->mu);
         return j;
 }
@@ -956,6 +967,7 @@ out:
         json_decref(srv.stats.by_method);
         json_decref(srv.stats.by_kind);
         json_decref(srv.stats.by_status);
+        json_decref(srv.stats.by_assertion);
         emu_auth_free(&srv);
         free(srv.listen_addr);
         if (key_pem) {

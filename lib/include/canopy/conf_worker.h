@@ -26,6 +26,7 @@ typedef struct canopy_worker_conf {
         int64_t export_batch;      /* export.batch: mv events handled together */
         int64_t export_threads;    /* export.threads: export consumers in this process */
         int64_t poll_ms;           /* worker.poll */
+        int64_t fresh_window_ms;   /* export.fresh_window: a 404 on an object created this recently is lag */
 
         canopy_kafka_conf kafka;   /* kafka.* */
 
@@ -40,6 +41,8 @@ typedef struct canopy_worker_conf {
         char *graph_secret;        /* graph.client_secret (secret; graph.client_secret_file) */
         char *graph_cert_file;     /* graph.cert_file */
         char *graph_key_file;      /* graph.key_file */
+        char *graph_cert_alg;      /* graph.cert_alg: RS256 | PS256 */
+        char *graph_cert_thumbprint; /* graph.cert_thumbprint: x5t | x5t#S256 */
         char *graph_cloud;         /* graph.cloud: global | usgov | china */
         char *graph_authority_url; /* graph.authority_url override */
         char *graph_url;           /* graph.url override */

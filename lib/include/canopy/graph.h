@@ -286,9 +286,17 @@ canopy_err canopy_graph_update(canopy_graph *gc, canopy_graph_kind kind, const c
                                canopy_graph_error *ei);
 
 /* Soft delete (DELETE /users/{id}); the object goes to deleted items for 30
- * days. A 404 returns CANOPY_ERR_GRAPH_NOT_FOUND (the caller decides whether
- * that is success). */
+ * days. A 404 returns CANOPY_ERR_GRAPH_NOT_FOUND at once (the caller decides
+ * whether that is success): use it for objects known to be old. */
 canopy_err canopy_graph_delete(canopy_graph *gc, canopy_graph_kind kind, const char *id, canopy_graph_error *ei);
+
+/* Soft delete of an object that may have been created moments ago (by this
+ * handle or any other): a replica that has not seen the create yet answers
+ * 404, so a 404 is retried with the consistency backoff (F_FRESH: at most
+ * consistency_retries times) before CANOPY_ERR_GRAPH_NOT_FOUND is returned.
+ * Only then does "not found" mean the object is gone. */
+canopy_err canopy_graph_delete_fresh(canopy_graph *gc, canopy_graph_kind kind, const char *id,
+                                     canopy_graph_error *ei);
 
 /* Restore a soft-deleted object: POST /directory/deletedItems/{id}/restore. */
 canopy_err canopy_graph_restore(canopy_graph *gc, const char *id, canopy_graph_error *ei);
@@ -302,9 +310,15 @@ canopy_err canopy_graph_domains(canopy_graph *gc, char ***ret_verified, size_t *
 void canopy_graph_strv_free(char **v);
 
 /* GET one object. select: comma-separated $select or NULL. *ret_json owned
- * (free()). CANOPY_ERR_GRAPH_NOT_FOUND when absent. */
+ * (free()), untouched on failure. CANOPY_ERR_GRAPH_NOT_FOUND when absent. */
 canopy_err canopy_graph_get(canopy_graph *gc, canopy_graph_kind kind, const char *id, const char *select,
                             char **ret_json, canopy_graph_error *ei);
+
+/* canopy_graph_get of an object that may have been created moments ago (or
+ * was just found by a $filter): a 404 is retried as by
+ * canopy_graph_delete_fresh() before CANOPY_ERR_GRAPH_NOT_FOUND. */
+canopy_err canopy_graph_get_fresh(canopy_graph *gc, canopy_graph_kind kind, const char *id, const char *select,
+                                  char **ret_json, canopy_graph_error *ei);
 
 /* Look an object up by prop eq value ($filter, value safely quoted; for
  * users prop is usually "onPremisesImmutableId"; for a string collection

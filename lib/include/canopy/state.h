@@ -255,6 +255,7 @@ typedef struct canopy_export_state {
         char *props_json;     /* last exported properties (JSON object) */
         char *intent;         /* create intent: immutable id being created; NULL if none */
         bool deleted;         /* object was deleted in Entra */
+        int64_t created_ms;   /* when this export created (or hard-matched) the object; 0 = unknown */
 } canopy_export_state;
 
 void canopy_export_state_free(canopy_export_state *es);
@@ -266,6 +267,12 @@ canopy_err canopy_state_exp_intent(canopy_state *st, const char *mv_id, const ch
  * text; its hash is computed here). Clears the intent and the deleted flag. */
 canopy_err canopy_state_exp_record(canopy_state *st, const char *mv_id, const char *entra_id,
                                    const char *immutable_id, const char *props_json);
+/* canopy_state_exp_record after a create or hard match, which also records
+ * created_ms (epoch ms): how long ago the object appeared in Entra tells
+ * whether a 404 on it can still be replication lag. */
+canopy_err canopy_state_exp_record_created(canopy_state *st, const char *mv_id, const char *entra_id,
+                                           const char *immutable_id, const char *props_json,
+                                           int64_t created_ms);
 /* Record that the object was deleted in Entra (keeps nothing else). */
 canopy_err canopy_state_exp_deleted(canopy_state *st, const char *mv_id);
 /* Exported member set (Entra ids) of a group: add/remove (idempotent). */

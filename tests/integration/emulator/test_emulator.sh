@@ -366,9 +366,17 @@ test_main() {
         expect_status 404 "lagged member reference"
         req POST /users "$(user_json lagged)"
         expect_json '.error.details[0].code' ObjectConflict "uniqueness sees lagged objects"
+        # A replica that has not seen the create cannot delete it either:
+        # 404, and the object is still there once the lag is over.
+        req DELETE "/users/$lag"
+        expect_status 404 "lagged DELETE"
+        req POST /\$batch "{\"requests\":[{\"id\":\"1\",\"method\":\"DELETE\",\"url\":\"/users/$lag\"}]}"
+        expect_json '.responses[0].status' 404 "lagged DELETE in a batch"
         faults '{"replicationLagMs":0}'
         req GET "/users/$lag"
         expect_status 200 "visible once the lag is over"
+        req GET "/directory/deletedItems/$lag"
+        expect_status 404 "a lagged DELETE deleted nothing"
 
         # --- permissions of another app, revocation, admin
         req GET /domains
@@ -494,6 +502,12 @@ test_cert() {
                 -d client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer \
                 --data-urlencode "client_assertion=$a" --data-urlencode scope=https://graph.microsoft.com/.default -o "$T/body"
         expect_json .error invalid_client "assertion with another certificate's thumbprint"
+        # Accepted assertions are counted by algorithm and thumbprint header
+        # (refused ones are not): tests of clients read what they sent.
+        URL=$OWN_URL CA=$OWN_CA req GET /_emulator/stats
+        expect_json '.byAssertion | [."RS256 x5t", ."RS256 x5t#S256", ."PS256 x5t", ."PS256 x5t#S256"] | map(tostring) | join(",")' \
+                1,1,1,1 "stats byAssertion"
+        expect_json '[.byAssertion[]] | add' 4 "refused assertions not counted"
 }
 
 test_snapshot() {

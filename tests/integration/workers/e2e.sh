@@ -39,6 +39,7 @@ graph() {
                 ${3:+-d "$3"} "$CANOPY_TEST_GRAPH_URL/v1.0$2"
 }
 writes() { emu "/_emulator/stats" | jq '.writes'; }
+emu_faults() { curl -sf --cacert "$CANOPY_TEST_GRAPH_CA" -X POST -d "$1" "$CANOPY_TEST_GRAPH_URL/_emulator/faults" >/dev/null || fail "set emulator faults $1"; }
 
 # wait_for DESCRIPTION JQ-EXPR: poll the emulator state until the jq
 # expression is true.
@@ -705,6 +706,25 @@ sigkill)
         start_worker w2
         wait_for "153 users" '(.users | length) == 153 and (.groups | length) == 2'
         check_no_duplicates
+        ;;
+fresh-delete)
+        # Graph replicas lag behind a create: for a while the new object
+        # answers 404 by id. A delete that follows its create within that
+        # time must still delete it, not take the 404 for "already gone".
+        start_producer A
+        start_worker w1
+        converge_forest_a
+        emu_faults '{"replicationLagMs":6000}'
+        n404=$(emu /_emulator/stats | jq '.byStatus["404"] // 0')
+        printf 'dn: uid=dave,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave Dunn\nsn: Dunn\nmail: dave@corp.test\n\n' | ldapmod A
+        wait_for "dave created" '[.users[] | select(.mailNickname == "dave")] | length == 1'
+        printf 'dn: uid=dave,ou=people,dc=a,dc=test\nchangetype: delete\n' | ldapmod A
+        wait_for "dave deleted, though just created" '([.users[] | select(.mailNickname == "dave")] | length) == 0
+          and ([.deletedUsers[] | select(.mailNickname == "dave")] | length) == 1'
+        # The delete did meet the lag (404 first), else this proved nothing.
+        [ "$(emu /_emulator/stats | jq '.byStatus["404"] // 0')" -gt "$n404" ] ||
+                fail "no 404 during the delete: it did not reach a lagging replica (pipeline slower than the lag?)"
+        [ "$(nusers)" = 3 ] || fail "expected the 3 users of forest A, got $(nusers)"
         ;;
 two-workers)
         {

@@ -438,6 +438,16 @@ static void test_export_state(void **ctx) {
         canopy_state_hash_hex("{\"displayName\":\"A\"}", h);
         assert_string_equal(es->props_hash, h);
         assert_string_equal(es->props_json, "{\"displayName\":\"A\"}");
+        assert_int_equal(es->created_ms, 0); /* not recorded as a create */
+        canopy_export_state_free(es);
+
+        /* A create records when; a later update keeps it. */
+        assert_int_equal(canopy_state_exp_record_created(st, id, "e-1", "QUJD", "{}", 0), CANOPY_ERR_INVALID_ARG);
+        assert_int_equal(canopy_state_exp_record_created(st, id, "e-1", "QUJD", "{}", 1700000000123LL), CANOPY_OK);
+        assert_int_equal(canopy_state_exp_record(st, id, "e-1", "QUJD", "{\"displayName\":\"A\"}"), CANOPY_OK);
+        assert_int_equal(canopy_state_exp_get(st, id, &es), CANOPY_OK);
+        assert_int_equal(es->created_ms, 1700000000123LL);
+        assert_string_equal(es->props_json, "{\"displayName\":\"A\"}");
         canopy_export_state_free(es);
 
         const char *m[3] = {"u1", "u2", "u3"};
@@ -454,6 +464,7 @@ static void test_export_state(void **ctx) {
         assert_int_equal(canopy_state_exp_get(st, id, &es), CANOPY_OK);
         assert_true(es->deleted);
         assert_null(es->entra_id);
+        assert_int_equal(es->created_ms, 0); /* a delete forgets the create */
         canopy_export_state_free(es);
         assert_int_equal(canopy_state_exp_members(st, id, &got, &n), CANOPY_OK);
         assert_int_equal(n, 0);
