@@ -727,17 +727,61 @@ fresh-delete)
         [ "$(nusers)" = 3 ] || fail "expected the 3 users of forest A, got $(nusers)"
         ;;
 two-workers)
-        {
-                for i in $(seq 1 100); do
+        # A worker added while the initial sync runs, and one removed while
+        # changes flow: partitions move both times, and every effect happens
+        # once (one create per object, no conflict from a second create, every
+        # change applied).
+        adds() { # adds FIRST LAST
+                for i in $(seq "$1" "$2"); do
                         printf 'dn: uid=t%03d,ou=people,dc=a,dc=test\nchangetype: add\nobjectClass: inetOrgPerson\nuid: t%03d\ncn: T %03d\nsn: T%03d\nmail: t%03d@corp.test\n\n' "$i" "$i" "$i" "$i" "$i"
-                done
-        } | ldapmod A
+                done | ldapmod A
+        }
+        adds 1 300
+        # Graph slowed down (100 ms a request) so that the initial sync is
+        # still running when w2 has joined the groups.
+        emu_faults '{"latencyMs":100}'
         start_producer A
         start_producer B
         start_worker w1
+        wait_for "w1 has exported some users" '(.users | length) >= 20'
         start_worker w2
-        wait_for "all users" '(.users | length) == 104 and (.groups | length) == 3'
+        for ((i = 0; i < CAP * 4; i++)); do
+                [ "$(grep -c 'assigned [1-9][0-9]* partition' "$T/worker-w2.log")" -ge 2 ] && break
+                sleep 0.25
+        done
+        [ "$i" -lt $((CAP * 4)) ] || fail "w2 was never given partitions of both stages: $(grep -i 'assign' "$T/worker-w2.log" | tail -3)"
+        n=$(nusers)
+        [ "$n" -lt 304 ] || fail "the initial sync was over before w2 had partitions ($n users): nothing tested"
+        log "w2 has partitions of both stages with $n of 304 users exported"
+        emu_faults '{"latencyMs":0}'
+        wait_for "all users" '(.users | length) == 304 and (.groups | length) == 3'
+        emu_faults '{"latencyMs":100}'
+        {
+                for i in $(seq 1 40); do
+                        printf 'dn: uid=t%03d,ou=people,dc=a,dc=test\nchangetype: modify\nreplace: title\ntitle: Lead %03d\n\n' "$i" "$i"
+                done
+        } | ldapmod A
+        adds 301 360
+        wait_for "some of the new users exported" '(.users | length) >= 310'
+        before=$(grep -c 'assigned [1-9][0-9]* partition' "$T/worker-w2.log")
+        stop_worker w1 TERM
+        n=$(nusers)
+        [ "$n" -lt 364 ] || fail "the changes were all exported before w1 stopped ($n users): nothing tested"
+        log "w1 stopped while changes flow ($n of 364 users exported)"
+        for ((i = 0; i < CAP * 4; i++)); do
+                [ "$(grep -c 'assigned [1-9][0-9]* partition' "$T/worker-w2.log")" -ge $((before + 2)) ] && break
+                sleep 0.25
+        done
+        [ "$i" -lt $((CAP * 4)) ] || fail "w2 was not given w1's partitions: $(grep -i 'assign' "$T/worker-w2.log" | tail -3)"
+        emu_faults '{"latencyMs":0}'
+        wait_for "every user, and every title change" \
+                '(.users | length) == 364 and ([.users[] | select((.jobTitle // "") | startswith("Lead "))] | length) == 40'
         check_no_duplicates
+        stats=$(emu /_emulator/stats)
+        created=$(echo "$stats" | jq '.byStatus["201"] // 0')
+        objects=$(state | jq '(.users | length) + (.groups | length)')
+        [ "$created" = "$objects" ] || fail "$created creates for $objects objects: $(echo "$stats" | jq -c .)"
+        [ "$(echo "$stats" | jq '.byStatus["400"] // 0')" = 0 ] || fail "a request failed with 400 (a second create?): $(echo "$stats" | jq -c .)"
         ;;
 *)
         fail "unknown scenario"
