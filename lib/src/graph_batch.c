@@ -70,11 +70,105 @@ static const char *inner_header(json_t *resp, const char *name) {
         return NULL;
 }
 
-typedef struct item_state {
-        bool pending;
-        int attempts;
-        int consistency_tries;
-} item_state;
+canopy_err graph_batch_apply(canopy_graph *gc, canopy_graph_req *reqs, size_t n, const size_t *pend, size_t k,
+                             graph_batch_item *st, const char *body_text, size_t body_len, const char *request_id,
+                             const char *client_request_id, int64_t *max_ra, bool *any_retry) {
+        json_t *root = json_loadb(body_text, body_len, 0, NULL);
+        json_t *resps = json_object_get(root, "responses");
+        if (!json_is_array(resps)) {
+                json_decref(root);
+                return CANOPY_ERR_GRAPH_PROTOCOL;
+        }
+        /* every item of this batch starts as "no answer" */
+        for (size_t j = 0; j < k; j++)
+                st[pend[j]].attempts++;
+        bool *seen = calloc(k, sizeof(*seen));
+        size_t ri;
+        json_t *resp;
+        json_array_foreach(resps, ri, resp) {
+                const char *sid = json_string_value(json_object_get(resp, "id"));
+                char *end = NULL;
+                unsigned long long id = sid ? strtoull(sid, &end, 10) : 0;
+                if (!sid || !end || *end || id >= n)
+                        continue;
+                size_t j;
+                for (j = 0; j < k && pend[j] != id; j++)
+                        ;
+                if (j == k || (seen && seen[j]))
+                        continue;
+                if (seen)
+                        seen[j] = true;
+                canopy_graph_req *r = &reqs[id];
+                long status = (long)json_integer_value(json_object_get(resp, "status"));
+                json_t *body = json_object_get(resp, "body");
+                canopy_graph_result_clear(&r->res);
+                canopy_graph_error_clear(&r->ei);
+                r->res.status = status;
+                r->res.attempts = st[id].attempts;
+                graph_strlcpy(r->res.request_id, request_id, sizeof(r->res.request_id));
+                graph_strlcpy(r->res.client_request_id, client_request_id,
+                              sizeof(r->res.client_request_id));
+                if (body && !json_is_null(body)) {
+                        r->res.body = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+                        r->res.body_len = r->res.body ? strlen(r->res.body) : 0;
+                }
+                if (status >= 200 && status < 300) {
+                        r->err = CANOPY_OK;
+                        st[id].pending = false;
+                        continue;
+                }
+                r->ei.http_status = status;
+                r->ei.attempts = st[id].attempts;
+                if (r->res.body)
+                        canopy_graph_error_parse(r->res.body, r->res.body_len, &r->ei);
+                r->ei.http_status = status;
+                if (!r->ei.request_id[0])
+                        graph_strlcpy(r->ei.request_id, request_id,
+                                      sizeof(r->ei.request_id));
+                graph_strlcpy(r->ei.client_request_id, client_request_id,
+                              sizeof(r->ei.client_request_id));
+                bool retriable = false;
+                r->err = graph_classify(gc, status, r->flags, &r->ei, &retriable);
+                if (r->err == CANOPY_ERR_GRAPH_CONFLICT)
+                        graph_conflict_fill(&r->ei, r->body);
+                if (status == 429)
+                        gc->stats.throttled++;
+                else if (status == 503 || status == 504)
+                        gc->stats.unavailable++;
+                bool consistency = (r->flags & CANOPY_GRAPH_F_FRESH) &&
+                                   graph_is_missing_ref(status, &r->ei);
+                if (retriable && consistency)
+                        retriable = st[id].consistency_tries++ < gc->conf.consistency_retries;
+                else if (retriable)
+                        retriable = st[id].attempts <= gc->conf.max_retries;
+                if (retriable && (r->flags & CANOPY_GRAPH_F_NO_RETRY))
+                        retriable = false;
+                const char *ra = inner_header(resp, "Retry-After");
+                int64_t ms;
+                if (ra && canopy_graph_retry_after_parse(ra, graph_epoch_ms(), &ms) == CANOPY_OK) {
+                        r->ei.retry_after_ms = ms;
+                        if (retriable && ms > *max_ra)
+                                *max_ra = ms;
+                }
+                st[id].pending = retriable;
+                *any_retry |= retriable;
+        }
+        /* items without an answer: retry them like a 503 */
+        for (size_t j = 0; j < k; j++) {
+                if (seen && seen[j])
+                        continue;
+                size_t id = pend[j];
+                reqs[id].err = CANOPY_ERR_GRAPH_PROTOCOL;
+                reqs[id].ei.http_status = 0;
+                graph_strlcpy(reqs[id].ei.code, "canopy_missing_batch_response",
+                              sizeof(reqs[id].ei.code));
+                st[id].pending = st[id].attempts <= gc->conf.max_retries;
+                *any_retry |= st[id].pending;
+        }
+        free(seen);
+        json_decref(root);
+        return CANOPY_OK;
+}
 
 canopy_err canopy_graph_batch(canopy_graph *gc, canopy_graph_req *reqs, size_t n) {
         if (!gc || (!reqs && n))
@@ -82,7 +176,7 @@ canopy_err canopy_graph_batch(canopy_graph *gc, canopy_graph_req *reqs, size_t n
         if (n == 0)
                 return CANOPY_OK;
         canopy_err err = CANOPY_OK;
-        item_state *st = calloc(n, sizeof(*st));
+        graph_batch_item *st = calloc(n, sizeof(*st));
         size_t *pend = calloc(n, sizeof(*pend));
         size_t nb_max = n; /* at most one batch per item (small budgets) */
         graph_xfer *xs = calloc(nb_max, sizeof(*xs));
@@ -150,13 +244,11 @@ canopy_err canopy_graph_batch(canopy_graph *gc, canopy_graph_req *reqs, size_t n
                         size_t lo = b * per, k = np - lo < per ? np - lo : per;
                         if (!xs[b].url)
                                 continue;
-                        json_t *root = NULL, *resps = NULL;
-                        if (!xs[b].err) {
-                                root = json_loadb(bres[b].body ? bres[b].body : "", bres[b].body_len, 0, NULL);
-                                resps = json_object_get(root, "responses");
-                                if (!json_is_array(resps))
-                                        xs[b].err = CANOPY_ERR_GRAPH_PROTOCOL;
-                        }
+                        if (!xs[b].err)
+                                xs[b].err = graph_batch_apply(gc, reqs, n, pend + lo, k, st,
+                                                              bres[b].body ? bres[b].body : "", bres[b].body_len,
+                                                              bres[b].request_id, bres[b].client_request_id, &max_ra,
+                                                              &any_retry);
                         if (xs[b].err) {
                                 /* the batch itself failed after its own retries */
                                 for (size_t j = 0; j < k; j++) {
@@ -166,97 +258,7 @@ canopy_err canopy_graph_batch(canopy_graph *gc, canopy_graph_req *reqs, size_t n
                                         r->res.status = bres[b].status;
                                         st[pend[lo + j]].pending = false;
                                 }
-                                json_decref(root);
-                                continue;
                         }
-                        /* every item of this batch starts as "no answer" */
-                        for (size_t j = 0; j < k; j++)
-                                st[pend[lo + j]].attempts++;
-                        bool *seen = calloc(k, sizeof(*seen));
-                        size_t ri;
-                        json_t *resp;
-                        json_array_foreach(resps, ri, resp) {
-                                const char *sid = json_string_value(json_object_get(resp, "id"));
-                                char *end = NULL;
-                                unsigned long long id = sid ? strtoull(sid, &end, 10) : 0;
-                                if (!sid || !end || *end || id >= n)
-                                        continue;
-                                size_t j;
-                                for (j = 0; j < k && pend[lo + j] != id; j++)
-                                        ;
-                                if (j == k || (seen && seen[j]))
-                                        continue;
-                                if (seen)
-                                        seen[j] = true;
-                                canopy_graph_req *r = &reqs[id];
-                                long status = (long)json_integer_value(json_object_get(resp, "status"));
-                                json_t *body = json_object_get(resp, "body");
-                                canopy_graph_result_clear(&r->res);
-                                canopy_graph_error_clear(&r->ei);
-                                r->res.status = status;
-                                r->res.attempts = st[id].attempts;
-                                graph_strlcpy(r->res.request_id, bres[b].request_id, sizeof(r->res.request_id));
-                                graph_strlcpy(r->res.client_request_id, bres[b].client_request_id,
-                                              sizeof(r->res.client_request_id));
-                                if (body && !json_is_null(body)) {
-                                        r->res.body = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
-                                        r->res.body_len = r->res.body ? strlen(r->res.body) : 0;
-                                }
-                                if (status >= 200 && status < 300) {
-                                        r->err = CANOPY_OK;
-                                        st[id].pending = false;
-                                        continue;
-                                }
-                                r->ei.http_status = status;
-                                r->ei.attempts = st[id].attempts;
-                                if (r->res.body)
-                                        canopy_graph_error_parse(r->res.body, r->res.body_len, &r->ei);
-                                r->ei.http_status = status;
-                                if (!r->ei.request_id[0])
-                                        graph_strlcpy(r->ei.request_id, bres[b].request_id,
-                                                      sizeof(r->ei.request_id));
-                                graph_strlcpy(r->ei.client_request_id, bres[b].client_request_id,
-                                              sizeof(r->ei.client_request_id));
-                                bool retriable = false;
-                                r->err = graph_classify(gc, status, r->flags, &r->ei, &retriable);
-                                if (r->err == CANOPY_ERR_GRAPH_CONFLICT)
-                                        graph_conflict_fill(&r->ei, r->body);
-                                if (status == 429)
-                                        gc->stats.throttled++;
-                                else if (status == 503 || status == 504)
-                                        gc->stats.unavailable++;
-                                bool consistency = (r->flags & CANOPY_GRAPH_F_FRESH) &&
-                                                   graph_is_missing_ref(status, &r->ei);
-                                if (retriable && consistency)
-                                        retriable = st[id].consistency_tries++ < gc->conf.consistency_retries;
-                                else if (retriable)
-                                        retriable = st[id].attempts <= gc->conf.max_retries;
-                                if (retriable && (r->flags & CANOPY_GRAPH_F_NO_RETRY))
-                                        retriable = false;
-                                const char *ra = inner_header(resp, "Retry-After");
-                                int64_t ms;
-                                if (ra && canopy_graph_retry_after_parse(ra, graph_epoch_ms(), &ms) == CANOPY_OK) {
-                                        r->ei.retry_after_ms = ms;
-                                        if (retriable && ms > max_ra)
-                                                max_ra = ms;
-                                }
-                                st[id].pending = retriable;
-                                any_retry |= retriable;
-                        }
-                        /* items without an answer: retry them like a 503 */
-                        for (size_t j = 0; j < k; j++) {
-                                if (seen && seen[j])
-                                        continue;
-                                size_t id = pend[lo + j];
-                                reqs[id].err = CANOPY_ERR_GRAPH_PROTOCOL;
-                                reqs[id].ei.http_status = 0;
-                                graph_strlcpy(reqs[id].ei.code, "canopy_missing_batch_response",
-                                              sizeof(reqs[id].ei.code));
-                                st[id].pending = st[id].attempts <= gc->conf.max_retries;
-                                any_retry |= st[id].pending;
-                        }
-                        free(seen);
-                        json_decref(root);
                 }
                 for (size_t b = 0; b < nb; b++) {
                         free(xs[b].url);

@@ -69,6 +69,24 @@ bool graph_is_missing_ref(long status, const canopy_graph_error *ei);
 /* strlcpy-like, always NUL-terminates. */
 void graph_strlcpy(char *dst, const char *src, size_t size);
 
+/* ---- $batch ---- */
+typedef struct graph_batch_item {
+        bool pending; /* to be sent (again) */
+        int attempts;
+        int consistency_tries;
+} graph_batch_item;
+/* Apply the body of one $batch response to its items pend[0..k) (indexes
+ * into reqs[0..n) and st): each answered item gets its status, body and
+ * error and stays pending when it is retried; an item without an answer, or
+ * answered twice, or under an id that is not one of the batch, counts as
+ * unanswered. *max_ra: the longest inner Retry-After of the retried items;
+ * *any_retry set when one is. CANOPY_ERR_GRAPH_PROTOCOL, with no item
+ * touched, when the body is not a $batch response. Fuzzed in
+ * tests/fuzz/fuzz_graph_json.c. */
+canopy_err graph_batch_apply(canopy_graph *gc, canopy_graph_req *reqs, size_t n, const size_t *pend, size_t k,
+                             graph_batch_item *st, const char *body_text, size_t body_len, const char *request_id,
+                             const char *client_request_id, int64_t *max_ra, bool *any_retry);
+
 /* ---- auth ---- */
 /* Load cert + key from conf (when cert_file set). */
 canopy_err graph_auth_load_cert(canopy_graph *gc, char *errbuf, size_t errlen);

@@ -8,6 +8,12 @@
  * quotes (a value can never change a query's meaning), and a path segment
  * must carry no URL delimiter.
  *
+ * It also feeds $batch response bodies to graph_batch_apply, the code that
+ * matches a batch's answers to its items (ids in any order, missing,
+ * repeated or foreign ids, inner statuses and Retry-After headers), and
+ * checks what it leaves: every item either answered or unanswered, an error
+ * for every non-2xx, no pending item without an error, terminated strings.
+ *
  * Input: byte 0 selects the mode, the rest is split at the first NUL into
  * A and B. */
 #include <jansson.h>
@@ -131,6 +137,79 @@ static void check_diff(const char *a, const char *b) {
         free(patch);
 }
 
+/* A client that never connects: graph_batch_apply only reads its conf and
+ * counts into its stats. */
+static canopy_graph *fuzz_client(void) {
+        static canopy_graph *gc;
+        if (!gc) {
+                canopy_graph_conf c;
+                canopy_graph_conf_init(&c);
+                c.tenant = "fuzz-tenant";
+                c.client_id = "fuzz-client";
+                c.client_secret = "fuzz-secret";
+                c.graph_url = "https://127.0.0.1:1";
+                c.authority_url = "https://127.0.0.1:1";
+                char eb[256];
+                CHECK(canopy_graph_new(&c, &gc, eb, sizeof(eb)) == CANOPY_OK);
+        }
+        return gc;
+}
+
+/* A: the $batch response body; byte 0 also sets how many items (1..20)
+ * the batch had and which of them were fresh-object or no-retry items. */
+static void check_batch(const char *a, unsigned sel) {
+        enum { N = 24 };
+        canopy_graph_req reqs[N];
+        graph_batch_item st[N];
+        size_t pend[20];
+        memset(reqs, 0, sizeof(reqs));
+        memset(st, 0, sizeof(st));
+        size_t k = 1 + sel % 20, off = (sel / 20) % 4;
+        for (size_t j = 0; j < k; j++) {
+                size_t id = off + j;
+                pend[j] = id;
+                reqs[id].method = j % 3 ? "PATCH" : "POST";
+                reqs[id].path = "/users";
+                reqs[id].body = "{\"userPrincipalName\":\"a@b.test\",\"mail\":\"a@b.test\"}";
+                reqs[id].flags = (j % 4 == 1 ? CANOPY_GRAPH_F_FRESH : 0) | (j % 5 == 2 ? CANOPY_GRAPH_F_NO_RETRY : 0);
+                st[id].pending = true;
+        }
+        int64_t max_ra = -1;
+        bool any = false;
+        canopy_err err = graph_batch_apply(fuzz_client(), reqs, N, pend, k, st, a, strlen(a), "req-id", "creq-id",
+                                           &max_ra, &any);
+        bool some_pending = false;
+        for (size_t i = 0; i < N; i++) {
+                canopy_graph_req *r = &reqs[i];
+                bool in_batch = i >= off && i < off + k;
+                if (!in_batch) {
+                        CHECK(!r->res.body && r->err == CANOPY_OK && !st[i].pending);
+                        continue;
+                }
+                if (err) {
+                        /* not a $batch response: nothing touched */
+                        CHECK(!r->res.body && st[i].attempts == 0 && st[i].pending);
+                        continue;
+                }
+                CHECK(st[i].attempts == 1);
+                CHECK(terminated(r->ei.code, sizeof(r->ei.code)) && terminated(r->ei.message, sizeof(r->ei.message)) &&
+                      terminated(r->ei.request_id, sizeof(r->ei.request_id)) &&
+                      terminated(r->res.request_id, sizeof(r->res.request_id)));
+                if (r->err == CANOPY_OK)
+                        CHECK(r->res.status >= 200 && r->res.status < 300 && !st[i].pending);
+                if (st[i].pending) {
+                        CHECK(r->err != CANOPY_OK);
+                        CHECK(!(r->flags & CANOPY_GRAPH_F_NO_RETRY) || r->err == CANOPY_ERR_GRAPH_PROTOCOL);
+                        some_pending = true;
+                }
+                if (r->res.body)
+                        CHECK(r->res.body_len == strlen(r->res.body));
+                canopy_graph_result_clear(&r->res);
+        }
+        CHECK(any == some_pending);
+        CHECK(max_ra >= -1);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (size < 1)
                 return 0;
@@ -141,7 +220,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         buf[size - 1] = 0;
         size_t alen = strlen(buf);
         const char *a = buf, *b = alen + 1 < size ? buf + alen + 1 : "";
-        switch (data[0] % 5) {
+        switch (data[0] % 6) {
         case 0: {
                 canopy_graph_error ei;
                 canopy_graph_error_clear(&ei);
@@ -172,6 +251,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 break;
         case 3:
                 check_odata(a);
+                break;
+        case 5:
+                check_batch(a, data[0] / 6);
                 break;
         default:
                 check_segment(a);
