@@ -7,7 +7,11 @@
  *   auth.c   signing key, token endpoint, bearer token checks, assertions
  *   store.c  tenants, objects, indices, validation, membership, snapshot
  *   graph.c  Graph routes: users, groups, members, deletedItems, delta, $batch
- *   main.c   options, HTTP server (libmicrohttpd), admin routes, stats, faults
+ *   main.c   options, request core (emu_serve), HTTP/1.1 (libmicrohttpd),
+ *            admin routes, stats, faults
+ *   net.c    listening socket, TLS with ALPN, one thread per connection,
+ *            HTTP/1.1 connections handed to libmicrohttpd
+ *   h2.c     HTTP/2 (nghttp2) sessions and their worker threads
  *
  * Concurrency: one reader-writer lock (emu_server.lock) guards every tenant;
  * writes take it exclusively. Counters and buckets have their own mutex.
@@ -21,6 +25,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 /* Caps on everything a client can grow. */
 #define EMU_BODY_MAX (8u << 20) /* request body */
@@ -34,6 +39,10 @@
 #define EMU_CLIENTS_MAX 64
 #define EMU_DOMAINS_MAX 64
 #define EMU_QUERY_MAX 32 /* query parameters per URL */
+#define EMU_CONNS_MAX 512         /* open connections (a thread each) */
+#define EMU_HDRS_MAX 100          /* request header fields (HTTP/2) */
+#define EMU_HDR_BYTES (32u << 10) /* request header bytes (HTTP/2, as MHD's buffer) */
+#define EMU_IDLE_S 120            /* idle connection timeout, both protocols */
 
 /* ---- util.c ---------------------------------------------------------- */
 
@@ -136,10 +145,14 @@ typedef struct emu_faults {
 typedef struct emu_stats {
         json_t *by_method, *by_kind, *by_status; /* objects name -> count */
         json_t *by_assertion; /* accepted client assertions: "PS256 x5t#S256" -> count */
+        json_t *by_protocol; /* "HTTP/1.1" / "HTTP/2" -> requests */
+        json_t *connections; /* "HTTP/1.1" / "HTTP/2" -> connections accepted */
         uint64_t requests, operations, writes, throttled, faults, deletes, tokens;
 } emu_stats;
 
 typedef struct emu_tenant emu_tenant;
+typedef struct emu_net emu_net;
+typedef struct emu_h2 emu_h2;
 
 typedef struct emu_server {
         /* options */
@@ -148,6 +161,7 @@ typedef struct emu_server {
         char *port_file;
         char *tls_cert, *tls_key;
         bool insecure;
+        bool no_h2; /* --no-http2: ALPN offers http/1.1 only, no h2c */
         int threads;
         char *snapshot;
         int token_lifetime;
@@ -167,6 +181,10 @@ typedef struct emu_server {
 
         EVP_PKEY *sign_key;
         char kid[40];
+
+        void *mhd;   /* struct MHD_Daemon: HTTP/1.x */
+        emu_net *net; /* net.c */
+        emu_h2 *h2;   /* h2.c */
 } emu_server;
 
 /* ---- auth.c --------------------------------------------------------------- */
@@ -314,10 +332,82 @@ void emu_graph_error(emu_resp *r, int status, const char *code, const char *msg,
 void emu_graph_error_details(emu_resp *r, const emu_err *e, const char *request_id,
                              const char *client_request_id);
 
-/* main.c: counters. */
+/* ---- main.c: the request core --------------------------------------------- */
+
+/* One complete request, whichever the transport. Every pointer is borrowed
+ * for the call. */
+typedef struct emu_request {
+        const char *method;
+        const char *uri;  /* path?query as sent */
+        const char *body; /* NUL-terminated, or NULL when empty */
+        size_t len;
+        bool too_big;         /* the body went over EMU_BODY_MAX: 413 */
+        bool loopback;        /* the peer is on loopback: admin routes allowed */
+        const char *protocol; /* "HTTP/1.1", "HTTP/2" (stats, debug log) */
+        /* Case-insensitive header look-up; NULL when absent. */
+        const char *(*header)(void *ctx, const char *name);
+        void *ctx;
+} emu_request;
+
+/* The answer: status, headers in the order to send, body. Everything is
+ * owned by the reply; emu_reply_free releases it. */
+#define EMU_REPLY_HDRS (EMU_RESP_HDRS + 6)
+typedef struct emu_reply {
+        int status;
+        char *body;
+        size_t len;
+        char *hname[EMU_REPLY_HDRS];
+        char *hval[EMU_REPLY_HDRS];
+        int nh;
+} emu_reply;
+
+/* Route and run one request: Graph, token endpoint, metadata, admin. Fills
+ * rp, which the caller frees. Thread-safe. */
+void emu_serve(emu_server *srv, const emu_request *rq, emu_reply *rp);
+void emu_reply_free(emu_reply *rp); /* NULL allowed */
+
+/* Counters. */
 void emu_stats_count(emu_server *srv, const char *method, const char *kind, int status);
 void emu_stats_add(emu_server *srv, uint64_t *field);
 /* Count an accepted client assertion by its algorithm and thumbprint header. */
 void emu_stats_assertion(emu_server *srv, const char *alg, const char *thumbprint);
+void emu_stats_conn(emu_server *srv, const char *protocol);
+
+/* ---- net.c ---------------------------------------------------------------------- */
+
+struct ssl_st;
+
+/* One accepted connection, served by its own thread. */
+typedef struct emu_conn {
+        emu_server *srv;
+        int fd;              /* -1 once handed to libmicrohttpd */
+        struct ssl_st *ssl;  /* NULL on plain HTTP */
+        bool want_write;     /* the last TLS read waits for the socket to be writable */
+        bool loopback;       /* the peer's address */
+        struct sockaddr_storage peer;
+        socklen_t peerlen;
+        struct emu_conn *prev, *next; /* net.c's list of open connections */
+} emu_conn;
+
+/* Listen on srv->listen_addr:listen_port (TLS unless srv->insecure) and serve
+ * until emu_net_stop. *ret_port: the bound port. 0, or -1 (logged). */
+int emu_net_start(emu_server *srv, int *ret_port);
+/* Stop accepting, close every connection, wait for their threads. */
+void emu_net_stop(emu_server *srv);
+/* Non-blocking I/O on a connection, TLS or not: bytes moved, 0 when it
+ * would block, -1 when closed or failed. */
+long emu_conn_read(emu_conn *c, void *buf, size_t n);
+long emu_conn_write(emu_conn *c, const void *buf, size_t n);
+/* Decrypted bytes already buffered (poll() does not see them). */
+bool emu_conn_pending(const emu_conn *c);
+bool emu_addr_loopback(const struct sockaddr *sa);
+
+/* ---- h2.c ----------------------------------------------------------------------- */
+
+/* Worker threads that run HTTP/2 requests (srv->threads of them). */
+int emu_h2_init(emu_server *srv);
+void emu_h2_free(emu_server *srv); /* after emu_net_stop */
+/* Serve an HTTP/2 connection (preface not yet read) until it closes. */
+void emu_h2_serve(emu_conn *c);
 
 #endif

@@ -15,6 +15,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +34,10 @@ static void usage(FILE *f) {
             "  --listen ADDR:PORT         listen address (default 127.0.0.1:0; port 0 picks a free port)\n"
             "  --port-file F              write the actual port to F once listening\n"
             "  --tls-cert F --tls-key F   PEM certificate (chain) and key; TLS is the default\n"
-            "  --insecure-http            serve plain HTTP instead of TLS\n"
+            "  --insecure-http            serve plain HTTP instead of TLS (HTTP/1.1, and HTTP/2 for clients\n"
+            "                             that open with its preface: h2c with prior knowledge)\n"
+            "  --no-http2                 HTTP/1.1 only: ALPN offers http/1.1 alone, no h2c (by default\n"
+            "                             one port serves both; TLS clients choose by ALPN, h2 first)\n"
             "  --client TENANT:CLIENT_ID:SECRET_FILE:ROLES\n"
             "                             an app with a client secret (read from SECRET_FILE) and comma-\n"
             "                             separated application permissions, e.g.\n"
@@ -55,12 +59,14 @@ static void usage(FILE *f) {
             "  --token-lifetime S         access token lifetime in seconds (default 3599)\n"
             "  --snapshot FILE            load at start if present; save on SIGTERM and POST "
             "/_emulator/snapshot\n"
-            "  --threads N                HTTP worker threads (default 4)\n"
+            "  --threads N                worker threads for HTTP/1.1, and as many for HTTP/2 (default 4)\n"
             "  --help                     this text\n\n"
             "Admin endpoints (no token, loopback clients only): GET /_emulator/state, POST "
             "/_emulator/reset,\n"
             "GET /_emulator/stats, POST /_emulator/snapshot, POST /_emulator/revoke?client=ID,\n"
-            "POST /_emulator/unrevoke?client=ID, GET|POST /_emulator/faults, GET /_emulator/health.\n",
+            "POST /_emulator/unrevoke?client=ID, GET|POST /_emulator/faults, GET /_emulator/health.\n"
+            "Stats count requests by protocol (byProtocol: HTTP/1.1, HTTP/2) and connections accepted\n"
+            "by protocol (connections), since the start or the last reset.\n",
             f);
 }
 
@@ -101,22 +107,36 @@ static void stats_reset(emu_server *srv) {
         json_decref(srv->stats.by_kind);
         json_decref(srv->stats.by_status);
         json_decref(srv->stats.by_assertion);
+        json_decref(srv->stats.by_protocol);
+        json_decref(srv->stats.connections);
         memset(&srv->stats, 0, sizeof(srv->stats));
         srv->stats.by_method = json_object();
         srv->stats.by_kind = json_object();
         srv->stats.by_status = json_object();
         srv->stats.by_assertion = json_object();
+        srv->stats.by_protocol = json_object();
+        srv->stats.connections = json_object();
 }
 
+void emu_stats_conn(emu_server *srv, const char *protocol) {
+        pthread_mutex_lock(&srv->mu);
+        bump(srv->stats.connections, protocol);
+        pthread_mutex_unlock(&srv->mu);
+}
+
+/* Copies, not references: the counters go on changing under mu while the
+ * reply is serialized outside it. */
 static json_t *stats_json(emu_server *srv) {
         pthread_mutex_lock(&srv->mu);
         emu_stats *s = &srv->stats;
-        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:O, s:O, s:O, s:O}", "requests",
+        json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:o, s:o, s:o}", "requests",
                               (json_int_t)s->requests, "operations", (json_int_t)s->operations, "writes",
                               (json_int_t)s->writes, "throttled", (json_int_t)s->throttled, "faults",
                               (json_int_t)s->faults, "deletes", (json_int_t)s->deletes, "tokens",
-                              (json_int_t)s->tokens, "byMethod", s->by_method, "byKind", s->by_kind,
-                              "byStatus", s->by_status, "byAssertion", s->by_assertion);
+                              (json_int_t)s->tokens, "byMethod", json_deep_copy(s->by_method), "byKind",
+                              json_deep_copy(s->by_kind), "byStatus", json_deep_copy(s->by_status),
+                              "byAssertion", json_deep_copy(s->by_assertion), "byProtocol",
+                              json_deep_copy(s->by_protocol), "connections", json_deep_copy(s->connections));
         pthread_mutex_unlock(&srv->mu);
         return j;
 }
@@ -240,92 +260,68 @@ static const char *faults_apply(emu_server *srv, json_t *j) {
         pthread_mutex_unlock(&srv->mu);
         return err;
 }
+/* ---- one request, whatever the transport ---------------------------------------------- */
 
-/* ---- HTTP glue ---------------------------------------------------------------------- */
-
-typedef struct conn_ctx {
-        char *uri;
-        char *body;
-        size_t len, cap;
-        bool too_big;
-        bool started; /* the first call only announces the request */
-} conn_ctx;
-
-static emu_server *g_srv;
-
-static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *con) {
-        (void)cls;
-        (void)con;
-        conn_ctx *cc = calloc(1, sizeof(*cc));
-        if (cc)
-                cc->uri = strdup(uri);
-        return cc;
+static const char *req_header(const emu_request *rq, const char *name) {
+        return rq->header ? rq->header(rq->ctx, name) : NULL;
 }
 
-static void completed_cb(void *cls, struct MHD_Connection *con, void **req_cls,
-                         enum MHD_RequestTerminationCode toe) {
-        (void)cls;
-        (void)con;
-        (void)toe;
-        conn_ctx *cc = *req_cls;
-        if (cc) {
-                free(cc->uri);
-                free(cc->body);
-                free(cc);
+/* Takes ownership of name and val; drops them when full (cannot happen:
+ * EMU_REPLY_HDRS leaves room for every fixed header plus EMU_RESP_HDRS). */
+static void reply_add(emu_reply *rp, char *name, char *val) {
+        if (!name || !val || rp->nh >= EMU_REPLY_HDRS) {
+                free(name);
+                free(val);
+                return;
         }
-        *req_cls = NULL;
+        rp->hname[rp->nh] = name;
+        rp->hval[rp->nh] = val;
+        rp->nh++;
 }
 
-static bool loopback(struct MHD_Connection *con) {
-        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        if (!ci || !ci->client_addr)
-                return false;
-        const struct sockaddr *sa = ci->client_addr;
-        if (sa->sa_family == AF_INET)
-                return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
-        if (sa->sa_family == AF_INET6) {
-                const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-                return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+void emu_reply_free(emu_reply *rp) {
+        if (!rp)
+                return;
+        free(rp->body);
+        for (int i = 0; i < rp->nh; i++) {
+                free(rp->hname[i]);
+                free(rp->hval[i]);
         }
-        return false;
+        memset(rp, 0, sizeof(*rp));
 }
 
-static enum MHD_Result send_resp(struct MHD_Connection *con, emu_resp *r, const char *request_id,
-                                 const char *client_request_id) {
-        char *text = NULL;
-        size_t len = 0;
+/* The bytes and headers every transport sends for r (r is emptied). */
+static void reply_finish(emu_resp *r, const char *request_id, const char *creq, emu_reply *rp) {
         const char *ctype = NULL;
+        rp->status = r->status ? r->status : 500;
         if (r->body) {
-                text = json_dumps(r->body, JSON_COMPACT);
-                len = text ? strlen(text) : 0;
+                rp->body = json_dumps(r->body, JSON_COMPACT);
                 ctype = CT_JSON;
         } else if (r->raw) {
-                text = r->raw;
+                rp->body = r->raw;
                 r->raw = NULL;
-                len = strlen(text);
                 ctype = r->ctype ? r->ctype : "text/plain";
         }
-        struct MHD_Response *resp = MHD_create_response_from_buffer(
-            len, text ? text : (void *)"", text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+        rp->len = rp->body ? strlen(rp->body) : 0;
         if (ctype)
-                MHD_add_response_header(resp, "Content-Type", ctype);
+                reply_add(rp, strdup("Content-Type"), strdup(ctype));
         if (r->body)
-                MHD_add_response_header(resp, "OData-Version", "4.0");
-        MHD_add_response_header(resp, "request-id", request_id);
-        MHD_add_response_header(resp, "client-request-id",
-                                client_request_id && *client_request_id ? client_request_id : request_id);
-        MHD_add_response_header(resp, "x-ms-ags-diagnostic",
-                                "{\"ServerInfo\":{\"DataCenter\":\"Emulator\",\"Slice\":\"E\",\"Ring\":\"0\","
-                                "\"ScaleUnit\":\"000\",\"RoleInstance\":\"canopy-emulator\"}}");
-        for (int i = 0; i < r->nh; i++)
-                MHD_add_response_header(resp, r->hname[i], r->hval[i]);
-        enum MHD_Result ret = MHD_queue_response(con, (unsigned)(r->status ? r->status : 500), resp);
-        MHD_destroy_response(resp);
-        return ret;
+                reply_add(rp, strdup("OData-Version"), strdup("4.0"));
+        reply_add(rp, strdup("request-id"), strdup(request_id));
+        reply_add(rp, strdup("client-request-id"), strdup(creq && *creq ? creq : request_id));
+        reply_add(rp, strdup("x-ms-ags-diagnostic"),
+                  strdup("{\"ServerInfo\":{\"DataCenter\":\"Emulator\",\"Slice\":\"E\",\"Ring\":\"0\","
+                         "\"ScaleUnit\":\"000\",\"RoleInstance\":\"canopy-emulator\"}}"));
+        for (int i = 0; i < r->nh; i++) {
+                reply_add(rp, r->hname[i], r->hval[i]);
+                r->hname[i] = r->hval[i] = NULL;
+        }
+        r->nh = 0;
+        emu_resp_reset(r);
 }
 
-static void admin(emu_server *srv, const char *method, const char *path, const char *query, conn_ctx *cc,
-                  emu_resp *r) {
+static void admin(emu_server *srv, const char *method, const char *path, const char *query, const char *body,
+                  size_t len, emu_resp *r) {
         char qbuf[512] = "";
         if (query)
                 snprintf(qbuf, sizeof(qbuf), "%s", query);
@@ -395,7 +391,7 @@ static void admin(emu_server *srv, const char *method, const char *path, const c
                 r->body = json_pack("{s:s, s:b}", "client", cbuf, "revoked", revoke && n);
         } else if (!strcmp(path, "/_emulator/faults") && (get || post)) {
                 if (post) {
-                        json_t *j = cc->len ? json_loadb(cc->body, cc->len, 0, NULL) : NULL;
+                        json_t *j = len ? json_loadb(body, len, 0, NULL) : NULL;
                         const char *err = faults_apply(srv, j);
                         json_decref(j);
                         if (err) {
@@ -413,52 +409,24 @@ static void admin(emu_server *srv, const char *method, const char *path, const c
                 r->body = json_pack("{s:s}", "error", "unknown admin endpoint");
         }
 }
-
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
-                                  const char *version, const char *upload_data, size_t *upload_size,
-                                  void **req_cls) {
-        emu_server *srv = cls;
-        conn_ctx *cc = *req_cls;
-        (void)url;
-        (void)version;
-        if (!cc)
-                return MHD_NO;
-        if (!cc->started) {
-                cc->started = true;
-                return MHD_YES;
-        }
-        if (*upload_size) {
-                if (cc->len + *upload_size > EMU_BODY_MAX) {
-                        cc->too_big = true;
-                } else if (!cc->too_big) {
-                        if (cc->len + *upload_size + 1 > cc->cap) {
-                                size_t nc = (cc->len + *upload_size + 1) * 2;
-                                char *nb = realloc(cc->body, nc);
-                                if (!nb)
-                                        return MHD_NO;
-                                cc->body = nb;
-                                cc->cap = nc;
-                        }
-                        memcpy(cc->body + cc->len, upload_data, *upload_size);
-                        cc->len += *upload_size;
-                        cc->body[cc->len] = 0;
-                }
-                *upload_size = 0;
-                return MHD_YES;
-        }
-        emu_stats_add(srv, &srv->stats.requests);
+void emu_serve(emu_server *srv, const emu_request *rq, emu_reply *rp) {
+        const char *method = rq->method;
+        pthread_mutex_lock(&srv->mu);
+        srv->stats.requests++;
+        bump(srv->stats.by_protocol, rq->protocol ? rq->protocol : "unknown");
+        pthread_mutex_unlock(&srv->mu);
 
         char request_id[37];
         emu_uuid(request_id);
-        const char *creq = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "client-request-id");
+        const char *creq = req_header(rq, "client-request-id");
         char creq_buf[128] = "";
         if (creq)
                 snprintf(creq_buf, sizeof(creq_buf), "%s", creq);
-        const char *host = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Host");
+        const char *host = req_header(rq, "Host");
         char base[300];
         snprintf(base, sizeof(base), "%s://%s", srv->insecure ? "http" : "https", host ? host : "localhost");
 
-        char *uri = strdup(cc->uri ? cc->uri : "/");
+        char *uri = strdup(rq->uri && *rq->uri ? rq->uri : "/");
         char *query = strchr(uri, '?');
         char *path = strndup(uri, query ? (size_t)(query - uri) : strlen(uri));
         if (query)
@@ -466,17 +434,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         emu_url_decode(path, false);
 
         emu_resp r = {0};
-        if (cc->too_big) {
+        if (rq->too_big) {
                 emu_graph_error(&r, 413, "Request_EntityTooLarge", "The request body is too large.",
                                 request_id, creq_buf);
                 goto send;
         }
         if (!strncmp(path, "/_emulator/", 11)) {
-                if (!loopback(con)) {
+                if (!rq->loopback) {
                         r.status = 403;
                         r.body = json_pack("{s:s}", "error", "admin endpoints answer loopback clients only");
                 } else {
-                        admin(srv, method, path, query, cc, &r);
+                        admin(srv, method, path, query, rq->body, rq->len, &r);
                 }
                 emu_stats_count(srv, method, "admin", r.status);
                 goto send;
@@ -490,8 +458,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
                 if (lat > 0)
                         usleep((useconds_t)lat * 1000);
                 emu_auth auth;
-                if (emu_auth_check(srv, MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization"),
-                                   &auth, &r)) {
+                if (emu_auth_check(srv, req_header(rq, "Authorization"), &auth, &r)) {
                         json_t *err = json_object_get(r.body, "error");
                         char ts[32];
                         emu_iso_time(emu_now_ms(), ts);
@@ -504,14 +471,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
                 }
                 json_t *body = NULL;
                 bool invalid = false;
-                if (cc->len) {
-                        body = json_loadb(cc->body, cc->len, 0, NULL);
+                if (rq->len) {
+                        body = json_loadb(rq->body, rq->len, 0, NULL);
                         invalid = body == NULL;
                 }
-                const char *prefer = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Prefer");
+                const char *prefer = req_header(rq, "Prefer");
                 const char *mp = prefer ? strstr(prefer, "odata.maxpagesize=") : NULL;
                 /* The URL relative to the version, with its raw query. */
-                const char *rel = cc->uri + strlen(ver) + 1;
+                const char *rel = uri + strlen(ver) + 1;
                 emu_call call = {.srv = srv,
                                  .auth = &auth,
                                  .method = method,
@@ -555,10 +522,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
                                 r.status = 405;
                                 r.body = json_pack("{s:s}", "error", "invalid_request");
                         } else {
-                                emu_auth_token(
-                                    srv, tenant, cc->body ? cc->body : "", cc->len,
-                                    MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization"), base,
-                                    &r);
+                                emu_auth_token(srv, tenant, rq->body ? rq->body : "", rq->len,
+                                               req_header(rq, "Authorization"), base, &r);
                         }
                         emu_stats_count(srv, method, "token", r.status);
                         goto send;
@@ -585,12 +550,124 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 send:;
         /* Access log at debug level only; never the Authorization header. */
         if (canopy_log_enabled(CANOPY_LOG_DEBUG, MOD))
-                canopy_log(CANOPY_LOG_DEBUG, MOD, NULL, "%s %s %d request-id=%s", method, path, r.status ? r.status : 500,
-                           request_id);
-        enum MHD_Result ret = send_resp(con, &r, request_id, creq_buf);
-        emu_resp_reset(&r);
+                canopy_log(CANOPY_LOG_DEBUG, MOD, NULL, "%s %s %s %d request-id=%s", rq->protocol, method, path,
+                           r.status ? r.status : 500, request_id);
+        reply_finish(&r, request_id, creq_buf, rp);
         free(uri);
         free(path);
+}
+
+/* ---- HTTP/1.1: libmicrohttpd ------------------------------------------------------------ */
+
+/* libmicrohttpd serves HTTP/1.x for every connection net.c hands it: plain
+ * sockets as accepted, TLS ones through a socketpair that net.c relays. */
+typedef struct conn_ctx {
+        char *uri;
+        char *body;
+        size_t len, cap;
+        bool too_big;
+        bool started; /* the first call only announces the request */
+} conn_ctx;
+
+static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *con) {
+        (void)cls;
+        (void)con;
+        conn_ctx *cc = calloc(1, sizeof(*cc));
+        if (cc)
+                cc->uri = strdup(uri);
+        return cc;
+}
+
+static void completed_cb(void *cls, struct MHD_Connection *con, void **req_cls,
+                         enum MHD_RequestTerminationCode toe) {
+        (void)cls;
+        (void)con;
+        (void)toe;
+        conn_ctx *cc = *req_cls;
+        if (cc) {
+                free(cc->uri);
+                free(cc->body);
+                free(cc);
+        }
+        *req_cls = NULL;
+}
+
+static bool loopback(struct MHD_Connection *con) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        return ci && ci->client_addr && emu_addr_loopback(ci->client_addr);
+}
+
+static const char *mhd_header(void *ctx, const char *name) {
+        return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
+}
+
+/* MHD's messages as JSON log lines. On the socketpairs net.c relays, MHD's
+ * TCP_NODELAY / TCP_CORK calls fail and it says so; those sockets deliver at
+ * once anyway, so these lines are noise: debug level. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+        (void)cls;
+        char msg[512];
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        size_t n = strlen(msg);
+        while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+                msg[--n] = 0;
+        bool socket_opt = strstr(msg, "option to") || strstr(msg, "Failed to push the data");
+        canopy_log(socket_opt ? CANOPY_LOG_DEBUG : CANOPY_LOG_WARN, MOD, NULL, "libmicrohttpd: %s", msg);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_size,
+                                  void **req_cls) {
+        emu_server *srv = cls;
+        conn_ctx *cc = *req_cls;
+        (void)url;
+        if (!cc)
+                return MHD_NO;
+        if (!cc->started) {
+                cc->started = true;
+                return MHD_YES;
+        }
+        if (*upload_size) {
+                if (cc->len + *upload_size > EMU_BODY_MAX) {
+                        cc->too_big = true;
+                } else if (!cc->too_big) {
+                        if (cc->len + *upload_size + 1 > cc->cap) {
+                                size_t nc = (cc->len + *upload_size + 1) * 2;
+                                char *nb = realloc(cc->body, nc);
+                                if (!nb)
+                                        return MHD_NO;
+                                cc->body = nb;
+                                cc->cap = nc;
+                        }
+                        memcpy(cc->body + cc->len, upload_data, *upload_size);
+                        cc->len += *upload_size;
+                        cc->body[cc->len] = 0;
+                }
+                *upload_size = 0;
+                return MHD_YES;
+        }
+        emu_request rq = {.method = method,
+                          .uri = cc->uri,
+                          .body = cc->body,
+                          .len = cc->len,
+                          .too_big = cc->too_big,
+                          .loopback = loopback(con),
+                          .protocol = version,
+                          .header = mhd_header,
+                          .ctx = con};
+        emu_reply rp = {0};
+        emu_serve(srv, &rq, &rp);
+        struct MHD_Response *resp = MHD_create_response_from_buffer(
+            rp.len, rp.body ? rp.body : (void *)"", rp.body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+        rp.body = NULL;
+        enum MHD_Result ret = MHD_NO;
+        if (resp) {
+                for (int i = 0; i < rp.nh; i++)
+                        MHD_add_response_header(resp, rp.hname[i], rp.hval[i]);
+                ret = MHD_queue_response(con, (unsigned)rp.status, resp);
+                MHD_destroy_response(resp);
+        }
+        emu_reply_free(&rp);
         return ret;
 }
 
@@ -720,7 +797,6 @@ static int write_port_file(const char *path, int port) {
 
 int main(int argc, char **argv) {
         static emu_server srv;
-        g_srv = &srv;
         int rc = 1;
         srv.listen_addr = strdup("127.0.0.1");
         srv.threads = 4;
@@ -736,6 +812,7 @@ int main(int argc, char **argv) {
                 O_CERT,
                 O_KEY,
                 O_INSECURE,
+                O_NOH2,
                 O_CLIENT,
                 O_CLIENTCERT,
                 O_DOMAIN,
@@ -756,6 +833,7 @@ int main(int argc, char **argv) {
             {"tls-cert", required_argument, NULL, O_CERT},
             {"tls-key", required_argument, NULL, O_KEY},
             {"insecure-http", no_argument, NULL, O_INSECURE},
+            {"no-http2", no_argument, NULL, O_NOH2},
             {"client", required_argument, NULL, O_CLIENT},
             {"client-cert", required_argument, NULL, O_CLIENTCERT},
             {"domain", required_argument, NULL, O_DOMAIN},
@@ -789,6 +867,9 @@ int main(int argc, char **argv) {
                         break;
                 case O_INSECURE:
                         srv.insecure = true;
+                        break;
+                case O_NOH2:
+                        srv.no_h2 = true;
                         break;
                 case O_CLIENT:
                 case O_CLIENTCERT:
@@ -851,6 +932,11 @@ int main(int argc, char **argv) {
                     "canopy-graph-emulator: --tls-cert and --tls-key are required (or --insecure-http)\n");
                 return 2;
         }
+        struct in_addr ia;
+        if (inet_pton(AF_INET, srv.listen_addr, &ia) != 1) {
+                fprintf(stderr, "canopy-graph-emulator: invalid listen address %s\n", srv.listen_addr);
+                return 2;
+        }
         /* Every tenant has an initial .onmicrosoft.com domain; the first
          * --domain stays the default. */
         static char default_domain[] = "emulator.onmicrosoft.com";
@@ -871,16 +957,6 @@ int main(int argc, char **argv) {
                 canopy_log(CANOPY_LOG_INFO, MOD, NULL, "snapshot %s loaded", srv.snapshot);
         }
 
-        char *cert_pem = NULL, *key_pem = NULL;
-        if (!srv.insecure) {
-                cert_pem = emu_read_file(srv.tls_cert, NULL);
-                key_pem = emu_read_file(srv.tls_key, NULL);
-                if (!cert_pem || !key_pem) {
-                        fprintf(stderr, "canopy-graph-emulator: cannot read TLS certificate or key\n");
-                        return 1;
-                }
-        }
-
         /* Signals are taken synchronously by the main thread; every server
          * thread inherits the blocked mask. */
         sigset_t set;
@@ -891,45 +967,36 @@ int main(int argc, char **argv) {
         pthread_sigmask(SIG_BLOCK, &set, NULL);
         signal(SIGPIPE, SIG_IGN);
 
-        struct sockaddr_in sa = {0};
-        sa.sin_family = AF_INET;
-        sa.sin_port = htons((uint16_t)srv.listen_port);
-        if (inet_pton(AF_INET, srv.listen_addr, &sa.sin_addr) != 1) {
-                fprintf(stderr, "canopy-graph-emulator: invalid listen address %s\n", srv.listen_addr);
-                return 2;
-        }
-        unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG;
-        if (!srv.insecure)
-                flags |= MHD_USE_TLS;
-        struct MHD_Daemon *d;
-        if (srv.insecure)
-                d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, &srv, MHD_OPTION_SOCK_ADDR, &sa,
-                                     MHD_OPTION_URI_LOG_CALLBACK, uri_cb, &srv, MHD_OPTION_NOTIFY_COMPLETED,
-                                     completed_cb, &srv, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv.threads,
-                                     MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                     (size_t)(64 * 1024), MHD_OPTION_END);
-        else
-                d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, &srv, MHD_OPTION_SOCK_ADDR, &sa,
-                                     MHD_OPTION_URI_LOG_CALLBACK, uri_cb, &srv, MHD_OPTION_NOTIFY_COMPLETED,
-                                     completed_cb, &srv, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv.threads,
-                                     MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                                     (size_t)(64 * 1024), MHD_OPTION_HTTPS_MEM_CERT, cert_pem,
-                                     MHD_OPTION_HTTPS_MEM_KEY, key_pem, MHD_OPTION_END);
+        /* libmicrohttpd listens on nothing: net.c accepts every connection
+         * and hands it the HTTP/1.x ones (see net.c). */
+        unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG |
+                         MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+        struct MHD_Daemon *d = MHD_start_daemon(
+            flags, 0, NULL, NULL, on_request, &srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, &srv,
+            MHD_OPTION_URI_LOG_CALLBACK, uri_cb, &srv,
+            MHD_OPTION_NOTIFY_COMPLETED, completed_cb, &srv, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv.threads,
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)EMU_IDLE_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+            (size_t)(64 * 1024), MHD_OPTION_END);
+        int port = 0;
         if (!d) {
-                canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "cannot start the HTTP server on %s:%d",
-                           srv.listen_addr, srv.listen_port);
+                canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "cannot start the HTTP/1.1 server");
                 goto out;
         }
-        const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-        int port = di ? di->port : srv.listen_port;
+        srv.mhd = d;
+        if (emu_h2_init(&srv) || emu_net_start(&srv, &port)) {
+                canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "cannot start the server on %s:%d", srv.listen_addr,
+                           srv.listen_port);
+                goto stop;
+        }
         if (srv.port_file && write_port_file(srv.port_file, port)) {
                 canopy_log(CANOPY_LOG_ERROR, MOD, NULL, "cannot write port file %s: %s", srv.port_file,
                            strerror(errno));
-                MHD_stop_daemon(d);
-                goto out;
+                goto stop;
         }
-        canopy_log(CANOPY_LOG_INFO, MOD, NULL, "listening on %s://%s:%d (%zu clients, %zu domains)",
-                   srv.insecure ? "http" : "https", srv.listen_addr, port, srv.nclients, srv.ndomains);
+        canopy_log(CANOPY_LOG_INFO, MOD, NULL, "listening on %s://%s:%d (%s; %zu clients, %zu domains)",
+                   srv.insecure ? "http" : "https", srv.listen_addr, port,
+                   srv.no_h2 ? "HTTP/1.1" : srv.insecure ? "HTTP/1.1, h2c" : "HTTP/1.1, HTTP/2", srv.nclients,
+                   srv.ndomains);
 
         for (;;) {
                 int sig = 0;
@@ -940,7 +1007,6 @@ int main(int argc, char **argv) {
                 canopy_log(CANOPY_LOG_INFO, MOD, NULL, "signal %d: shutting down", sig);
                 break;
         }
-        MHD_stop_daemon(d);
         rc = 0;
         if (srv.snapshot) {
                 if (emu_snapshot_save(&srv, srv.snapshot)) {
@@ -950,6 +1016,11 @@ int main(int argc, char **argv) {
                         canopy_log(CANOPY_LOG_INFO, MOD, NULL, "snapshot saved to %s", srv.snapshot);
                 }
         }
+stop:
+        /* Connections first (they feed both servers), then the servers. */
+        emu_net_stop(&srv);
+        emu_h2_free(&srv);
+        MHD_stop_daemon(d);
 out:
         emu_state_reset(&srv);
         buckets_clear(&srv);
@@ -968,12 +1039,9 @@ out:
         json_decref(srv.stats.by_kind);
         json_decref(srv.stats.by_status);
         json_decref(srv.stats.by_assertion);
+        json_decref(srv.stats.by_protocol);
+        json_decref(srv.stats.connections);
         emu_auth_free(&srv);
         free(srv.listen_addr);
-        if (key_pem) {
-                OPENSSL_cleanse(key_pem, strlen(key_pem));
-                free(key_pem);
-        }
-        free(cert_pem);
         return rc;
 }
