@@ -11,6 +11,7 @@
 #   cert       client assertion (RS256 and PS256) on an emulator of its own
 #   snapshot   state survives SIGTERM and restart with --snapshot
 #   robust     malformed input of every kind gets a 4xx, never a crash
+#   protocols  HTTP/1.1 and HTTP/2 on one port (ALPN), h2c, --no-http2, stats by protocol
 set -u
 MODE=${1:-main}
 URL=${CANOPY_TEST_GRAPH_URL:?run under tests/harness/run-with --emulator}
@@ -609,8 +610,93 @@ test_robust() {
         expect_json .status ok "still healthy"
 }
 
+# ------------------------------------------------------------------ protocols
+
+# pv URL [CURL ARGS...]: prints "HTTP_VERSION STATUS"; body in $T/body, headers in $T/hdr
+pv() {
+        local u=$1
+        shift
+        curl -s --cacert "$CA" -o "$T/body" -D "$T/hdr" -w '%{http_version} %{http_code}' "$@" "$u"
+}
+expect_pv() { if [ "$1" = "$2" ]; then ok; else fail "$3: got '$1', expected '$2'"; fi; }
+# stats JQ: a figure of /_emulator/stats, asked over HTTP/1.1 (so that the
+# HTTP/2 figures are the test's own requests only)
+stats() { curl -s --http1.1 --cacert "$CA" "$URL/_emulator/stats" | jq -r "$1"; }
+# hdrs: the response's header names (lower case) and values, but those that
+# differ per request
+hdrs() { grep -i '^[a-z-]*:' "$T/hdr" | tr -d '\r' | sed 's/^\([^:]*\):/\L\1:/' |
+        grep -v -e '^date:' -e '^request-id:' -e '^connection:' -e '^x-ms-ags' | sort; }
+
+test_protocols() {
+        TOK=$(token)
+        expect_pv "$(pv "$URL/_emulator/health")" "2 200" "ALPN default (h2 offered first)"
+        expect_pv "$(pv "$URL/_emulator/health" --http1.1)" "1.1 200" "ALPN http/1.1 on the same port"
+        local u g
+        u=$(mk_user protou) || return
+        g=$(mk_group protog) || return
+        # The same Graph answer over both protocols: status, headers, body.
+        local v p
+        for p in "/users/$u" "/users?\$filter=displayName%20eq%20'protou'" "/groups/$g/members" /users/nobody; do
+                for v in 1.1 2; do
+                        ST=$(pv "$URL/v1.0$p" "--http$v" -H "Authorization: Bearer $TOK" -H 'client-request-id: cr-proto')
+                        hdrs >"$T/hdr.$v"
+                        jq -S 'del(.error.innerError)' "$T/body" >"$T/body.$v" 2>/dev/null || cp "$T/body" "$T/body.$v"
+                        printf '%s\n' "${ST#* }" >"$T/st.$v"
+                done
+                if cmp -s "$T/st.1.1" "$T/st.2" && cmp -s "$T/body.1.1" "$T/body.2" && cmp -s "$T/hdr.1.1" "$T/hdr.2"; then
+                        ok
+                else
+                        fail "GET $p differs between HTTP/1.1 and HTTP/2: $(cat "$T/st.1.1") / $(cat "$T/st.2")"
+                        diff "$T/hdr.1.1" "$T/hdr.2" >&2
+                fi
+        done
+        [ "$(header client-request-id)" = cr-proto ] && ok || fail "client-request-id not echoed over h2"
+        # A write, a 204 without a body, an injected 429 with Retry-After, over h2
+        ST=$(pv "$URL/v1.0/users/$u" --http2 -X PATCH -H "Authorization: Bearer $TOK" -H 'Content-Type: application/json' \
+                --data-binary '{"jobTitle":"h2"}')
+        expect_pv "$ST" "2 204" "PATCH over h2"
+        [ -s "$T/body" ] && fail "204 over h2 has a body" || ok
+        faults '{"failNext":1,"failStatus":429}'
+        ST=$(pv "$URL/v1.0/users/$u" --http2 -H "Authorization: Bearer $TOK")
+        expect_pv "$ST" "2 429" "injected 429 over h2"
+        [ -n "$(header retry-after)" ] && ok || fail "429 over h2 without Retry-After"
+        # Many requests on one connection: the counters by protocol
+        local r0 c0 h0 r1 c1 h1 urls=()
+        r0=$(stats '.byProtocol["HTTP/2"] // 0')
+        c0=$(stats '.connections["HTTP/2"] // 0')
+        h0=$(stats '.byProtocol["HTTP/1.1"] // 0')
+        for v in $(seq 20); do urls+=("$URL/v1.0/users/$u"); done
+        curl -s --http2 --cacert "$CA" -H "Authorization: Bearer $TOK" -o /dev/null -o /dev/null "${urls[@]}" -Z >/dev/null
+        r1=$(stats '.byProtocol["HTTP/2"] // 0')
+        c1=$(stats '.connections["HTTP/2"] // 0')
+        h1=$(stats '.byProtocol["HTTP/1.1"] // 0')
+        [ $((r1 - r0)) = 20 ] && ok || fail "byProtocol HTTP/2 grew by $((r1 - r0)), want 20"
+        [ $((c1 - c0)) -ge 1 ] && [ $((c1 - c0)) -le 2 ] && ok || fail "20 parallel h2 requests on $((c1 - c0)) connections"
+        [ $((h1 - h0)) = 3 ] && ok || fail "byProtocol HTTP/1.1 grew by $((h1 - h0)), want 3 (the stats calls)"
+        # The large body cap holds on h2 too
+        head -c 9000000 /dev/zero | tr '\0' 'a' >"$T/big"
+        ST=$(pv "$URL/v1.0/users" --http2 -H "Authorization: Bearer $TOK" -H 'Content-Type: application/json' \
+                --data-binary @"$T/big")
+        expect_pv "$ST" "2 413" "body over the cap over h2"
+        rm -f "$T/big"
+        # --no-http2: ALPN offers http/1.1 only
+        own_emulator --no-http2 || return
+        expect_pv "$(CA=$OWN_CA pv "$OWN_URL/_emulator/health" --http2)" "1.1 200" "--no-http2"
+        kill "$OWN_PID"
+        wait "$OWN_PID" 2>/dev/null
+        # plain HTTP: h2c with prior knowledge, HTTP/1.1 otherwise, one port
+        OWN_PORT=
+        own_emulator --insecure-http || return
+        local plain=http://127.0.0.1:$OWN_PORT
+        expect_pv "$(pv "$plain/_emulator/health" --http2-prior-knowledge)" "2 200" "h2c prior knowledge"
+        expect_pv "$(pv "$plain/_emulator/health")" "1.1 200" "plain HTTP/1.1"
+        [ "$(curl -s "$plain/_emulator/stats" | jq -c '[.byProtocol["HTTP/2"], .connections["HTTP/2"]]')" = "[1,1]" ] &&
+                ok || fail "h2c not counted"
+}
+
 case $MODE in
 main) test_main ;;
+protocols) test_protocols ;;
 robust) test_robust ;;
 forbidden) test_forbidden ;;
 expiry) test_expiry ;;

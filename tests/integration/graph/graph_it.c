@@ -4,7 +4,7 @@
  *   graph_it SCENARIO
  *
  * Scenarios: ops, cert, throttle, unavailable, latency, lag, token, batch,
- * forbidden, budget. Each checks what the client returns AND what the
+ * forbidden, budget, h2, h1. Each checks what the client returns AND what the
  * emulator holds (/_emulator/state) or counted (/_emulator/stats).
  * Exit 0 on success, 1 on failure (the first failed check is printed),
  * 77 to skip. */
@@ -116,14 +116,25 @@ static size_t buf_write(char *ptr, size_t sz, size_t nm, void *ud) {
         return sz * nm;
 }
 
-static json_t *admin(const char *method, const char *path) {
+/* The HTTP version of admin requests (curl's default: h2 when offered), and
+ * how many were sent: the h2 and h1 scenarios send them over the other
+ * protocol and count them, so that the emulator's per-protocol counters
+ * show the client's traffic alone. */
+static long admin_http = CURL_HTTP_VERSION_NONE;
+static int64_t admin_calls;
+
+static json_t *admin_body(const char *method, const char *path, const char *body) {
         char url[512];
+        admin_calls++;
         snprintf(url, sizeof(url), "%s%s", env("CANOPY_TEST_GRAPH_URL"), path);
         CURL *e = curl_easy_init();
         buf b = {0};
         curl_easy_setopt(e, CURLOPT_URL, url);
         curl_easy_setopt(e, CURLOPT_CAINFO, env("CANOPY_TEST_GRAPH_CA"));
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, admin_http);
+        if (body)
+                curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, buf_write);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
         curl_easy_setopt(e, CURLOPT_TIMEOUT, 30L);
@@ -134,6 +145,10 @@ static json_t *admin(const char *method, const char *path) {
                 fprintf(stderr, "admin %s %s: %s\n", method, path, rc ? curl_easy_strerror(rc) : (b.p ? b.p : ""));
         free(b.p);
         return j;
+}
+
+static json_t *admin(const char *method, const char *path) {
+        return admin_body(method, path, NULL);
 }
 
 static int64_t stat_int(json_t *stats, const char *key) {
@@ -1007,10 +1022,182 @@ static int scen_budget(void) {
         return 0;
 }
 
+/* ---- HTTP/2 ---- */
+
+static int64_t proto_count(json_t *stats, const char *obj, const char *proto) {
+        json_t *v = json_object_get(json_object_get(stats, obj), proto);
+        return json_is_integer(v) ? json_integer_value(v) : 0;
+}
+
+static int set_faults(const char *json) {
+        json_t *r = admin_body("POST", "/_emulator/faults", json);
+        int ok = r && json_object_get(r, "failNext") != NULL;
+        json_decref(r);
+        return ok ? 0 : -1;
+}
+
+/* The client's whole repertoire over one protocol, with 50 requests in
+ * flight at a time, then the emulator's per-protocol counters: h2 (default
+ * conf) must carry every client request over HTTP/2 on at most two
+ * connections (one for the token, one for the multi handle); h1
+ * (http1_only) must carry them over HTTP/1.1, where the same concurrency
+ * needs many connections. Admin requests go over the other protocol and are
+ * counted, so the figures are exact. */
+static int scen_protocol(bool h1) {
+        const char *want = h1 ? "HTTP/1.1" : "HTTP/2", *other = h1 ? "HTTP/2" : "HTTP/1.1";
+        admin_http = h1 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1;
+        json_t *s0 = admin("GET", "/_emulator/stats");
+        CHECK(s0 && json_is_object(json_object_get(s0, "byProtocol")), "stats lack byProtocol");
+        int64_t calls0 = admin_calls;
+        /* a little latency, so that the 50 requests really overlap */
+        CHECK(set_faults("{\"latencyMs\":20}") == 0, "set latency");
+
+        canopy_graph_conf c;
+        base_conf(&c);
+        c.http1_only = h1;
+        c.max_concurrency = 50;
+        c.consistency_retries = 12;
+        canopy_graph *gc = new_client(&c);
+        canopy_graph_error ei;
+        CHECK_OK(canopy_graph_authenticate(gc, &ei), &ei);
+
+        enum { N = 50 };
+        static canopy_graph_req reqs[N];
+        static char bodies[N][1024], ids[N][CANOPY_GRAPH_ID_MAX], paths[N][128];
+        const char *idp[N];
+        memset(reqs, 0, sizeof(reqs));
+        for (int i = 0; i < N; i++) {
+                char name[32], imm[32];
+                snprintf(name, sizeof(name), "%sp%d", h1 ? "h1" : "h2", i);
+                snprintf(imm, sizeof(imm), "cHJvdG8%s%d", h1 ? "x" : "y", i);
+                user_body(bodies[i], sizeof(bodies[i]), name, imm);
+                reqs[i].method = "POST";
+                reqs[i].path = "/users";
+                reqs[i].body = bodies[i];
+        }
+        CHECK(canopy_graph_run(gc, reqs, N) == CANOPY_OK, "concurrent creates: %s", canopy_err_name(reqs[0].err));
+        for (int i = 0; i < N; i++) {
+                CHECK(reqs[i].res.status == 201, "create %d: HTTP %ld", i, reqs[i].res.status);
+                json_t *o = json_loads(reqs[i].res.body, 0, NULL);
+                snprintf(ids[i], sizeof(ids[i]), "%s", json_string_value(json_object_get(o, "id")));
+                json_decref(o);
+                idp[i] = ids[i];
+        }
+        canopy_graph_req_clear(reqs, N);
+        for (int i = 0; i < N; i++) {
+                snprintf(paths[i], sizeof(paths[i]), "/users/%.*s?$select=id,displayName", CANOPY_GRAPH_ID_MAX, ids[i]);
+                reqs[i].method = "GET";
+                reqs[i].path = paths[i];
+        }
+        CHECK(canopy_graph_run(gc, reqs, N) == CANOPY_OK, "concurrent gets: %s", canopy_err_name(reqs[0].err));
+        for (int i = 0; i < N; i++)
+                CHECK(reqs[i].res.status == 200 && reqs[i].res.body && strstr(reqs[i].res.body, ids[i]) &&
+                          reqs[i].res.request_id[0] && reqs[i].res.client_request_id[0],
+                      "get %d: HTTP %ld", i, reqs[i].res.status);
+        CHECK(strcmp(reqs[0].res.request_id, reqs[1].res.request_id) != 0, "request-id reused");
+        canopy_graph_req_clear(reqs, N);
+        CHECK(set_faults("{\"latencyMs\":0}") == 0, "clear latency");
+
+        /* $filter, and a quoted value */
+        char fid[CANOPY_GRAPH_ID_MAX], imm[32];
+        snprintf(imm, sizeof(imm), "cHJvdG8%s7", h1 ? "x" : "y");
+        CHECK_OK(canopy_graph_user_find(gc, imm, fid, NULL, &ei), &ei);
+        CHECK(!strcmp(fid, ids[7]), "filter found %s, want %s", fid, ids[7]);
+        CHECK(canopy_graph_user_find(gc, "x' or 1 eq 1", fid, NULL, &ei) == CANOPY_ERR_GRAPH_NOT_FOUND,
+              "quoted filter value");
+        /* paging: follow @odata.nextLink */
+        {
+                canopy_graph_result res = {0}, res2 = {0};
+                CHECK_OK(canopy_graph_request(gc, "GET", "/users?$top=10&$select=id", NULL, 0, &res, &ei), &ei);
+                json_t *page = json_loads(res.body, 0, NULL);
+                const char *next = json_string_value(json_object_get(page, "@odata.nextLink"));
+                CHECK(next != NULL, "no nextLink on a 10-user page");
+                CHECK_OK(canopy_graph_request(gc, "GET", next, NULL, 0, &res2, &ei), &ei);
+                json_t *p2 = json_loads(res2.body, 0, NULL);
+                CHECK(json_array_size(json_object_get(p2, "value")) == 10, "second page: %s", res2.body);
+                json_decref(page);
+                json_decref(p2);
+                canopy_graph_result_clear(&res);
+                canopy_graph_result_clear(&res2);
+        }
+        /* $batch: 30 GETs in two batches */
+        for (int i = 0; i < 30; i++) {
+                snprintf(paths[i], sizeof(paths[i]), "/users/%s?$select=id", ids[i]);
+                reqs[i].method = "GET";
+                reqs[i].path = paths[i];
+        }
+        CHECK(canopy_graph_batch(gc, reqs, 30) == CANOPY_OK, "batch: %s", canopy_err_name(reqs[0].err));
+        for (int i = 0; i < 30; i++)
+                CHECK(reqs[i].res.body && strstr(reqs[i].res.body, ids[i]), "batch item %d", i);
+        canopy_graph_req_clear(reqs, 30);
+        /* members: add 50 (3 PATCHes), remove 10 */
+        char gid[CANOPY_GRAPH_ID_MAX], gbody[256];
+        snprintf(gbody, sizeof(gbody), "{\"displayName\":\"Proto\",\"mailNickname\":\"proto%s%lu\"}", h1 ? "1" : "2",
+                 run_id);
+        CHECK_OK(canopy_graph_create(gc, CANOPY_GRAPH_GROUP, gbody, false, NULL, NULL, gid, NULL, &ei), &ei);
+        canopy_err errs[N];
+        CHECK_OK(canopy_graph_members_add(gc, gid, idp, N, errs, &ei), &ei);
+        CHECK_OK(canopy_graph_members_remove(gc, gid, idp, 10, errs, &ei), &ei);
+        char **mids = NULL;
+        size_t nm = 0;
+        CHECK_OK(canopy_graph_members_list(gc, gid, 0, &mids, &nm, &ei), &ei);
+        CHECK(nm == N - 10, "members %zu, want %d", nm, N - 10);
+        canopy_graph_ids_free(mids, nm);
+
+        /* 429 with Retry-After, then a 503: retried, and succeed */
+        canopy_graph_stats st0, st;
+        canopy_graph_stats_get(gc, &st0);
+        char *json = NULL;
+        CHECK(set_faults("{\"failNext\":1,\"failStatus\":429}") == 0, "set 429");
+        CHECK_OK(canopy_graph_get(gc, CANOPY_GRAPH_USER, ids[0], NULL, &json, &ei), &ei);
+        free(json);
+        CHECK(set_faults("{\"failNext\":1,\"failStatus\":503}") == 0, "set 503");
+        CHECK_OK(canopy_graph_get(gc, CANOPY_GRAPH_USER, ids[1], NULL, &json, &ei), &ei);
+        free(json);
+        /* replication lag: a new object is not found at once */
+        CHECK(set_faults("{\"replicationLagMs\":600}") == 0, "set lag");
+        char uid[CANOPY_GRAPH_ID_MAX], body[1024];
+        snprintf(imm, sizeof(imm), "bGFncHJvdG8%s", h1 ? "x" : "y");
+        user_body(body, sizeof(body), h1 ? "h1lag" : "h2lag", imm);
+        CHECK_OK(canopy_graph_user_create(gc, body, imm, false, uid, NULL, &ei), &ei);
+        CHECK_OK(canopy_graph_update(gc, CANOPY_GRAPH_USER, uid, "{\"jobTitle\":\"after lag\"}", &ei), &ei);
+        CHECK(set_faults("{\"replicationLagMs\":0}") == 0, "clear lag");
+        canopy_graph_stats_get(gc, &st);
+        CHECK(st.throttled == st0.throttled + 1, "429 seen %llu times", (unsigned long long)(st.throttled - st0.throttled));
+        CHECK(st.unavailable == st0.unavailable + 1, "503 seen %llu times",
+              (unsigned long long)(st.unavailable - st0.unavailable));
+        CHECK(st.retries >= st0.retries + 3, "retries: %llu (429, 503, lag)",
+              (unsigned long long)(st.retries - st0.retries));
+        canopy_graph_free(gc);
+
+        json_t *s1 = admin("GET", "/_emulator/stats");
+        CHECK(s1, "stats");
+        int64_t reqs_want = proto_count(s1, "byProtocol", want) - proto_count(s0, "byProtocol", want);
+        int64_t reqs_other = proto_count(s1, "byProtocol", other) - proto_count(s0, "byProtocol", other);
+        int64_t conns = proto_count(s1, "connections", want) - proto_count(s0, "connections", want);
+        int64_t client = (int64_t)(st.requests + st.tokens);
+        printf("%s: %lld client requests (%llu tokens, %llu retries) over %s on %lld connections; %lld admin "
+               "requests over %s\n",
+               h1 ? "h1" : "h2", (long long)reqs_want, (unsigned long long)st.tokens,
+               (unsigned long long)st.retries, want, (long long)conns, (long long)reqs_other, other);
+        CHECK(reqs_want == client, "emulator counted %lld %s requests, the client sent %lld", (long long)reqs_want,
+              want, (long long)client);
+        CHECK(reqs_other == admin_calls - calls0, "%lld %s requests, want the %lld admin ones only",
+              (long long)reqs_other, other, (long long)(admin_calls - calls0));
+        if (h1)
+                CHECK(conns > 2, "50 concurrent HTTP/1.1 requests on %lld connections", (long long)conns);
+        else
+                CHECK(conns >= 1 && conns <= 2, "HTTP/2 requests on %lld connections, want 1 or 2 (multiplexed)",
+                      (long long)conns);
+        json_decref(s0);
+        json_decref(s1);
+        return 0;
+}
+
 int main(int argc, char **argv) {
         if (argc < 2) {
                 fprintf(stderr, "usage: graph_it ops|cert|throttle|unavailable|latency|lag|token|batch|forbidden|"
-                                "budget\n");
+                                "budget|h2|h1\n");
                 return 2;
         }
         canopy_log_init("graph-it");
@@ -1038,6 +1225,8 @@ int main(int argc, char **argv) {
                 rc = scen_forbidden();
         else if (!strcmp(s, "budget"))
                 rc = scen_budget();
+        else if (!strcmp(s, "h2") || !strcmp(s, "h1"))
+                rc = scen_protocol(!strcmp(s, "h1"));
         else {
                 fprintf(stderr, "unknown scenario %s\n", s);
                 return 2;
