@@ -1,7 +1,10 @@
 /* graph_bench: request rate of the Graph client against the emulator, next
  * to the emulator's raw rate under a plain libcurl multi load generator
  * (same HTTP/2 multiplexing, same concurrency, no retry engine, no JSON
- * handling), in the same run. Prints figures and ratios.
+ * handling), in the same run; and the client's rate over HTTP/2 (the
+ * default: streams multiplexed on one connection) against the same client
+ * with http1_only (one keep-alive connection per request in flight), on the
+ * same emulator port. Prints figures and ratios.
  *
  *   run-with --emulator -- graph_bench [N] [CONCURRENCY]
  */
@@ -185,6 +188,25 @@ int main(int argc, char **argv) {
         if (berr)
                 fprintf(stderr, "batch: %s\n", canopy_err_name(berr));
 
+        /* The same reads and creates with http1_only, on the same port. */
+        canopy_graph_conf c1 = c;
+        c1.http1_only = true;
+        canopy_graph *g1 = NULL;
+        if (canopy_graph_new(&c1, &g1, eb, sizeof(eb)) || canopy_graph_authenticate(g1, &ei)) {
+                fprintf(stderr, "http1_only client: %s\n", g1 ? ei.message : eb);
+                return 1;
+        }
+        for (int i = 0; i < n; i++) {
+                r[i].method = "GET";
+                r[i].path = "/users?$top=1";
+        }
+        t0 = now_s();
+        canopy_err err1 = canopy_graph_run(g1, r, (size_t)n);
+        double run1 = n / (now_s() - t0);
+        canopy_graph_req_clear(r, (size_t)n);
+        if (err1)
+                fprintf(stderr, "run (HTTP/1.1): %s\n", canopy_err_name(err1));
+
         int nseq = n / 4;
         t0 = now_s();
         for (int i = 0; i < nseq; i++) {
@@ -228,6 +250,17 @@ int main(int argc, char **argv) {
         canopy_err bwerr = canopy_graph_batch(gc, r, (size_t)nw);
         double batchw = nw / (now_s() - t0);
         canopy_graph_req_clear(r, (size_t)nw);
+        for (int i = 0; i < nw; i++) {
+                snprintf(bodies[i], 600,
+                         "{\"accountEnabled\":true,\"displayName\":\"h1%d\",\"mailNickname\":\"h1%lu-%d\","
+                         "\"userPrincipalName\":\"h1%lu-%d@canopy.test\",\"passwordProfile\":{\"password\":"
+                         "\"Xy!pass-Long1\"}}",
+                         i, rid, i, rid, i);
+        }
+        t0 = now_s();
+        canopy_err werr1 = canopy_graph_run(g1, r, (size_t)nw);
+        double runw1 = nw / (now_s() - t0);
+        canopy_graph_req_clear(r, (size_t)nw);
 
         canopy_graph_stats st;
         canopy_graph_stats_get(gc, &st);
@@ -238,11 +271,15 @@ int main(int argc, char **argv) {
         printf("  reads  client canopy_graph_batch       : %8.0f req/s  ratio %.2f%s\n", batch, batch / raw,
                berr ? "  (errors)" : "");
         printf("  reads  client sequential request       : %8.0f req/s  ratio %.2f\n", seq, seq / raw);
+        printf("  reads  client run, http1_only          : %8.0f req/s  ratio %.2f; HTTP/2 / HTTP/1.1 %.2f%s\n", run1,
+               run1 / raw, run / run1, err1 ? "  (errors)" : "");
         printf("  writes raw curl multi (load generator) : %8.0f req/s  (%d failed)\n", raww, wfail);
         printf("  writes client canopy_graph_run         : %8.0f req/s  ratio %.2f%s\n", runw, runw / raww,
                werr ? "  (errors)" : "");
         printf("  writes client canopy_graph_batch       : %8.0f req/s  ratio %.2f%s\n", batchw, batchw / raww,
                bwerr ? "  (errors)" : "");
+        printf("  writes client run, http1_only          : %8.0f req/s  ratio %.2f; HTTP/2 / HTTP/1.1 %.2f%s\n",
+               runw1, runw1 / raww, runw / runw1, werr1 ? "  (errors)" : "");
         printf("  client: %llu HTTP requests, %llu retries, %llu throttled, %llu batches\n",
                (unsigned long long)st.requests, (unsigned long long)st.retries, (unsigned long long)st.throttled,
                (unsigned long long)st.batches);
@@ -251,6 +288,7 @@ int main(int argc, char **argv) {
         free(bodies);
         free(r);
         canopy_graph_free(gc);
+        canopy_graph_free(g1);
         curl_global_cleanup();
-        return (err || berr || werr || bwerr) ? 1 : 0;
+        return (err || berr || werr || bwerr || err1 || werr1) ? 1 : 0;
 }

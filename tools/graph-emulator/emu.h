@@ -41,7 +41,7 @@
 #define EMU_QUERY_MAX 32 /* query parameters per URL */
 #define EMU_CONNS_MAX 512         /* open connections (a thread each) */
 #define EMU_HDRS_MAX 100          /* request header fields (HTTP/2) */
-#define EMU_HDR_BYTES (32u << 10) /* request header bytes (HTTP/2, as MHD's buffer) */
+#define EMU_HDR_BYTES (32u << 10) /* request header bytes on HTTP/2 (HTTP/1.1: MHD's buffer) */
 #define EMU_IDLE_S 120            /* idle connection timeout, both protocols */
 
 /* ---- util.c ---------------------------------------------------------- */

@@ -29,9 +29,9 @@
 #include <unistd.h>
 
 #define MOD "emulator"
-#define H2_STREAMS 100          /* SETTINGS_MAX_CONCURRENT_STREAMS */
-#define H2_WINDOW (1u << 20)    /* per stream and connection: a large body in few round trips */
-#define H2_OUT_MAX (64u << 10)  /* serialized frames gathered before a write */
+#define H2_STREAMS 100         /* SETTINGS_MAX_CONCURRENT_STREAMS */
+#define H2_WINDOW (1u << 20)   /* per stream and connection: a large body in few round trips */
+#define H2_OUT_MAX (64u << 10) /* serialized frames gathered before a write */
 #define H2_IN_BUF (16u << 10)
 
 typedef struct h2_conn h2_conn;
@@ -49,8 +49,8 @@ typedef struct h2_stream {
         bool too_big;
         emu_reply reply;
         size_t sent;
-        bool in_flight; /* a worker has it */
-        bool closed;    /* nghttp2 closed it meanwhile */
+        bool in_flight;                /* a worker has it */
+        bool closed;                   /* nghttp2 closed it meanwhile */
         struct h2_stream *prev, *next; /* the connection's streams */
         struct h2_stream *qnext;       /* the pool's queue, then the done list */
 } h2_stream;
@@ -370,7 +370,8 @@ static void submit_reply(h2_conn *hc, h2_stream *st) {
         char status[8], clen[24];
         size_t n = 0;
         snprintf(status, sizeof(status), "%d", rp->status ? rp->status : 500);
-        nv[n++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), NGHTTP2_NV_FLAG_NONE};
+        nv[n++] =
+            (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), NGHTTP2_NV_FLAG_NONE};
         for (int i = 0; i < rp->nh; i++) {
                 /* HTTP/2 field names are lower case (RFC 9113 8.2.1); a peer
                  * must treat anything else as malformed. */
@@ -495,7 +496,8 @@ void emu_h2_serve(emu_conn *c) {
                         break;
                 bool readable = emu_conn_pending(c);
                 if (!readable) {
-                        struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN}, {.fd = hc.wake[0], .events = POLLIN}};
+                        struct pollfd p[2] = {{.fd = c->fd, .events = POLLIN},
+                                              {.fd = hc.wake[0], .events = POLLIN}};
                         if (hc.outlen || c->want_write)
                                 p[0].events |= POLLOUT;
                         int r = poll(p, 2, 1000);

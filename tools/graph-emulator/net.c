@@ -36,7 +36,7 @@
 #include <unistd.h>
 
 #define MOD "emulator"
-#define HANDSHAKE_S 10         /* TLS handshake or h2c preface, then the connection is dropped */
+#define HANDSHAKE_S 10        /* TLS handshake or h2c preface, then the connection is dropped */
 #define RELAY_BUF (32u << 10) /* per direction */
 
 struct emu_net {
@@ -332,7 +332,8 @@ static void *acceptor_main(void *arg) {
         emu_server *srv = arg;
         emu_net *net = srv->net;
         for (;;) {
-                struct pollfd p[2] = {{.fd = net->lfd, .events = POLLIN}, {.fd = net->stop[0], .events = POLLIN}};
+                struct pollfd p[2] = {{.fd = net->lfd, .events = POLLIN},
+                                      {.fd = net->stop[0], .events = POLLIN}};
                 if (poll(p, 2, -1) < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -410,7 +411,8 @@ static SSL_CTX *tls_context(emu_server *srv) {
         if (!ctx)
                 return NULL;
         SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-        SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                                     SSL_OP_CIPHER_SERVER_PREFERENCE);
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
         if (SSL_CTX_use_certificate_chain_file(ctx, srv->tls_cert) != 1 ||
             SSL_CTX_use_PrivateKey_file(ctx, srv->tls_key, SSL_FILETYPE_PEM) != 1 ||
