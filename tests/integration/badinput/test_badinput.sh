@@ -61,11 +61,12 @@ for f in garbage truncated unknown-fp oversize; do
                 ! grep -qi "error\|fail" "$T/kcat-$f.err"; then
                 sent+=("$f")
         else
-                # the broker's own size limit may refuse it first: that is a pass for Canopy
-                chaos_log "the broker refused $f ($(head -c 200 "$T/kcat-$f.err")): not counted"
+                # The dev broker takes 16 MB: a refusal is a broken test
+                # set-up, never a pass (every kind must reach the workers).
+                chaos_fail "could not produce the bad event $f: $(head -c 200 "$T/kcat-$f.err")"
         fi
 done
-[ ${#sent[@]} -ge 3 ] || chaos_fail "could not produce the bad events"
+[ ${#sent[@]} = 4 ] || chaos_fail "produced ${#sent[*]} of the 4 bad events"
 # A good change after them.
 printf 'dn: uid=rtl1,ou=People,dc=odd,dc=canopy,dc=test\nchangetype: modify\nreplace: displayName\ndisplayName: After the bad events\n\n' \
         >"$T/good.ldif"
@@ -91,8 +92,7 @@ done
 [ "$got" -ge "$want" ] || chaos_fail "dlq: $got new dead letters, want $want"
 grep "bad-truncated" "$T/dlq.txt" | grep -qi "trunc" || chaos_fail "truncated event: no reason"
 grep "bad-unknown-fp" "$T/dlq.txt" | grep -qi "schema\|fingerprint" || chaos_fail "unknown fingerprint: no reason"
-[[ " ${sent[*]} " != *" oversize "* ]] || grep "bad-oversize" "$T/dlq.txt" | grep -qi "large\|size\|cap" ||
-        chaos_fail "oversize event: no reason"
+grep "bad-oversize" "$T/dlq.txt" | grep -qi "large\|size\|cap" || chaos_fail "oversize event: no reason"
 chaos_log "dead letters: $got (${sent[*]}), each with its reason"
 chaos_report
 echo "PASS: bad input"
