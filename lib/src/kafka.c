@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "canopy/avro.h"
 #include "canopy/log.h"
@@ -1084,4 +1085,266 @@ void canopy_kafka_consumer_free(canopy_kafka_consumer *kc) {
         }
         canopy_kafka_conf_free(&kc->conf);
         free(kc);
+}
+
+/* ---- consumer group positions (canopyctl replay) ------------------------- */
+
+/* Set one librdkafka property or fail with its name. */
+static canopy_err conf_put(rd_kafka_conf_t *rc, const char *k, const char *v, char *errbuf, size_t errlen) {
+        char e[256];
+        if (rd_kafka_conf_set(rc, k, v, e, sizeof(e)) == RD_KAFKA_CONF_OK)
+                return CANOPY_OK;
+        seterr(errbuf, errlen, "consumer config %s: %s", k, e);
+        return CANOPY_ERR_CONFIG;
+}
+
+/* A consumer handle: of `group` (joining it) or, group NULL, one that only
+ * reads the partitions it assigns itself (librdkafka 2.0 still wants a
+ * group id for that: a private one, never joined, never committed to). */
+static rd_kafka_t *seek_client(const canopy_kafka_conf *conf, const char *group, struct kstate *ks, char *errbuf,
+                               size_t errlen) {
+        char e[512], st[24], probe[64];
+        bool joins = group != NULL;
+        if (!joins) {
+                snprintf(probe, sizeof(probe), "canopy-seek-probe-%lld-%d", (long long)now_ms(), (int)getpid());
+                group = probe;
+        }
+        rd_kafka_conf_t *rc = build_conf(conf, ks, errbuf, errlen);
+        if (!rc)
+                return NULL;
+        snprintf(st, sizeof(st), "%lld", (long long)(conf->session_timeout_ms > 0 ? conf->session_timeout_ms : 10000));
+        const char *kv[][2] = {
+                {"enable.auto.commit", "false"},
+                {"enable.auto.offset.store", "false"},
+                {"enable.partition.eof", "false"},
+                {"fetch.wait.max.ms", "10"},
+                {"queued.max.messages.kbytes", "1024"},
+                {"queued.min.messages", "1"},
+                {"group.id", group},
+                {"session.timeout.ms", joins ? st : NULL},
+                {"partition.assignment.strategy",
+                 joins && !has_extra(conf, "partition.assignment.strategy") ? "cooperative-sticky" : NULL},
+        };
+        for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++)
+                if (kv[i][1] && conf_put(rc, kv[i][0], kv[i][1], errbuf, errlen)) {
+                        rd_kafka_conf_destroy(rc);
+                        return NULL;
+                }
+        rd_kafka_conf_set_error_cb(rc, error_cb);
+        rd_kafka_conf_set_opaque(rc, ks);
+        rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, e, sizeof(e));
+        if (!rk) {
+                seterr(errbuf, errlen, "cannot create Kafka consumer: %s", e);
+                rd_kafka_conf_destroy(rc);
+                return NULL;
+        }
+        rd_kafka_poll_set_consumer(rk);
+        if (startup_check(rk, conf, ks, errbuf, errlen)) {
+                rd_kafka_destroy(rk);
+                return NULL;
+        }
+        return rk;
+}
+
+/* Timestamp of the first message at or after `off` in partition p. */
+static canopy_err ts_at(rd_kafka_t *rd, const char *topic, int32_t p, int64_t off, int64_t *ts, char *errbuf,
+                        size_t errlen) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, topic, p)->offset = off;
+        rd_kafka_resp_err_t ae = rd_kafka_assign(rd, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        if (ae) {
+                seterr(errbuf, errlen, "%s [%d]: cannot read offset %lld: %s", topic, p, (long long)off,
+                       rd_kafka_err2str(ae));
+                return CANOPY_ERR_KAFKA;
+        }
+        for (int64_t end = mono_ms() + 15000; mono_ms() < end;) {
+                rd_kafka_message_t *m = rd_kafka_consumer_poll(rd, 200);
+                if (!m)
+                        continue;
+                bool hit = !m->err && m->partition == p && m->offset >= off;
+                if (hit)
+                        *ts = rd_kafka_message_timestamp(m, NULL);
+                rd_kafka_message_destroy(m);
+                if (hit)
+                        return CANOPY_OK;
+        }
+        seterr(errbuf, errlen, "%s [%d]: no message read at offset %lld within 15 s", topic, p, (long long)off);
+        return CANOPY_ERR_TIMEOUT;
+}
+
+/* The first offset in [lo, hi) whose timestamp is at or after t_ms, or hi.
+ * Timestamps grow with the offset within a partition (CreateTime of one
+ * writer per key); where writers interleave, the search lands a little
+ * early, which a replay tolerates: it re-reads, it never skips. */
+static canopy_err offset_for_time(rd_kafka_t *rd, const char *topic, int32_t p, int64_t lo, int64_t hi, int64_t t_ms,
+                                  int64_t *ret, char *errbuf, size_t errlen) {
+        int64_t ts;
+        canopy_err err;
+        if (lo >= hi) {
+                *ret = hi;
+                return CANOPY_OK;
+        }
+        if ((err = ts_at(rd, topic, p, hi - 1, &ts, errbuf, errlen)))
+                return err;
+        if (ts < t_ms) {
+                *ret = hi;
+                return CANOPY_OK;
+        }
+        int64_t a = lo, b = hi - 1; /* ts(b) >= t_ms */
+        while (a < b) {
+                int64_t mid = a + (b - a) / 2;
+                if ((err = ts_at(rd, topic, p, mid, &ts, errbuf, errlen)))
+                        return err;
+                if (ts >= t_ms)
+                        b = mid;
+                else
+                        a = mid + 1;
+        }
+        *ret = a;
+        return CANOPY_OK;
+}
+
+/* Join the group and wait until this member holds all n partitions. */
+static canopy_err hold_all(rd_kafka_t *rk, const canopy_kafka_conf *conf, const char *group, const char *topic,
+                           int n, char *errbuf, size_t errlen) {
+        rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(sub, topic, RD_KAFKA_PARTITION_UA);
+        rd_kafka_resp_err_t se = rd_kafka_subscribe(rk, sub);
+        rd_kafka_topic_partition_list_destroy(sub);
+        if (se) {
+                seterr(errbuf, errlen, "cannot join group %s: %s", group, rd_kafka_err2str(se));
+                return CANOPY_ERR_KAFKA;
+        }
+        int64_t st = conf->session_timeout_ms > 0 ? conf->session_timeout_ms : 10000, start = mono_ms();
+        int held = 0, was = -1;
+        int64_t since = mono_ms();
+        for (int64_t end = mono_ms() + st + 15000; mono_ms() < end;) {
+                rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+                if (m)
+                        rd_kafka_message_destroy(m); /* read, never marked: nothing is committed for it */
+                rd_kafka_topic_partition_list_t *a = NULL;
+                if (rd_kafka_assignment(rk, &a) == RD_KAFKA_RESP_ERR_NO_ERROR && a) {
+                        held = a->cnt;
+                        rd_kafka_topic_partition_list_destroy(a);
+                }
+                if (held == n)
+                        return CANOPY_OK;
+                if (held != was) {
+                        was = held;
+                        since = mono_ms();
+                }
+                /* Some partitions, and no more for a while: live members
+                 * hold the others (a dead one would have held up the
+                 * rebalance itself until its session expired). */
+                if (held > 0 && mono_ms() - since > 3000)
+                        break;
+        }
+        seterr(errbuf, errlen,
+               "consumer group %s still has other members (after %lld s): they hold %d of the %d partitions of %s. "
+               "Stop every canopy-worker that uses this group first (a worker killed less than kafka.session_timeout "
+               "ago still counts), then run this again; nothing was moved",
+               group, (long long)((mono_ms() - start) / 1000), n - held, n, topic);
+        return CANOPY_ERR_CONFLICT;
+}
+
+canopy_err canopy_kafka_group_seek(const canopy_kafka_conf *conf, const char *group, canopy_topic t, int64_t to,
+                                   bool dry_run, canopy_kafka_group_pos **ret, size_t *nret, char *errbuf,
+                                   size_t errlen) {
+        char topic[TOPIC_MAX + 1];
+        struct kstate ks = {0}, rks = {0};
+        canopy_err err = CANOPY_OK;
+        rd_kafka_t *rk = NULL, *rd = NULL;
+        rd_kafka_topic_partition_list_t *l = NULL;
+        canopy_kafka_group_pos *pos = NULL;
+        const struct rd_kafka_metadata *md = NULL;
+        if (!conf || !set(group) || (unsigned)t >= CANOPY_TOPIC_COUNT || !ret || !nret || to < CANOPY_KAFKA_AT_BEGINNING)
+                return CANOPY_ERR_INVALID_ARG;
+        *ret = NULL;
+        *nret = 0;
+        if (canopy_kafka_topic_name(conf, t, topic, sizeof(topic))) {
+                seterr(errbuf, errlen, "kafka.topic_prefix is too long");
+                return CANOPY_ERR_CONFIG;
+        }
+        if (!(rk = seek_client(conf, group, &ks, errbuf, errlen)))
+                return CANOPY_ERR_KAFKA_UNREACHABLE;
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+        rd_kafka_resp_err_t me = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
+        rd_kafka_topic_destroy(rkt);
+        if (me || !md || md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt <= 0) {
+                seterr(errbuf, errlen, "topic %s: %s", topic,
+                       me ? rd_kafka_err2str(me)
+                          : md && md->topic_cnt == 1 && md->topics[0].err ? rd_kafka_err2str(md->topics[0].err)
+                                                                          : "no partitions");
+                err = CANOPY_ERR_NOT_FOUND;
+                goto out;
+        }
+        int n = md->topics[0].partition_cnt;
+        if ((err = hold_all(rk, conf, group, topic, n, errbuf, errlen)))
+                goto out;
+        if (!(pos = calloc((size_t)n, sizeof(*pos))) || !(l = rd_kafka_topic_partition_list_new(n))) {
+                err = CANOPY_ERR_NOMEM;
+                goto out;
+        }
+        for (int p = 0; p < n; p++)
+                rd_kafka_topic_partition_list_add(l, topic, p);
+        rd_kafka_resp_err_t ce = rd_kafka_committed(rk, l, 10000);
+        if (ce) {
+                seterr(errbuf, errlen, "cannot read the committed positions of group %s: %s", group,
+                       rd_kafka_err2str(ce));
+                err = CANOPY_ERR_KAFKA;
+                goto out;
+        }
+        for (int p = 0; p < n; p++) {
+                canopy_kafka_group_pos *g = &pos[p];
+                g->partition = p;
+                g->committed = l->elems[p].offset >= 0 ? l->elems[p].offset : -1;
+                rd_kafka_resp_err_t we = rd_kafka_query_watermark_offsets(rk, topic, p, &g->low, &g->high, 10000);
+                if (we) {
+                        seterr(errbuf, errlen, "%s [%d]: cannot read the offsets the broker holds: %s", topic, p,
+                               rd_kafka_err2str(we));
+                        err = CANOPY_ERR_KAFKA;
+                        goto out;
+                }
+                if (to == CANOPY_KAFKA_AT_BEGINNING)
+                        g->target = g->low;
+                else if (to == CANOPY_KAFKA_AT_END)
+                        g->target = g->high;
+                else {
+                        if (!rd && !(rd = seek_client(conf, NULL, &rks, errbuf, errlen))) {
+                                err = CANOPY_ERR_KAFKA_UNREACHABLE;
+                                goto out;
+                        }
+                        if ((err = offset_for_time(rd, topic, p, g->low, g->high, to, &g->target, errbuf, errlen)))
+                                goto out;
+                }
+                l->elems[p].offset = g->target;
+        }
+        if (!dry_run) {
+                rd_kafka_resp_err_t cm = rd_kafka_commit(rk, l, 0);
+                for (int p = 0; !cm && p < n; p++)
+                        cm = l->elems[p].err;
+                if (cm) {
+                        seterr(errbuf, errlen, "commit of the new positions of group %s failed: %s", group,
+                               rd_kafka_err2str(cm));
+                        err = CANOPY_ERR_KAFKA;
+                        goto out;
+                }
+        }
+        *ret = pos;
+        *nret = (size_t)n;
+        pos = NULL;
+out:
+        if (md)
+                rd_kafka_metadata_destroy(md);
+        if (l)
+                rd_kafka_topic_partition_list_destroy(l);
+        free(pos);
+        if (rd) {
+                rd_kafka_consumer_close(rd);
+                rd_kafka_destroy(rd);
+        }
+        rd_kafka_consumer_close(rk);
+        rd_kafka_destroy(rk);
+        return err;
 }

@@ -338,6 +338,33 @@ canopy_err canopy_kafka_consumer_close(canopy_kafka_consumer *kc);
 /* Free (closes first if not closed). NULL allowed. */
 void canopy_kafka_consumer_free(canopy_kafka_consumer *kc);
 
+/* ---- consumer group positions (canopyctl replay) ------------------------- */
+
+#define CANOPY_KAFKA_AT_BEGINNING (-2) /* the oldest message the broker holds */
+#define CANOPY_KAFKA_AT_END (-1)       /* after the newest message */
+
+/* One partition of a group position move. */
+typedef struct canopy_kafka_group_pos {
+        int32_t partition;
+        int64_t low, high; /* offsets the broker holds: [low, high) */
+        int64_t committed; /* the group's position before the move, -1 when it had none */
+        int64_t target;    /* the new position (next offset the group reads) */
+} canopy_kafka_group_pos;
+
+/* Move the positions of consumer group `group` on topic t to `to`:
+ * CANOPY_KAFKA_AT_BEGINNING, CANOPY_KAFKA_AT_END, or a time in epoch
+ * milliseconds (the first message whose timestamp is at or after it; the end
+ * of a partition with none). Brokers that cannot look offsets up by time (the
+ * dev broker) are searched message by message (a binary search per partition).
+ * The call joins the group itself and needs every partition of the topic:
+ * when another member holds some (a worker still runs, or one killed less
+ * than kafka.session_timeout ago), it fails with CANOPY_ERR_CONFLICT, errbuf
+ * saying so, and moves nothing. dry_run: compute the targets, commit nothing.
+ * *ret (owned, free()) holds one entry per partition, in partition order. */
+canopy_err canopy_kafka_group_seek(const canopy_kafka_conf *conf, const char *group, canopy_topic t, int64_t to,
+                                   bool dry_run, canopy_kafka_group_pos **ret, size_t *nret, char *errbuf,
+                                   size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -182,6 +182,22 @@ wait_drained() {
         log "drained: $(topic_count changes) changes, $n mv events"
 }
 
+# wait_replayed WORKER JOIN_N EXPORT_N: after `canopyctl replay`, the worker's
+# join stage has applied the JOIN_N changes it reads again and its export
+# stage the EXPORT_N mv events plus every mv event that join stage wrote.
+wait_replayed() {
+        local i j x p
+        for ((i = 0; i < CAP * 4; i++)); do
+                j=$(metric "$1" 'canopy_worker_events_total{stage="join"}')
+                x=$(metric "$1" 'canopy_worker_events_total{stage="export"}')
+                p=$(metric "$1" canopy_worker_mv_published_total)
+                [ "$j" -ge "$2" ] 2>/dev/null && [ "$x" -ge $(($3 + p)) ] 2>/dev/null && break
+                sleep 0.25
+        done
+        [ "$i" -lt $((CAP * 4)) ] || fail "replay not applied: join $j of $2, export $x of $3 + $p"
+        log "replayed: join $j changes, export $x mv events ($p written by the join stage)"
+}
+
 stop_worker() { # stop_worker NAME [SIGNAL]
         local p=${WPID[$1]}
         kill "-${2:-TERM}" "$p" 2>/dev/null || true
@@ -631,7 +647,17 @@ replay|rebuild)
         start_producer A
         start_worker w1
         converge_forest_a
+        replay() { "$BIN/canopyctl" replay -c "$T/worker.yaml" "$@" >"$T/replay.out" 2>&1; }
+        # again N: the messages the Nth stage of the last replay reads again.
+        again() { grep 'message(s) to read again' "$T/replay.out" | sed -n "${1}p" | awk '{print $1}'; }
         if [ "$scenario" = replay ]; then
+                # A worker still runs: the replay is refused and moves nothing.
+                if replay --to beginning; then fail "replay accepted with a worker running: $(cat "$T/replay.out")"; fi
+                grep -q 'still has other members' "$T/replay.out" || fail "refusal unclear: $(cat "$T/replay.out")"
+                log "refused while w1 runs: $(grep -o 'consumer group [^:]*:[^.]*' "$T/replay.out" | head -1)"
+                sleep 0.5
+                since=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
+                sleep 0.5
                 # Later changes: a replay must not rewind the objects to the images
                 # of the older events (a write back to "Engineer", then forward).
                 for i in $(seq 1 30); do
@@ -650,10 +676,31 @@ replay|rebuild)
                 rcli --scan --pattern 'w:*' | while read -r k; do rcli DEL "$k" >/dev/null; done
                 [ "$(rcli --scan --pattern 'w:*' | wc -l)" = 0 ] || fail "redis not emptied"
         fi
-        # A new consumer group reads both topics from the beginning, as a
-        # reset of the groups to offset 0 would.
-        JOIN_GROUP=e2e-join-2 EXPORT_GROUP=e2e-export-2 start_worker w2
-        wait_drained w2
+        nchanges=$(topic_count changes)
+        if [ "$scenario" = replay ]; then
+                # Back to a time: both stages read again what came after it,
+                # the later changes and no more.
+                replay --to "$since" || fail "replay --to $since: $(cat "$T/replay.out")"
+                jn=$(again 1) xn=$(again 2)
+                log "replay --to $since: join reads $jn of $nchanges changes again, export $xn mv events"
+                [ "$jn" -ge 33 ] && [ "$jn" -lt "$nchanges" ] || fail "replay to $since: join reads $jn changes again: $(cat "$T/replay.out")"
+                [ "$xn" -gt 0 ] || fail "replay to $since: export reads nothing again: $(cat "$T/replay.out")"
+                start_worker w2
+                wait_replayed w2 "$jn" "$xn"
+                wait_for "the later changes kept" '([.users[] | select(.mail == "alice@corp.test") | .jobTitle] == ["Chief Architect"]) and ((.groups[] | select(.displayName == "engineering") | .members | length) == 1)'
+                sleep 2 # anything the export stage would write is written
+                w1=$(writes)
+                [ "$w1" = "$w0" ] || fail "replay to a time wrote $((w1 - w0)) times to Graph for unchanged objects: $(emu /_emulator/stats | jq -c .)"
+                stop_worker w2
+        fi
+        # Both consumer groups back to the beginning: the workers read both
+        # topics again from the first change.
+        replay --to beginning || fail "replay --to beginning: $(cat "$T/replay.out")"
+        jn=$(again 1) xn=$(again 2)
+        [ "$jn" = "$nchanges" ] || fail "replay to the beginning: join reads $jn of $nchanges changes again: $(cat "$T/replay.out")"
+        log "replay --to beginning: join reads $jn changes again, export $xn mv events"
+        start_worker w3
+        wait_replayed w3 "$jn" "$xn"
         [ "$(rcli --scan --pattern 'w:exp:{*}' | wc -l)" -ge 5 ] || fail "export state not rebuilt"
         if [ "$scenario" = replay ]; then
                 wait_for "the later changes kept" '([.users[] | select(.mail == "alice@corp.test") | .jobTitle] == ["Chief Architect"]) and ((.groups[] | select(.displayName == "engineering") | .members | length) == 1)'
