@@ -1257,6 +1257,7 @@ canopy_err canopy_kafka_group_seek(const canopy_kafka_conf *conf, const char *gr
         rd_kafka_t *rk = NULL, *rd = NULL;
         rd_kafka_topic_partition_list_t *l = NULL;
         canopy_kafka_group_pos *pos = NULL;
+        int64_t *by_time = NULL;
         const struct rd_kafka_metadata *md = NULL;
         if (!conf || !set(group) || (unsigned)t >= CANOPY_TOPIC_COUNT || !ret || !nret || to < CANOPY_KAFKA_AT_BEGINNING)
                 return CANOPY_ERR_INVALID_ARG;
@@ -1295,6 +1296,24 @@ canopy_err canopy_kafka_group_seek(const canopy_kafka_conf *conf, const char *gr
                 err = CANOPY_ERR_KAFKA;
                 goto out;
         }
+        /* By time: the broker's offset look-up first (ListOffsets); the dev
+         * broker answers -1 for every time, and so does a broker with no
+         * message at or after it: those partitions are searched. */
+        if (to >= 0) {
+                rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(n);
+                for (int p = 0; p < n; p++)
+                        rd_kafka_topic_partition_list_add(tl, topic, p)->offset = to;
+                if ((by_time = calloc((size_t)n, sizeof(*by_time)))) {
+                        bool ok = rd_kafka_offsets_for_times(rk, tl, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR;
+                        for (int p = 0; p < n; p++)
+                                by_time[p] = ok && !tl->elems[p].err ? tl->elems[p].offset : -1;
+                }
+                rd_kafka_topic_partition_list_destroy(tl);
+                if (!by_time) {
+                        err = CANOPY_ERR_NOMEM;
+                        goto out;
+                }
+        }
         for (int p = 0; p < n; p++) {
                 canopy_kafka_group_pos *g = &pos[p];
                 g->partition = p;
@@ -1310,6 +1329,8 @@ canopy_err canopy_kafka_group_seek(const canopy_kafka_conf *conf, const char *gr
                         g->target = g->low;
                 else if (to == CANOPY_KAFKA_AT_END)
                         g->target = g->high;
+                else if (by_time[p] >= 0)
+                        g->target = by_time[p];
                 else {
                         if (!rd && !(rd = seek_client(conf, NULL, &rks, errbuf, errlen))) {
                                 err = CANOPY_ERR_KAFKA_UNREACHABLE;
@@ -1335,6 +1356,7 @@ canopy_err canopy_kafka_group_seek(const canopy_kafka_conf *conf, const char *gr
         *nret = (size_t)n;
         pos = NULL;
 out:
+        free(by_time);
         if (md)
                 rd_kafka_metadata_destroy(md);
         if (l)
