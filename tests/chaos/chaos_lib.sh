@@ -223,12 +223,15 @@ _chaos_changes_loop() {
         for f in "${CHAOS_FORESTS[@]}"; do
                 mapfile -t "users_$f" < <(awk '/^dn: uid=[^,]*,ou=People,/ {print substr($0, 5)}' "$T/$f.ldif")
                 mapfile -t "groups_$f" < <(awk '/^dn: cn=[^\\]*,ou=Groups,/ {print substr($0, 5)}' "$T/$f.ldif")
+                # Memberships (group TAB member) that exist, so that a removal
+                # removes a member (a random pair is almost never one).
+                mapfile -t "pairs_$f" < <(awk '/^dn: / {dn = substr($0, 5)} /^member: / && dn ~ /,ou=Groups,/ {print dn "\t" substr($0, 9)}' "$T/$f.ldif")
         done
         local added=()
         while [ ! -e "$T/changes.stop" ]; do
                 seq=$((seq + 1))
                 f=${CHAOS_FORESTS[RANDOM % ${#CHAOS_FORESTS[@]}]}
-                local -n U="users_$f" G="groups_$f"
+                local -n U="users_$f" G="groups_$f" P="pairs_$f"
                 b=$(_lvar "$f" BASE)
                 {
                         u=${U[RANDOM % ${#U[@]}]}
@@ -238,12 +241,18 @@ _chaos_changes_loop() {
                         g=${G[RANDOM % ${#G[@]}]}
                         u=${U[RANDOM % ${#U[@]}]}
                         printf 'dn: %s\nchangetype: modify\nadd: member\nmember: %s\n\n' "$g" "$u"
-                        g=${G[RANDOM % ${#G[@]}]}
-                        u=${U[RANDOM % ${#U[@]}]}
+                        P+=("$g"$'\t'"$u")
+                        # A member removed: one of the memberships (the swap with
+                        # the last keeps the pick uniform and O(1)).
                         # CANOPY_CHAOS_NO_REMOVE=1 skips member removals (to measure the
                         # other faults while a member-removal bug is open; never the default)
-                        [ -n "${CANOPY_CHAOS_NO_REMOVE:-}" ] ||
-                                printf 'dn: %s\nchangetype: modify\ndelete: member\nmember: %s\n\n' "$g" "$u"
+                        if [ -z "${CANOPY_CHAOS_NO_REMOVE:-}" ] && ((${#P[@]})); then
+                                n=$(((RANDOM * 32768 + RANDOM) % ${#P[@]}))
+                                local pair=${P[n]}
+                                P[n]=${P[-1]}
+                                unset 'P[-1]'
+                                printf 'dn: %s\nchangetype: modify\ndelete: member\nmember: %s\n\n' "${pair%%$'\t'*}" "${pair#*$'\t'}"
+                        fi
                         if ((seq % 8 == 0)); then
                                 printf 'dn: uid=chaos%d,ou=People,%s\nchangetype: add\nobjectClass: inetOrgPerson\nuid: chaos%d\ncn: Chaos %d\nsn: Chaos\nmail: chaos%d@canopy.test\ntitle: New\n\n' \
                                         "$seq" "$b" "$seq" "$seq" "$seq"
@@ -258,7 +267,7 @@ _chaos_changes_loop() {
                 { echo "# tick $seq $(date +%T.%N | cut -c1-12) forest $f"; cat "$T/changes.ldif"; } >>"$T/changes-all.ldif"
                 _chaos_ldapmod "$f" "$T/changes.ldif"
                 echo "$seq" >"$T/changes.seq"
-                unset -n U G
+                unset -n U G P
                 sleep "$tick"
         done
 }
