@@ -342,13 +342,32 @@ _h_redis_start() {
         fi
         [ -z "${CANOPY_TEST_REDIS_PASSWORD_FILE:-}" ] ||
                 printf 'requirepass "%s"\n' "$(cat "$CANOPY_TEST_REDIS_PASSWORD_FILE")" >>"$conf"
+        [ -z "${HARNESS_REDIS_CLUSTER:-}" ] ||
+                printf 'cluster-enabled yes\ncluster-config-file nodes.conf\n' >>"$conf"
         redis-server "$conf" --port "$port" --bind 127.0.0.1 --dir "$d" --save '' \
                 --daemonize no --logfile '' --databases 16 \
                 </dev/null >>"$d/redis.log" 2>&1 &
         _h_record redis $!
         disown $! 2>/dev/null  # no job notices; bash still reaps it
         _h_wait_ready "redis-server on port $port" "$!" "$d/redis.log" \
-                _h_redis_ping "$port"
+                _h_redis_ping "$port" || return
+        [ -z "${HARNESS_REDIS_CLUSTER:-}" ] || _h_redis_own_slots "$port"
+}
+
+# A one-node Redis Cluster holding every slot (kept in nodes.conf across a
+# restart): no redirects, but multi-key commands and scripts whose keys are
+# in different slots fail with CROSSSLOT, as on a real cluster.
+_h_redis_own_slots() {
+        local i cli=(redis-cli -h 127.0.0.1 -p "$1")
+        [ -z "${CANOPY_TEST_REDIS_PASSWORD_FILE:-}" ] || export REDISCLI_AUTH="$(cat "$CANOPY_TEST_REDIS_PASSWORD_FILE")"
+        "${cli[@]}" CLUSTER INFO | grep -q 'cluster_slots_assigned:16384' ||
+                "${cli[@]}" CLUSTER ADDSLOTSRANGE 0 16383 >/dev/null || { _h_err "CLUSTER ADDSLOTSRANGE failed"; return 1; }
+        for ((i = 0; i < 100; i++)); do
+                "${cli[@]}" CLUSTER INFO | grep -q 'cluster_state:ok' && return 0
+                sleep 0.1
+        done
+        _h_err "redis cluster on port $1 not ok after 10 s"
+        return 1
 }
 
 _h_redis_ping() {
@@ -359,18 +378,21 @@ _h_redis_ping() {
         fi
 }
 
-# harness_redis [--appendonly] [--password]: start redis-server. Default: no
+# harness_redis [--appendonly] [--password] [--cluster]: start redis-server. Default: no
 # persistence. --appendonly: AOF on (appendfsync always), so that a restart
 # (harness_restart_redis, even after SIGKILL) keeps the data. --password: a
 # random password (requirepass) in CANOPY_TEST_REDIS_PASSWORD_FILE (0600, no
-# newline).
+# newline). --cluster: cluster mode, one node holding every slot
+# (CANOPY_TEST_REDIS_CLUSTER=1): keys of one command or script must share a
+# hash slot, as on a sharded Redis Cluster.
 harness_redis() {
         local port try
-        HARNESS_REDIS_AOF=
-        unset CANOPY_TEST_REDIS_PASSWORD_FILE
+        HARNESS_REDIS_AOF= HARNESS_REDIS_CLUSTER=
+        unset CANOPY_TEST_REDIS_PASSWORD_FILE CANOPY_TEST_REDIS_CLUSTER
         while [ $# -gt 0 ]; do
                 case $1 in
                 --appendonly) HARNESS_REDIS_AOF=1 ;;
+                --cluster) HARNESS_REDIS_CLUSTER=1; export CANOPY_TEST_REDIS_CLUSTER=1 ;;
                 --password)
                         mkdir -p "$CANOPY_TEST_TMPDIR/redis"
                         export CANOPY_TEST_REDIS_PASSWORD_FILE="$CANOPY_TEST_TMPDIR/redis/password"

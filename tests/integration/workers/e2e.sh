@@ -834,4 +834,14 @@ two-workers)
         fail "unknown scenario"
         ;;
 esac
+# Every key the workers wrote carries a hash tag (docs/STATE.md), so that a
+# Redis Cluster could shard them; on the cluster-mode Redis
+# (--redis=cluster), a command or script mixing slots failed with CROSSSLOT.
+untagged=$(rcli --scan --pattern 'w:*' | { grep -v '{[^}]\+}' || true; } | head -5)
+[ -z "$untagged" ] || fail "keys without a hash tag: $untagged"
+if [ -n "${CANOPY_TEST_REDIS_CLUSTER:-}" ]; then
+        [ "$(rcli CLUSTER INFO | grep -o 'cluster_state:ok')" ] || fail "the Redis Cluster is not ok"
+        ! grep -l -i 'CROSSSLOT\|different slot' "$T"/worker-*.log || fail "a command mixed hash slots: $(grep -h -i -m3 'CROSSSLOT\|different slot' "$T"/worker-*.log)"
+        log "Redis Cluster mode: $(rcli DBSIZE) keys over $(rcli --scan --pattern 'w:*' | while read -r k; do rcli CLUSTER KEYSLOT "$k"; done | sort -u | wc -l) slots, no CROSSSLOT"
+fi
 log "PASS"
