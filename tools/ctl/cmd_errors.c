@@ -34,12 +34,6 @@ static void errors_usage(void) {
                "The workers' configuration file gives Redis and Kafka (environment overrides apply).\n");
 }
 
-static int64_t now_ms(void) {
-        struct timeval tv;
-        gettimeofday(&tv, NULL);
-        return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
 static const char *jstr(const json_t *o, const char *k) {
         const char *s = json_string_value(json_object_get(o, k));
         return s && *s ? s : NULL;
@@ -149,7 +143,7 @@ static int do_list(canopy_state *st, bool as_json) {
         if (!as_json)
                 printf("%-34s %-6s %-18s %-40s %-38s %-5s %s\n", "MV ID", "TYPE", "CODE", "CONFLICT", "OTHER", "AGE",
                        "MESSAGE");
-        int64_t now = now_ms();
+        int64_t now = ctl_now_ms();
         for (size_t i = 0; i < n; i++) {
                 json_t *o = json_loads(jsons[i], 0, NULL);
                 if (as_json) {
@@ -247,7 +241,7 @@ static int do_retry(const canopy_worker_conf *conf, canopy_state *st, char **wan
                 mv.object_type = type ? type : "user";
                 mv.reason = CANOPY_MV_REPLAY;
                 mv.cause_connector = "canopyctl";
-                mv.ts_ms = now_ms();
+                mv.ts_ms = ctl_now_ms();
                 char peb[CANOPY_AVRO_ERRLEN];
                 if (canopy_kafka_produce_mv(kp, &mv, NULL, peb, sizeof(peb))) {
                         fprintf(stderr, "canopyctl errors: publishing the retry of %s: %s\n", ids[i], peb);
@@ -315,12 +309,8 @@ static int errors_main(int argc, char **argv) {
                 return 2;
         }
         canopy_worker_conf conf;
-        memset(&conf, 0, sizeof(conf));
-        char eb[1024];
-        if (canopy_conf_load(&canopy_conf_worker, &conf, path, sets, nsets, eb, sizeof(eb))) {
-                fprintf(stderr, "canopyctl errors: %s\n", eb);
+        if (ctl_worker_conf_load("errors", path, sets, nsets, &conf))
                 return 2;
-        }
         canopy_state *st = NULL;
         canopy_err err = canopy_state_new(conf.redis_host, (int)conf.redis_port, conf.redis_password, conf.redis_prefix,
                                           (int)conf.redis_timeout_ms, &st);

@@ -36,12 +36,6 @@ static void replay_usage(void) {
                "A replay converges to the same Entra state; unchanged objects cost no Graph write.\n");
 }
 
-static int64_t now_ms(void) {
-        struct timeval tv;
-        gettimeofday(&tv, NULL);
-        return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
 /* "2026-12-08T10:30:00[.123](Z|+hh:mm|-hh:mm)" -> epoch ms, or -1. */
 static int64_t parse_iso(const char *s) {
         struct tm tm;
@@ -99,7 +93,7 @@ static int64_t parse_when(const char *s) {
                                                                        : 0;
                 if (errno || !unit || v > 365LL * 86400)
                         return -3;
-                int64_t t = now_ms() - v * unit;
+                int64_t t = ctl_now_ms() - v * unit;
                 return t >= 0 ? t : -3;
         }
         int64_t t = parse_iso(s);
@@ -205,17 +199,13 @@ static int replay_main(int argc, char **argv) {
                         when);
                 return 2;
         }
-        if (to >= 0 && to > now_ms()) {
+        if (to >= 0 && to > ctl_now_ms()) {
                 fprintf(stderr, "canopyctl replay: --to '%s' is in the future\n", when);
                 return 2;
         }
         canopy_worker_conf conf;
-        memset(&conf, 0, sizeof(conf));
-        char eb[1024];
-        if (canopy_conf_load(&canopy_conf_worker, &conf, path, sets, nsets, eb, sizeof(eb))) {
-                fprintf(stderr, "canopyctl replay: %s\n", eb);
+        if (ctl_worker_conf_load("replay", path, sets, nsets, &conf))
                 return 2;
-        }
         int rc = 0;
         if (join)
                 rc = move_stage(&conf, "join", conf.join_group, CANOPY_TOPIC_CHANGES, to, dry_run);

@@ -11,7 +11,9 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
+#include "canopy/conf_worker.h"
 #include "canopy/event.h"
 #include "canopy/expr.h"
 
@@ -41,6 +43,13 @@ int ctl_object_load(ctl_object *o, const char *path, bool ldif);
 void ctl_object_free(ctl_object *o);
 /* A view on the object (valid while o lives). */
 void ctl_object_view(ctl_object *o, canopy_obj_view *v, const char *connector, const char *type);
+/* Load the workers' configuration file (path, then the --set overrides) into
+ * *conf (zeroed first). On error prints "canopyctl CMD: file:line:col: ..."
+ * and returns 2 (usage error); 0 when loaded (canopy_conf_free it). */
+int ctl_worker_conf_load(const char *cmd, const char *path, const char *const *sets, size_t nsets,
+                         canopy_worker_conf *conf);
+/* Wall clock, epoch milliseconds. */
+int64_t ctl_now_ms(void);
 /* Print a value: text for scalars, a JSON array for multi-valued. */
 void ctl_print_value(const canopy_value *v, canopy_arena *a);
 

@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/time.h>
 
+#include "canopy/config.h"
 #include "ctl.h"
 
 #define CTL_MAX_LINE (1024 * 1024)
@@ -270,4 +272,20 @@ void ctl_print_value(const canopy_value *v, canopy_arena *a)
         printf("%s\n", s ? s : "[]");
         free(s);
         json_decref(arr);
+}
+
+int64_t ctl_now_ms(void) {
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+int ctl_worker_conf_load(const char *cmd, const char *path, const char *const *sets, size_t nsets,
+                         canopy_worker_conf *conf) {
+        char eb[1024];
+        memset(conf, 0, sizeof(*conf));
+        if (!canopy_conf_load(&canopy_conf_worker, conf, path, sets, nsets, eb, sizeof(eb)))
+                return 0;
+        fprintf(stderr, "canopyctl %s: %s\n", cmd, eb);
+        return 2;
 }
