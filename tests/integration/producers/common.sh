@@ -64,3 +64,17 @@ wait_log() {
         done
         fail "producer $1 never logged '$2'"
 }
+
+# yaml_state: the kafka, redis and lease sections of a producer config for
+# the servers of this run (to end a config written by a test).
+yaml_state() {
+        cat <<YAML
+kafka:
+  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
+redis:
+  host: "$CANOPY_TEST_REDIS_HOST"
+  port: $CANOPY_TEST_REDIS_PORT
+lease:
+  ttl: 3s
+YAML
+}

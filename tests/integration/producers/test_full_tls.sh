@@ -24,13 +24,7 @@ ldap:
   page_size: 3
   attributes: [cn, sn, uid, member]
 ${5:-}
-kafka:
-  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
-redis:
-  host: "$CANOPY_TEST_REDIS_HOST"
-  port: $CANOPY_TEST_REDIS_PORT
-lease:
-  ttl: 3s
+$(yaml_state)
 YAML
 }
 start_tail

@@ -29,13 +29,7 @@ ldap:
   base_dns: ["OU=Staff,$(v AD_${up}_BASE)"]
   attributes: [cn, sn, givenName, mail, description, member, sAMAccountName, userPrincipalName]
   poll_interval: 300ms
-kafka:
-  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
-redis:
-  host: "$CANOPY_TEST_REDIS_HOST"
-  port: $CANOPY_TEST_REDIS_PORT
-lease:
-  ttl: 3s
+$(yaml_state)
 YAML
 }
 ad_conf "$T/north.yaml" north dirsync
@@ -52,13 +46,7 @@ ldap:
   ca_file: "$(v LDAP_HR_CA)"
   base_dns: ["ou=People,$(v LDAP_HR_BASE)", "ou=Groups,$(v LDAP_HR_BASE)"]
   attributes: [cn, sn, uid, mail, member]
-kafka:
-  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
-redis:
-  host: "$CANOPY_TEST_REDIS_HOST"
-  port: $CANOPY_TEST_REDIS_PORT
-lease:
-  ttl: 3s
+$(yaml_state)
 YAML
 adm() { # adm FOREST < LDIF
         local up

@@ -52,13 +52,7 @@ ldap:
   base_dns: ["OU=Staff,$BASE", "OU=Moved,$BASE"]
   attributes: [cn, sn, givenName, mail, description, member, sAMAccountName, userPrincipalName]
   poll_interval: 300ms
-kafka:
-  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
-redis:
-  host: "$CANOPY_TEST_REDIS_HOST"
-  port: $CANOPY_TEST_REDIS_PORT
-lease:
-  ttl: 3s
+$(yaml_state)
 ${6:-}
 YAML
 }

@@ -26,13 +26,7 @@ ldap:
   attributes: [cn, sn, uid, mail, displayName, member, jpegPhoto, description]
   backoff_min: 200ms
   backoff_max: 2s
-kafka:
-  brokers: "$CANOPY_TEST_KAFKA_BOOTSTRAP"
-redis:
-  host: "$CANOPY_TEST_REDIS_HOST"
-  port: $CANOPY_TEST_REDIS_PORT
-lease:
-  ttl: 3s
+$(yaml_state)
 checkpoint:
   every: 500
 YAML
