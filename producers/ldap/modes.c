@@ -658,6 +658,7 @@ canopy_err mode_usn(prod *p) {
                         last = strtoll(b, NULL, 10);
         }
         free(saved.data);
+        bool had_position = last != 0; /* a full pass below is then a restart, said where it is decided */
         usn_invocation(p, inv);
         if (!inv[0])
                 canopy_log(CANOPY_LOG_WARN, MOD, NULL,
@@ -694,7 +695,10 @@ canopy_err mode_usn(prod *p) {
                 if (high > last) {
                         bool initial = last == 0;
                         if (initial) {
-                                canopy_log(CANOPY_LOG_INFO, MOD, NULL, "usn: no saved USN, initial read is a full pass");
+                                if (!had_position)
+                                        canopy_log(CANOPY_LOG_INFO, MOD, NULL,
+                                                   "usn: no saved USN, initial read is a full pass");
+                                had_position = false;
                                 if ((err = prod_scan_begin(p)))
                                         break;
                         }
